@@ -1,0 +1,35 @@
+# EPNAS developer entry points. `make demo` and `make test` are the README's quick start.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test unit integration testbin bench clean
+
+install: $(STAMP)
+
+# Re-install only when the dependency pins change; pip's cache serves repeat installs.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/epnas search examples/digits-quick.yaml --store file://$(CURDIR)/runs
+
+test: install testbin
+	$(PY) -m pytest tests
+
+unit: install
+	$(PY) -m pytest tests/unit
+
+testbin:
+	scripts/testbin
+
+bench: install
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .benchmarks runs

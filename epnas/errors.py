@@ -1,0 +1,32 @@
+"""The one error type bad input turns into."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the input: where (a dotted path, ``spec.constraints[0].max``) and what."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class SpecError(ValueError):
+    """Invalid search file, architecture or child task.
+
+    ``problems`` lists every problem found, each naming its field or layer;
+    ``str(err)`` is one line per problem.
+    """
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+    @classmethod
+    def one(cls, path: str, message: str) -> "SpecError":
+        return cls([Problem(path, message)])

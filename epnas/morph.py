@@ -1,0 +1,291 @@
+"""Morphing actions: scale, then insert / keep / remove (EPNAS §3.2, supplement §2).
+
+An ``Action`` is a set of choice indices, exactly what the policy samples:
+
+* scale: for each of F groups, a channel direction and a width direction, each
+  ``0 = up, 1 = keep, 2 = down`` — one step along the space's ordered table, clamped.
+  Layers (or cell branches) are split into F contiguous groups, ``group(i) = i·F // L``.
+* insert: ``kind`` (``0 insert, 1 keep, 2 remove``); ``position`` (Src1) in
+  ``0 … L+4`` — a position ``>= L`` appends at the end (removal: the last layer);
+  ``src2`` in ``0 … position`` where ``src2 == position`` means no skip; then one index
+  per entry of ``insert_fields(space)`` (op, channels, activation, width, pool,
+  add-or-concat / propagate, and the KWS kernel, stride and GRU fields).
+
+Every result validates.  An action that cannot apply (removing the only layer,
+inserting past the space's maximum) degrades to keep, and ``MorphResult.degraded``
+says so.  Pure: no I/O, no randomness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from epnas.arch import Arch, Branch, Cell, Layer, OP_FIELDS, branch_ops, parse_arch
+from epnas.space import POOL_OPS, LayerSpace, ModuleSpace, get_space, step_along
+
+DIRECTIONS = (+1, 0, -1)
+KINDS = ("insert", "keep", "remove")
+EXTRA_POSITIONS = 5
+
+
+def insert_fields(space: LayerSpace | ModuleSpace) -> list[tuple[str, int]]:
+    """The insert decoder's categorical fields after kind, Src1 and Src2: ``(name, options)``."""
+    if isinstance(space, ModuleSpace):
+        return [
+            ("op", len(space.branch_types)),
+            ("channels", len(space.channels)),
+            ("activation", len(space.activations)),
+            ("width", len(space.widths)),
+            ("pool", len(space.pool_widths)),
+            ("propagate", 2),
+        ]
+    fields = [
+        ("op", len(space.ops)),
+        ("channels", len(space.channels)),
+        ("activation", len(space.activations)),
+        ("width", len(space.widths)),
+        ("merge", 2),
+    ]
+    if space.pool_widths:
+        fields.append(("pool", len(space.pool_widths)))
+    if space.name == "kws-layer":
+        fields += [
+            ("freq_width", len(space.freq_widths)),
+            ("stride_time", len(space.strides_time)),
+            ("stride_freq", len(space.strides_freq)),
+            ("directions", len(space.directions)),
+        ]
+    return fields
+
+
+def max_positions(space: LayerSpace | ModuleSpace) -> int:
+    """``N_l``: the number of Src1/Src2 logits (maximum layers, or branches + 1)."""
+    return space.max_layers + EXTRA_POSITIONS if isinstance(space, LayerSpace) else space.max_branches + 1
+
+
+@dataclass(frozen=True)
+class Action:
+    """One morphing action as choice indices (see module docstring)."""
+
+    scale_channel: tuple[int, ...]
+    scale_width: tuple[int, ...]
+    kind: int
+    position: int = 0
+    src2: int = 0
+    insert: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Action":
+        return cls(
+            scale_channel=tuple(data["scale_channel"]),
+            scale_width=tuple(data["scale_width"]),
+            kind=data["kind"],
+            position=data.get("position", 0),
+            src2=data.get("src2", 0),
+            insert=dict(data.get("insert", {})),
+        )
+
+    @property
+    def kind_name(self) -> str:
+        return KINDS[self.kind]
+
+
+@dataclass(frozen=True)
+class MorphResult:
+    arch: Arch
+    applied: str
+    degraded: str | None = None
+
+
+def group_of(index: int, count: int, groups: int) -> int:
+    """Contiguous partition of ``count`` items into ``groups`` groups."""
+    return index * groups // max(count, 1)
+
+
+def apply_action(arch: Arch, action: Action) -> MorphResult:
+    """Scale, then insert / keep / remove; always returns a valid architecture."""
+    space = get_space(arch.space)
+    scaled = scale(arch, action.scale_channel, action.scale_width)
+    if isinstance(space, ModuleSpace):
+        return _insert_remove_cell(scaled, space, action)
+    return _insert_remove_layer(scaled, space, action)
+
+
+# ---------------------------------------------------------------- scale
+
+
+def scale(arch: Arch, channel: tuple[int, ...], width: tuple[int, ...]) -> Arch:
+    """Step every layer's channels and widths of group f by ``DIRECTIONS[channel[f]]`` / ``[width[f]]``."""
+    space = get_space(arch.space)
+    groups = len(channel)
+    if arch.layers is not None:
+        count = len(arch.layers)
+        layers = tuple(
+            _scale_layer(layer, space, DIRECTIONS[channel[g]], DIRECTIONS[width[g]])
+            for i, layer in enumerate(arch.layers)
+            for g in [group_of(i, count, groups)]
+        )
+        return arch.model_copy(update={"layers": layers})
+    count = len(arch.cell.branches)
+    branches = tuple(
+        _scale_branch(branch, space, DIRECTIONS[channel[g]], DIRECTIONS[width[g]])
+        for j, branch in enumerate(arch.cell.branches)
+        for g in [group_of(j, count, groups)]
+    )
+    return arch.model_copy(update={"cell": Cell(branches=branches)})
+
+
+def _scale_layer(layer: Layer, space: LayerSpace, dc: int, dw: int) -> Layer:
+    update: dict[str, Any] = {}
+    if layer.channels is not None:
+        update["channels"] = step_along(space.channels, layer.channels, dc)
+    if layer.width is not None:
+        table = space.pool_widths if layer.op in POOL_OPS and space.pool_widths else space.widths
+        update["width"] = step_along(table, layer.width, dw)
+    if layer.freq_width is not None:
+        update["freq_width"] = step_along(space.freq_widths, layer.freq_width, dw)
+    return layer.model_copy(update=update)
+
+
+def _scale_branch(branch: Branch, space: ModuleSpace, dc: int, dw: int) -> Branch:
+    return branch.model_copy(
+        update={
+            "channels": step_along(space.channels, branch.channels, dc),
+            "width": step_along(space.widths, branch.width, dw),
+            "pool": step_along(space.pool_widths, branch.pool, dw),
+        }
+    )
+
+
+# ---------------------------------------------------------------- layers
+
+
+def _insert_remove_layer(arch: Arch, space: LayerSpace, action: Action) -> MorphResult:
+    count = len(arch.layers)
+    kind = action.kind_name
+    if kind == "keep":
+        return MorphResult(arch, "keep")
+    if kind == "remove":
+        if count <= 1:
+            return MorphResult(arch, "keep", degraded="remove: the network has only one layer")
+        return MorphResult(parse_arch(remove_layer(arch, min(action.position, count - 1))), "remove")
+    if count >= space.max_layers:
+        return MorphResult(arch, "keep", degraded=f"insert: the network already has {space.max_layers} layers")
+    position = min(action.position, count)
+    layer = decode_layer(space, action, position)
+    return MorphResult(parse_arch(insert_layer(arch, position, layer)), "insert")
+
+
+def decode_layer(space: LayerSpace, action: Action, position: int) -> Layer:
+    """The layer an insert action describes, at ``position`` (reads ``t[position]``)."""
+    choice = action.insert
+    op = space.ops[choice["op"]]
+    src2 = action.src2 if action.src2 < position else None
+    params: dict[str, Any] = {"op": op, "src1": position, "src2": src2, "merge": ("add", "concat")[choice["merge"]]}
+    values = {
+        "channels": lambda: space.channels[choice["channels"]],
+        "width": lambda: space.pool_widths[choice["pool"]] if op in POOL_OPS and space.pool_widths else space.widths[choice["width"]],
+        "freq_width": lambda: space.freq_widths[choice["freq_width"]],
+        "stride_time": lambda: space.strides_time[choice["stride_time"]],
+        "stride_freq": lambda: space.strides_freq[choice["stride_freq"]],
+        "dilation": lambda: space.strides_freq[choice["stride_freq"]],
+        "activation": lambda: space.activations[choice["activation"]],
+        "directions": lambda: space.directions[choice["directions"]],
+    }
+    for name in OP_FIELDS[space.name][op]:
+        params[name] = values[name]()
+    return Layer(**params)
+
+
+def insert_layer(arch: Arch, position: int, layer: Layer) -> Arch:
+    """Insert ``layer`` as layer ``position``; later layers whose main input was ``t[position]``
+    now read the new layer, and references to later tensors shift by one."""
+    layers = list(arch.layers)
+    rewired = [layer]
+    for old in layers[position:]:
+        src1 = position + 1 if old.src1 == position else old.src1 + (old.src1 > position)
+        src2 = None if old.src2 is None else old.src2 + (old.src2 > position)
+        rewired.append(old.model_copy(update={"src1": src1, "src2": src2}))
+    return arch.model_copy(update={"layers": tuple(layers[:position] + rewired)})
+
+
+def remove_layer(arch: Arch, position: int) -> Arch:
+    """Remove layer ``position``: readers of its output read its main input instead."""
+    layers = list(arch.layers)
+    removed = layers[position]
+    out_index = position + 1
+    kept = layers[:position]
+    for old in layers[position + 1 :]:
+        kept.append(old.model_copy(update={"src1": _reindex(old.src1, out_index, removed.src1), "src2": _reindex(old.src2, out_index, removed.src1)}))
+    return arch.model_copy(update={"layers": tuple(kept)})
+
+
+def _reindex(src: int | None, removed: int, replacement: int) -> int | None:
+    if src is None:
+        return None
+    if src == removed:
+        return replacement
+    return src - 1 if src > removed else src
+
+
+# ---------------------------------------------------------------- cells
+
+
+def _insert_remove_cell(arch: Arch, space: ModuleSpace, action: Action) -> MorphResult:
+    count = len(arch.cell.branches)
+    kind = action.kind_name
+    if kind == "keep":
+        return MorphResult(arch, "keep")
+    if kind == "remove":
+        if count <= 1:
+            return MorphResult(arch, "keep", degraded="remove: the cell has only one branch")
+        return MorphResult(parse_arch(remove_branch(arch, min(action.position, count - 1))), "remove")
+    if count >= space.max_branches:
+        return MorphResult(arch, "keep", degraded=f"insert: the cell already has {space.max_branches} branches")
+    position = min(action.position, count)
+    return MorphResult(parse_arch(insert_branch(arch, position, decode_branch(space, action, position))), "insert")
+
+
+def decode_branch(space: ModuleSpace, action: Action, position: int) -> Branch:
+    """The branch an insert action describes: Src1 is the source just before it (the previous
+    branch, or the cell input), Src2 the sampled source."""
+    choice = action.insert
+    branch_type = space.branch_types[choice["op"]]
+    two_ops = branch_ops(branch_type)[1] != "none"
+    return Branch(
+        type=branch_type,
+        src1=position,
+        src2=min(action.src2, position) if two_ops else None,
+        channels=space.channels[choice["channels"]],
+        width=space.widths[choice["width"]],
+        pool=space.pool_widths[choice["pool"]],
+        activation=space.activations[choice["activation"]],
+        propagate=bool(choice["propagate"]),
+    )
+
+
+def insert_branch(arch: Arch, position: int, branch: Branch) -> Arch:
+    """Insert ``branch`` at ``position``; the branch it reads stops propagating (EPNAS Fig. 3),
+    and later sources shift by one."""
+    branches = list(arch.cell.branches)
+    if position > 0:
+        branches[position - 1] = branches[position - 1].model_copy(update={"propagate": False})
+    shifted = [
+        b.model_copy(update={"src1": b.src1 + (b.src1 > position), "src2": None if b.src2 is None else b.src2 + (b.src2 > position)})
+        for b in branches[position:]
+    ]
+    return arch.model_copy(update={"cell": Cell(branches=tuple(branches[:position] + [branch] + shifted))})
+
+
+def remove_branch(arch: Arch, position: int) -> Arch:
+    """Remove branch ``position``: readers of its output read its Src1 instead."""
+    branches = list(arch.cell.branches)
+    removed = branches[position]
+    kept = branches[:position]
+    for b in branches[position + 1 :]:
+        kept.append(b.model_copy(update={"src1": _reindex(b.src1, position + 1, removed.src1), "src2": _reindex(b.src2, position + 1, removed.src1)}))
+    return arch.model_copy(update={"cell": Cell(branches=tuple(kept))})

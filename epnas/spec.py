@@ -1,0 +1,321 @@
+"""The ``ArchitectureSearch`` document: typed, validated, with the papers' defaults.
+
+The same model validates ``epnas search FILE.yaml`` and generates the CRD's
+structural schema (``crd_openapi_schema``).  Field names are the YAML's camelCase.
+Everything that is wrong is reported at once: ``load_search`` raises one
+``SpecError`` whose ``problems`` name every bad field by its path in the document.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from epnas.arch import Arch, parse_arch, pydantic_problems
+from epnas.errors import Problem, SpecError
+from epnas.space import SPACES
+
+API_VERSION = "epnas.io/v1alpha1"
+KIND = "ArchitectureSearch"
+QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class Metadata(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40, description="DNS label; Job names append -eNNN-sNN-cNN")
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class RandomStart(_Model):
+    depth: int = Field(3, ge=1, le=32, description="layers (or cell branches) of the random starting network")
+
+
+class InitialArchitecture(_Model):
+    """Exactly one of a random network of a given depth or an explicit architecture."""
+
+    random: RandomStart | None = None
+    architecture: dict[str, Any] | None = Field(None, description="an architecture as epnas.arch.Arch JSON")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "InitialArchitecture":
+        if (self.random is None) == (self.architecture is None):
+            raise ValueError("set exactly one of 'random' or 'architecture'")
+        return self
+
+
+class Dataset(_Model):
+    kind: Literal["digits", "cifar10", "npz", "synthetic"] = "digits"
+    uri: str | None = Field(None, description="directory or store URI (cifar10, npz)")
+    input_shape: list[int] | None = Field(None, min_length=3, max_length=3, description="(C, H, W); required for npz")
+    num_classes: int | None = Field(None, ge=2, description="required for npz")
+    options: dict[str, Any] = Field(default_factory=dict, description="kind-specific options, e.g. synthetic: {samples: 512}")
+
+    @model_validator(mode="after")
+    def _needs(self) -> "Dataset":
+        if self.kind in ("cifar10", "npz") and not self.uri:
+            raise ValueError(f"dataset kind {self.kind} needs 'uri'")
+        if self.kind == "npz" and (self.input_shape is None or self.num_classes is None):
+            raise ValueError("dataset kind npz needs 'inputShape' and 'numClasses'")
+        if self.input_shape is not None and min(self.input_shape) <= 0:
+            raise ValueError("inputShape entries must be positive")
+        return self
+
+
+class Constraint(_Model):
+    """``min <= U <= max`` on one metric; violations cost ``penalty ** V`` (EPNAS Eq. 2)."""
+
+    metric: Literal["modelSize", "flops", "computeIntensity"]
+    min: float | None = Field(None, gt=0)
+    max: float | None = Field(None, gt=0)
+    penalty: float = Field(0.9, gt=0, lt=1, description="base penalty p_i")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "Constraint":
+        if self.min is None and self.max is None:
+            raise ValueError("set 'min', 'max' or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) > max ({self.max:g})")
+        return self
+
+
+class Budget(_Model):
+    episodes: int = Field(15, ge=1)
+    steps_per_episode: int | None = Field(None, ge=1, description="default 10 (layer spaces) or 5 (module space)")
+    branches: int = Field(8, ge=1, le=512)
+    top_k: int = Field(8, ge=1)
+
+
+class PolicySpec(_Model):
+    learning_rate: float = Field(6e-4, gt=0)
+    embedding_size: int = Field(32, ge=1, description="layer embedding and network-embedding LSTM units")
+    hidden_size: int = Field(128, ge=1, description="scale and insert LSTM units")
+    scale_groups: int = Field(4, ge=1, description="F")
+    init_range: float = Field(0.1, gt=0, description="weights ~ U(-r, r)")
+    entropy_weight: float = Field(0.0, ge=0)
+    baseline_decay: float = Field(0.9, ge=0, lt=1, description="moving-average baseline b <- d·b + (1-d)·R")
+
+
+class ChildTraining(_Model):
+    """How children are trained; ``None`` numbers take the regime's defaults (``regime_defaults``)."""
+
+    regime: Literal["standard", "prediction"] = "prediction"
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    lr_min: float | None = Field(None, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    t0: int = Field(10, ge=1, description="SGDR first period (epochs)")
+    t_mult: int = Field(2, ge=1)
+    channel_factor: float = Field(1.0, gt=0, le=1, description="EcoNAS proxy: channels × factor")
+    resolution: int | None = Field(None, ge=1, description="EcoNAS proxy: inputs resized to this H=W")
+    sample_ratio: float = Field(1.0, gt=0, le=1, description="EcoNAS proxy: fraction of training samples")
+    parameter_sharing: bool = True
+    timeout_seconds: int = Field(3600, ge=1)
+
+    def resolved(self) -> "ChildTraining":
+        """A copy with every ``None`` number replaced by the regime's default."""
+        defaults = regime_defaults(self.regime)
+        return self.model_copy(update={k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+
+def regime_defaults(regime: str) -> dict[str, Any]:
+    """EPNAS §4.1: standard = Nesterov SGD, SGDR 0.05→0.001, batch 128, 20 epochs;
+    prediction = lr 0.5, batch 1024, aggressive decay, early stop at 10 epochs."""
+    if regime == "standard":
+        return {"epochs": 20, "batch_size": 128, "lr": 0.05, "lr_min": 0.001}
+    return {"epochs": 10, "batch_size": 1024, "lr": 0.5, "lr_min": 0.0}
+
+
+class Trainer(_Model):
+    """Where and how a child's Job runs in a cluster (ignored by the local executor, but for ``image``)."""
+
+    image: str = "ghcr.io/epnas/epnas-trainer:0.1.0"
+    gpu: int = Field(1, ge=0, description="nvidia.com/gpu per child")
+    cpu: str = Field("2", pattern=QUANTITY)
+    memory: str = Field("8Gi", pattern=QUANTITY)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    affinity: dict[str, Any] | None = None
+    backoff_limit: int = Field(2, ge=0)
+    active_deadline_seconds: int = Field(3600, ge=1)
+    ttl_seconds_after_finished: int = Field(86400, ge=0)
+
+
+class StoreSpec(_Model):
+    uri: str | None = Field(None, pattern=r"^(file|s3)://", description="file:///abs/dir or s3://bucket/prefix")
+    endpoint: str | None = Field(None, description="S3 endpoint URL (MinIO)")
+    secret_name: str | None = Field(None, description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+    region: str | None = None
+
+
+class SearchSpec(_Model):
+    search_space: Literal["image-layer", "image-module", "kws-layer"] = "image-layer"
+    strategy: Literal["epnas", "random"] = "epnas"
+    seed: int = 0
+    initial_architecture: InitialArchitecture = Field(default_factory=lambda: InitialArchitecture(random=RandomStart()))
+    dataset: Dataset = Field(default_factory=Dataset)
+    constraints: list[Constraint] = Field(default_factory=list)
+    budget: Budget = Field(default_factory=Budget)
+    policy: PolicySpec = Field(default_factory=PolicySpec)
+    child_training: ChildTraining = Field(default_factory=ChildTraining)
+    trainer: Trainer = Field(default_factory=Trainer)
+    store: StoreSpec = Field(default_factory=StoreSpec)
+    parallelism: int | None = Field(None, ge=1, description="children trained at once (default: all of a step, or CPU count locally)")
+
+    @property
+    def steps_per_episode(self) -> int:
+        if self.budget.steps_per_episode is not None:
+            return self.budget.steps_per_episode
+        return 5 if self.search_space == "image-module" else 10
+
+
+class ArchitectureSearch(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api_version: Literal["epnas.io/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["ArchitectureSearch"] = KIND
+    metadata: Metadata
+    spec: SearchSpec = Field(default_factory=SearchSpec)
+    status: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+def initial_arch(spec: SearchSpec) -> Arch | None:
+    """The explicit starting architecture, validated, or ``None`` for a random start."""
+    data = spec.initial_architecture.architecture
+    if data is None:
+        return None
+    return parse_arch({"space": spec.search_space, **data})
+
+
+def dataset_geometry(spec: SearchSpec) -> tuple[tuple[int, int, int], int]:
+    """``(input shape, classes)`` the children see, without reading the data.
+
+    digits → 1×8×8, 10 classes; cifar10 → 3×32×32, 10; synthetic → the space's input
+    shape (or ``inputShape``) and ``numClasses`` (default 10); npz → as declared.
+    ``childTraining.resolution`` (EcoNAS) replaces H and W.
+    """
+    ds = spec.dataset
+    shape, classes = {
+        "digits": ((1, 8, 8), 10),
+        "cifar10": ((3, 32, 32), 10),
+        "synthetic": (SPACES[spec.search_space].input_shape, 10),
+        "npz": (None, None),
+    }[ds.kind]
+    shape = tuple(ds.input_shape) if ds.input_shape else shape
+    classes = ds.num_classes or classes
+    res = spec.child_training.resolution
+    if res is not None:
+        shape = (shape[0], res, res)
+    return tuple(shape), classes
+
+
+def load_search(text: str, source: str = "<search>") -> ArchitectureSearch:
+    """Parse YAML text into a validated ``ArchitectureSearch``.
+
+    Raises ``SpecError`` with every problem (YAML syntax, schema, the initial
+    architecture's grammar), each with its path in the document.
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SpecError.one("", f"{source}: not valid YAML: {err}") from None
+    return parse_search(data)
+
+
+def parse_search(data: Any) -> ArchitectureSearch:
+    """Validate an already-decoded document (``dict``) into an ``ArchitectureSearch``."""
+    if not isinstance(data, dict):
+        raise SpecError.one("", "the document must be a mapping with apiVersion, kind, metadata and spec")
+    try:
+        search = ArchitectureSearch.model_validate(data)
+    except pydantic.ValidationError as err:
+        raise SpecError(pydantic_problems(err)) from None
+    try:
+        initial_arch(search.spec)
+    except SpecError as err:
+        raise SpecError([Problem(f"spec.initialArchitecture.architecture.{p.path}", p.message) for p in err.problems]) from None
+    return search
+
+
+# ---------------------------------------------------------------- CRD schema
+
+_DROP = {"title", "discriminator"}
+
+
+def crd_openapi_schema() -> dict[str, Any]:
+    """The ``openAPIV3Schema`` of the CRD: the spec model's JSON schema made structural.
+
+    ``$ref`` are inlined, ``anyOf [X, null]`` becomes ``X`` with ``nullable: true``,
+    ``const`` becomes a one-value ``enum``, free-form objects keep unknown fields, and
+    ``status`` is an open object the controller owns.
+    """
+    raw = SearchSpec.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.pop("$defs", {})
+    spec = _structural(raw, defs)
+    return {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        },
+    }
+
+
+def _structural(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_structural(n, defs) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = copy.deepcopy(node)
+    if "$ref" in node:
+        target = defs[node.pop("$ref").rsplit("/", 1)[-1]]
+        merged = {**copy.deepcopy(target), **node}
+        return _structural(merged, defs)
+    if "anyOf" in node:
+        choices = node.pop("anyOf")
+        options = [o for o in choices if o.get("type") != "null"]
+        base = _structural(options[0], defs) if len(options) == 1 else {"x-kubernetes-preserve-unknown-fields": True}
+        node = {**base, **node}
+        if len(options) < len(choices):
+            node["nullable"] = True
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP:
+            continue
+        if key == "properties":
+            out[key] = {k: _structural(v, defs) for k, v in value.items()}
+        elif key in ("items", "additionalProperties") and isinstance(value, dict):
+            out[key] = _structural(value, defs)
+        else:
+            out[key] = value
+    if out.get("type") == "object" and "properties" not in out and not isinstance(out.get("additionalProperties"), dict):
+        out.pop("additionalProperties", None)
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    if "pattern" in out and out.get("type") != "string":
+        out.pop("pattern")
+    if out.get("default") is None:
+        out.pop("default", None)
+    return out
