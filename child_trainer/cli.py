@@ -217,6 +217,17 @@ def run(job: Job) -> ChildResult:
     """Train the child and write its weights, then its result (last); return the result."""
     import torch
 
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:  # restore the process-wide settings: main() also runs in-process (epnas train, tests)
+        return _run(job)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _run(job: Job) -> ChildResult:
+    import torch
+
     from child_trainer.data import DatasetError, load_dataset
     from child_trainer.train import train_child
     from epnas.build import build_model
