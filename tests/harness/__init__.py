@@ -1,0 +1,32 @@
+"""Test harness: a real Kubernetes control plane, a node agent, and MinIO, on loopback.
+
+Registered as a pytest plugin by tests/conftest.py (`pytest_plugins = ["harness.plugin"]`).
+The binaries come from `make testbin` (scripts/testbin, pins in scripts/testbin.versions);
+a missing one fails the test that needs it with the command that builds it, never skips.
+
+Fixtures (all defined in harness/plugin.py):
+
+* `control_plane` (session) → `controlplane.ControlPlane`: etcd + kube-apiserver (RBAC,
+  self-signed certs, service-account keys, admin client cert in group system:masters) +
+  kube-controller-manager (job, ttl-after-finished, garbage-collector, deployment,
+  replicaset, serviceaccount, serviceaccount-token, namespace, root-ca-cert-publisher).
+  `.kubeconfig` path of the admin kubeconfig, `.server` https URL, `.env` os.environ plus
+  KUBECONFIG (for subprocesses), `.api_client()` a new kubernetes ApiClient,
+  `.kubectl(*args, check=True, input_text=None)` → CompletedProcess[str], `.log_paths`,
+  `.startup_s`.
+* `node_agent` (function scope over one session agent) → `node_agent.NodeAgent`: the Ready
+  node `epnas-node-0` that binds and runs pods as local processes. `.images` (mutable
+  image → command-prefix table), `.config` (NodeConfig: name, labels, taints, allocatable),
+  `.set_taints([...])`, `.set_labels({...})`, `.container_log(ns, pod, container=None)`,
+  `.pod_dir(ns, pod)`, `.running_pids()`. Images, labels and taints are restored after each
+  test. Rules (command mapping, env, volumes, termination message): node_agent's docstring.
+* `minio` (session) → `minio.MinioServer`: `.endpoint` (http URL), `.root_user`,
+  `.root_password`, `.region`, `.s3_client()` (boto3, path-style).
+* `bucket` (function) → str: a fresh, empty bucket on `minio`, emptied and removed after.
+* `namespace` (function) → str: a fresh namespace whose `default` ServiceAccount exists
+  (pods can be created at once); deleted after the test (not awaited).
+* `harness_workdir` (session) → pathlib.Path: where servers keep data and logs.
+
+When a test using these fixtures fails, the tails of every server log (etcd, apiserver,
+controller-manager, node agent, MinIO) are appended to its report.
+"""
