@@ -289,3 +289,18 @@ def remove_branch(arch: Arch, position: int) -> Arch:
     for b in branches[position + 1 :]:
         kept.append(b.model_copy(update={"src1": _reindex(b.src1, position + 1, removed.src1), "src2": _reindex(b.src2, position + 1, removed.src1)}))
     return arch.model_copy(update={"cell": Cell(branches=tuple(kept))})
+
+
+def random_action(arch: Arch, rng, groups: int = 4) -> Action:
+    """A uniformly random action (the papers' random-search baseline): every choice uniform,
+    Src1 over the ``L + 5`` allowed positions and Src2 over ``0 … Src1``."""
+    space = get_space(arch.space)
+    position = rng.randrange(arch.depth + EXTRA_POSITIONS)
+    return Action(
+        scale_channel=tuple(rng.randrange(3) for _ in range(groups)),
+        scale_width=tuple(rng.randrange(3) for _ in range(groups)),
+        kind=rng.randrange(3),
+        position=position,
+        src2=rng.randrange(position + 1),
+        insert={name: rng.randrange(n) for name, n in insert_fields(space)},
+    )

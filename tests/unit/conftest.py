@@ -1,0 +1,1 @@
+"""Unit tests: pure logic and single processes; no servers."""

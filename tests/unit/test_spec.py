@@ -1,0 +1,104 @@
+"""The ArchitectureSearch document: defaults, every problem named by its path, the CRD schema."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from epnas.errors import SpecError
+from epnas.spec import crd_openapi_schema, dataset_geometry, initial_arch, load_search
+
+MINIMAL = """
+apiVersion: epnas.io/v1alpha1
+kind: ArchitectureSearch
+metadata: {name: tiny}
+spec: {}
+"""
+
+
+def test_defaults_are_the_papers() -> None:
+    spec = load_search(MINIMAL).spec
+    assert spec.budget.branches == 8 and spec.budget.top_k == 8 and spec.budget.episodes == 15
+    assert spec.steps_per_episode == 10
+    assert spec.policy.learning_rate == 6e-4 and spec.policy.scale_groups == 4 and spec.policy.init_range == 0.1
+    assert spec.policy.embedding_size == 32 and spec.policy.hidden_size == 128
+    standard = spec.child_training.model_copy(update={"regime": "standard"}).resolved()
+    assert (standard.epochs, standard.batch_size, standard.lr, standard.lr_min, standard.t0, standard.t_mult) == (20, 128, 0.05, 0.001, 10, 2)
+    prediction = spec.child_training.resolved()
+    assert (prediction.epochs, prediction.batch_size, prediction.lr) == (10, 1024, 0.5)
+
+
+def test_module_space_defaults_to_five_steps() -> None:
+    assert load_search(MINIMAL.replace("spec: {}", "spec: {searchSpace: image-module}")).spec.steps_per_episode == 5
+
+
+def doc(**spec) -> str:
+    return yaml.safe_dump({"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch", "metadata": {"name": "s"}, "spec": spec})
+
+
+@pytest.mark.parametrize(
+    "name, text, path, words",
+    [
+        ("min > max", doc(constraints=[{"metric": "flops", "min": 10, "max": 5}]), "spec.constraints[0]", "min (10) > max (5)"),
+        ("no bound", doc(constraints=[{"metric": "flops"}]), "spec.constraints[0]", "set 'min', 'max' or both"),
+        ("unknown metric", doc(constraints=[{"metric": "latency", "max": 5}]), "spec.constraints[0].metric", "Input should be"),
+        ("unknown space", doc(searchSpace="audio"), "spec.searchSpace", "Input should be"),
+        ("unknown field", doc(budjet={"episodes": 3}), "spec.budjet", "Extra inputs"),
+        ("negative episodes", doc(budget={"episodes": -1}), "spec.budget.episodes", "greater than or equal to 1"),
+        ("cifar without uri", doc(dataset={"kind": "cifar10"}), "spec.dataset", "needs 'uri'"),
+        ("unknown dataset", doc(dataset={"kind": "imagenet"}), "spec.dataset.kind", "Input should be"),
+        ("bad initial arch", doc(initialArchitecture={"architecture": {"layers": [{"op": "conv9d", "src1": 0}]}}), "spec.initialArchitecture.architecture.layers[0].op", "unknown op"),
+        ("both starts", doc(initialArchitecture={"random": {"depth": 2}, "architecture": {"layers": []}}), "spec.initialArchitecture", "exactly one"),
+        ("bad name", doc().replace("name: s", "name: Bad_Name"), "metadata.name", "pattern"),
+        ("bad quantity", doc(trainer={"memory": "lots"}), "spec.trainer.memory", "pattern"),
+        ("wrong kind", doc().replace("kind: ArchitectureSearch", "kind: Search"), "kind", "Input should be"),
+        ("not yaml", "spec: [", "", "not valid YAML"),
+        ("not a mapping", "- 1\n- 2\n", "", "must be a mapping"),
+    ],
+)
+def test_bad_search_files_name_the_field(name: str, text: str, path: str, words: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        load_search(text)
+    assert any(p.path == path and words in p.message for p in caught.value.problems), caught.value.problems
+
+
+def test_every_problem_at_once() -> None:
+    text = doc(budget={"episodes": 0, "branches": 0}, constraints=[{"metric": "flops", "min": 3, "max": 1}], seed="x")
+    with pytest.raises(SpecError) as caught:
+        load_search(text)
+    assert {"spec.budget.episodes", "spec.budget.branches", "spec.constraints[0]", "spec.seed"} <= {p.path for p in caught.value.problems}
+
+
+def test_explicit_initial_architecture_and_geometry() -> None:
+    text = doc(
+        searchSpace="image-layer",
+        dataset={"kind": "digits"},
+        initialArchitecture={"architecture": {"layers": [{"op": "conv2d", "src1": 0, "channels": 16, "width": 3, "activation": "relu"}]}},
+    )
+    spec = load_search(text).spec
+    assert initial_arch(spec).layers[0].channels == 16
+    assert dataset_geometry(spec) == ((1, 8, 8), 10)
+    assert dataset_geometry(spec.model_copy(update={"child_training": spec.child_training.model_copy(update={"resolution": 4})})) == ((1, 4, 4), 10)
+
+
+def _walk(node, path="$"):
+    if isinstance(node, dict):
+        yield path, node
+        for k, v in node.items():
+            yield from _walk(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk(v, f"{path}[{i}]")
+
+
+def test_crd_schema_is_structural() -> None:
+    """No $ref, anyOf, const or title anywhere; every object has properties or keeps unknown fields."""
+    schema = crd_openapi_schema()
+    for path, node in _walk(schema):
+        assert not {"$ref", "anyOf", "oneOf", "allOf", "const", "title", "$defs"} & set(node), path
+        if node.get("type") == "object" and path != "$.properties.metadata":  # the API server owns metadata
+            assert "properties" in node or node.get("x-kubernetes-preserve-unknown-fields") or "additionalProperties" in node, path
+    spec = schema["properties"]["spec"]["properties"]
+    assert spec["searchSpace"]["enum"] == ["image-layer", "image-module", "kws-layer"]
+    assert spec["constraints"]["items"]["properties"]["penalty"]["default"] == 0.9
+    assert spec["budget"]["properties"]["stepsPerEpisode"]["nullable"] is True
