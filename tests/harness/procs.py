@@ -108,9 +108,15 @@ class ServerProcess:
         """Terminate the whole process group and reap the server."""
         if self.process is None:
             return
-        kill_group(self.process.pid, grace_s=grace_s)
+        pgid = self.process.pid
         try:
-            self.process.wait(timeout=grace_s + 5)
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            # wait() reaps it; polling the group instead would see the zombie as alive
+            self.process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            pass
+        kill_group(pgid, grace_s=0)  # SIGKILL the server if still there, and anything it left
+        self.process.wait()
