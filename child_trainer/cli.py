@@ -129,7 +129,14 @@ def _one_line(text: str) -> str:
 
 def prepare(args: argparse.Namespace) -> Job:
     """Read and validate everything; raise ``InvalidInput`` for anything the input gets wrong."""
-    root, key = split_uri(args.arch)
+    for flag in ("arch", "out", "weights", "dataset_uri"):
+        value = getattr(args, flag)
+        if value is not None and "://" in value and not value.startswith(("file://", "s3://")):
+            raise InvalidInput(f"bad flags: --{flag.replace('_', '-')} must be file://, s3:// or a path")
+    try:
+        root, key = split_uri(args.arch)
+    except StoreError as err:
+        raise InvalidInput(f"bad flags: --arch: {err}") from None
     try:
         raw = open_store(root, endpoint=args.endpoint).get_bytes(key)
     except StoreNotFound:

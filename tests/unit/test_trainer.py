@@ -214,3 +214,8 @@ def test_missing_arch_is_invalid_and_store_fault_is_1(tmp_path, capsys):
     blocker.write_text("a file where a directory must go")
     assert main(["--arch", (child_dir / "arch.json").as_uri(), "--out", (blocker / "out").as_uri(), "--device", "cpu"]) == 1
     assert "epnas-trainer: store error" in capsys.readouterr().err
+
+
+def test_unsupported_uri_scheme_is_invalid_input(tmp_path, capsys):
+    assert main(["--arch", "gs://bucket/arch.json", "--out", tmp_path.as_uri()]) == 2
+    assert "bad flags" in capsys.readouterr().err
