@@ -23,8 +23,9 @@ Fixtures (all defined in harness/plugin.py):
 * `minio` (session) → `minio.MinioServer`: `.endpoint` (http URL), `.root_user`,
   `.root_password`, `.region`, `.s3_client()` (boto3, path-style).
 * `bucket` (function) → str: a fresh, empty bucket on `minio`, emptied and removed after.
-* `namespace` (function) → str: a fresh namespace whose `default` ServiceAccount exists
-  (pods can be created at once); deleted after the test (not awaited).
+* `namespace` (function) → str: a fresh namespace whose `default` ServiceAccount and
+  `kube-root-ca.crt` ConfigMap exist (pods can be created at once); deleted after the test
+  (deletion not awaited).
 * `harness_workdir` (session) → pathlib.Path: where servers keep data and logs.
 
 When a test using these fixtures fails, the tails of every server log (etcd, apiserver,

@@ -36,8 +36,12 @@ What it does, and the rules a test (or a later engineer) can rely on:
 * **Files.** Every pod gets a directory `<workdir>/pods/<ns>_<name>_<uid8>/`; the process runs
   in its `work/` subdir (or in the host dir of `workingDir` when that is a mountPath).
   Volumes: `emptyDir` and `persistentVolumeClaim` → a fresh dir in the pod dir, `configMap` and
-  `secret` → a dir with one file per key, `hostPath` → the path itself; `projected`,
-  `downwardAPI` and other kinds are skipped. A process runs on the host, so mountPaths do not
+  `secret` → a dir with one file per key, `hostPath` → the path itself, `projected` → a dir
+  with its ConfigMap/Secret keys, downward-API fields and a real pod-bound ServiceAccount
+  token (TokenRequest API); so the automatic `kube-api-access-*` volume at
+  /var/run/secrets/kubernetes.io/serviceaccount holds `token`, `ca.crt` and `namespace`,
+  and a process that reads them from `EPNAS_MOUNTS` talks to the apiserver as its
+  ServiceAccount (RBAC applies). Other kinds (`downwardAPI` volumes, CSI, ...) are skipped. A process runs on the host, so mountPaths do not
   exist for it: a mount at `/tmp` sets `TMPDIR` to its host dir, and `EPNAS_MOUNTS` holds the
   JSON map {mountPath: host dir} of every mount of the container.
 * **Termination message.** `EPNAS_TERMINATION_LOG` is set to a per-container file; a program
@@ -589,7 +593,39 @@ class PodRunner(threading.Thread):
             elif "configMap" in volume or "secret" in volume:
                 self._write_key_files(volume, target)
                 volumes[name] = target
+            elif "projected" in volume:
+                self._write_projected(volume["projected"], target)
+                volumes[name] = target
         return volumes
+
+    def _write_projected(self, projected: Pod, target: pathlib.Path) -> None:
+        """Write a projected volume: a real ServiceAccount token (TokenRequest), ConfigMap/Secret
+        keys and downward-API fields, so a process can talk to the apiserver as its ServiceAccount."""
+        target.mkdir(parents=True, exist_ok=True)
+        files: dict[str, bytes] = {}
+        for source in projected.get("sources") or []:
+            if "serviceAccountToken" in source:
+                token_source = source["serviceAccountToken"]
+                token = self.agent.request_token(
+                    self.namespace, self.spec.get("serviceAccountName") or "default",
+                    audience=token_source.get("audience"),
+                    expiration_s=token_source.get("expirationSeconds") or 3607,
+                    pod_name=self.pod_name, pod_uid=self.uid)
+                files[token_source["path"]] = token.encode()
+            for kind, is_secret in (("configMap", False), ("secret", True)):
+                if kind in source:
+                    ref = source[kind]
+                    data = self.agent.read_data(self.namespace, ref["name"], secret=is_secret,
+                                                optional=bool(ref.get("optional")))
+                    for item in ref.get("items") or [{"key": key, "path": key} for key in data]:
+                        if item["key"] in data:
+                            files[item["path"]] = data[item["key"]]
+            for item in (source.get("downwardAPI") or {}).get("items") or []:
+                if "fieldRef" in item:
+                    files[item["path"]] = self._field_value(item["fieldRef"]["fieldPath"]).encode()
+        for path, content in files.items():
+            (target / path).parent.mkdir(parents=True, exist_ok=True)
+            (target / path).write_bytes(content)
 
     def _write_key_files(self, volume: Pod, target: pathlib.Path) -> None:
         source = volume.get("configMap") or volume.get("secret")
@@ -818,6 +854,23 @@ class NodeAgent:
         except ApiException as error:
             if error.status not in (404, 409):
                 LOG.warning("pod %s/%s: delete failed: %s", namespace, name, error)
+
+    def request_token(self, namespace: str, service_account: str, *, audience: str | None,
+                      expiration_s: int, pod_name: str, pod_uid: str) -> str:
+        """A pod-bound ServiceAccount token from the TokenRequest API."""
+        spec: dict[str, Any] = {"expirationSeconds": max(600, int(expiration_s)),
+                                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
+                                                   "name": pod_name, "uid": pod_uid}}
+        if audience:
+            spec["audiences"] = [audience]
+        try:
+            response = self._core.create_namespaced_service_account_token(
+                service_account, namespace, {"spec": spec}, _preload_content=False)
+        except ApiException as error:
+            if error.status == 404:
+                raise ContainerConfigError(f"serviceaccount {service_account!r} not found") from error
+            raise
+        return json.loads(response.data)["status"]["token"]
 
     def read_data(self, namespace: str, name: str, *, secret: bool, optional: bool) -> dict[str, bytes]:
         """A Secret's or ConfigMap's data as bytes by key; {} if optional and absent."""

@@ -135,14 +135,18 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest):
     name = f"t-{_dns_label(request.node.name, limit=40)}-{secrets.token_hex(3)}"
     core.create_namespace({"metadata": {"name": name, "labels": {"epnas.io/test": "true"}}})
     deadline = time.monotonic() + 30
-    while True:  # the ServiceAccount admission plugin rejects pods until `default` exists
-        try:
-            core.read_namespaced_service_account("default", name)
-            break
-        except ApiException as error:
-            if error.status != 404 or time.monotonic() > deadline:
-                raise
-        time.sleep(0.1)
+    # The ServiceAccount admission plugin rejects pods until `default` exists, and the
+    # projected kube-api-access volume needs the kube-root-ca.crt ConfigMap.
+    for read in (lambda: core.read_namespaced_service_account("default", name),
+                 lambda: core.read_namespaced_config_map("kube-root-ca.crt", name)):
+        while True:
+            try:
+                read()
+                break
+            except ApiException as error:
+                if error.status != 404 or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
     yield name
     try:
         core.delete_namespace(name, propagation_policy="Background")

@@ -192,6 +192,33 @@ def test_pod_env_from_secret_configmap_and_downward_api_and_termination_message(
         "NODE": node_agent.config.name, "GREETING": "hello env", "tmp_is_volume": True}
 
 
+def test_pod_gets_a_real_service_account_token_in_its_projected_volume(core, namespace, node_agent):
+    code = (
+        "import json, os, ssl, urllib.request\n"
+        "sa = json.loads(os.environ['EPNAS_MOUNTS'])['/var/run/secrets/kubernetes.io/serviceaccount']\n"
+        "token = open(os.path.join(sa, 'token')).read()\n"
+        "url = 'https://%s:%s/apis/authentication.k8s.io/v1/selfsubjectreviews' % (\n"
+        "    os.environ['KUBERNETES_SERVICE_HOST'], os.environ['KUBERNETES_SERVICE_PORT'])\n"
+        "request = urllib.request.Request(url, method='POST', data=json.dumps({\n"
+        "    'apiVersion': 'authentication.k8s.io/v1', 'kind': 'SelfSubjectReview'}).encode(),\n"
+        "    headers={'Authorization': 'Bearer ' + token, 'Content-Type': 'application/json'})\n"
+        "context = ssl.create_default_context(cafile=os.path.join(sa, 'ca.crt'))\n"
+        "review = json.load(urllib.request.urlopen(request, context=context))\n"
+        "namespace = open(os.path.join(sa, 'namespace')).read()\n"
+        "user = review['status']['userInfo']['username']\n"
+        "open(os.environ['EPNAS_TERMINATION_LOG'], 'w').write(json.dumps([user, namespace]))\n"
+    )
+    core.create_namespaced_pod(namespace, manifests.python_pod("whoami", code))
+
+    pod = waits.wait_until(
+        lambda: (p := core.read_namespaced_pod("whoami", namespace)).status.phase in ("Succeeded", "Failed") and p,
+        timeout_s=60, what="the whoami pod to finish")
+
+    assert pod.status.phase == "Succeeded", node_agent.container_log(namespace, "whoami")
+    message = pod.status.container_statuses[0].state.terminated.message
+    assert json.loads(message) == [f"system:serviceaccount:{namespace}:default", namespace]
+
+
 def test_deleting_a_running_pod_kills_its_process(core, namespace, node_agent):
     code = "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\ntime.sleep(600)\n"
     core.create_namespaced_pod(namespace, manifests.python_pod("victim", code))
