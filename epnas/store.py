@@ -217,6 +217,9 @@ class S3Store(Store):
             connect_timeout=5,
             read_timeout=60,
             s3={"addressing_style": "path"} if endpoint else None,
+            # S3-compatible servers (MinIO) mis-verify botocore's default streamed CRC trailers on re-sent parts
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
         )
         region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         try:
@@ -242,7 +245,10 @@ class S3Store(Store):
 
     def put_bytes(self, key: str, data: bytes) -> None:
         payload = bytes(data)
-        self._call("put", key, lambda: self.client.upload_fileobj(io.BytesIO(payload), self.bucket, self._key(key), Config=self.transfer))
+        if len(payload) < MULTIPART_THRESHOLD:  # a bytes body re-sends cleanly on botocore's retries
+            self._call("put", key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=payload))
+        else:
+            self._call("put", key, lambda: self.client.upload_fileobj(io.BytesIO(payload), self.bucket, self._key(key), Config=self.transfer))
 
     def put_file(self, key: str, path: str | os.PathLike) -> None:
         self._call("put", key, lambda: self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer))
@@ -255,9 +261,9 @@ class S3Store(Store):
         return True
 
     def list(self, prefix: str = "") -> list[str]:
-        full = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
-        if prefix.endswith("/") and not full.endswith("/"):
-            full += "/"
+        if any(part in (".", "..") for part in prefix.split("/")):
+            raise StoreError(f"invalid store prefix {prefix!r}")
+        full = f"{self.prefix}/{prefix}" if self.prefix else prefix
         strip = len(self.prefix) + 1 if self.prefix else 0
 
         def collect() -> list[str]:
@@ -284,6 +290,7 @@ def with_retries(fn: Callable[[], T], *, describe: str, deadline_s: float = RETR
 
     give_up = time.monotonic() + deadline_s
     delay = 0.2
+    resends = 3  # botocore may re-send a half-read stream after a dropped connection: it fails its signature
     while True:
         try:
             return fn()
@@ -292,12 +299,16 @@ def with_retries(fn: Callable[[], T], *, describe: str, deadline_s: float = RETR
             status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
             if code in ("404", "NoSuchKey", "NotFound"):
                 raise StoreNotFound(f"{describe}: not found") from None
-            if status < 500 or time.monotonic() > give_up:
+            resent = code == "SignatureDoesNotMatch" and resends > 0
+            resends -= resent
+            if (status < 500 and not resent) or time.monotonic() > give_up:
                 raise StoreError(f"{describe}: {code} (HTTP {status})") from None
         except bx.NoCredentialsError:
             raise StoreError(f"{describe}: no S3 credentials (set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)") from None
         except S3UploadFailedError as err:
             permanent = next((c for c in PERMANENT_CODES if c in str(err)), None)
+            if permanent == "SignatureDoesNotMatch" and resends > 0:
+                permanent, resends = None, resends - 1
             if permanent or time.monotonic() > give_up:
                 raise StoreError(f"{describe}: upload failed ({permanent or 'gave up after retries'})") from None
         except (bx.ConnectionError, bx.HTTPClientError) as err:
