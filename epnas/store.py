@@ -223,7 +223,8 @@ class S3Store(Store):
         )
         region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         try:
-            self.client = boto3.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+            # a fresh session reads the environment's credentials now (the default session caches them)
+            self.client = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
         except Exception as err:  # bad endpoint URL and the like; never echo the endpoint's userinfo
             raise StoreError(f"{self.uri}: cannot create an S3 client: {type(err).__name__}") from None
         self.transfer = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD)

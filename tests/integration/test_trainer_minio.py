@@ -145,8 +145,6 @@ def test_push_started_during_a_3s_outage_is_retried_to_a_complete_object(own_min
     assert store.get_bytes("children/c/weights.safetensors") == data
 
 
-@pytest.mark.xfail(reason="known bug: after a MinIO restart mid multipart upload (objects >= 8 MiB) every retry gets "
-                   "SignatureDoesNotMatch (403); single-PUT objects recover. See the issue-3 report.", strict=False)
 def test_multipart_push_interrupted_by_a_3s_outage_ends_complete(own_minio):
     store = open_store("s3://outage/s1")
     data = secrets.token_bytes(40 * 1024 * 1024)  # five 8 MiB parts: a multipart upload
@@ -158,8 +156,6 @@ def test_multipart_push_interrupted_by_a_3s_outage_ends_complete(own_minio):
     assert store.get_bytes("weights/objects/big.safetensors") == data
 
 
-@pytest.mark.xfail(reason="known bug: after a MinIO restart mid multipart upload (objects >= 8 MiB) every retry gets "
-                   "SignatureDoesNotMatch (403); single-PUT objects recover. See the issue-3 report.", strict=False)
 def test_reader_never_sees_a_partial_object_during_an_outage(own_minio):
     store = open_store("s3://outage/s1")
     old, new = b"A" * (9 * 1024 * 1024), b"B" * (9 * 1024 * 1024)
