@@ -662,6 +662,7 @@ class PodRunner(threading.Thread):
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "KUBERNETES_SERVICE_HOST": "127.0.0.1",
             "KUBERNETES_SERVICE_PORT": str(self.agent.apiserver_port),
+            **procs.run_marker_env(),
         }
         for source in container.get("envFrom") or []:
             prefix = source.get("prefix") or ""

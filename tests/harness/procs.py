@@ -11,6 +11,33 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 
+RUN_MARKER_ENV = "EPNAS_HARNESS_RUN"
+
+
+def run_marker_env() -> dict[str, str]:
+    """{EPNAS_HARNESS_RUN: value} when set: every process the harness starts carries it,
+    so a hygiene check can find them in /proc/*/environ (empty dict otherwise)."""
+    value = os.environ.get(RUN_MARKER_ENV)
+    return {RUN_MARKER_ENV: value} if value else {}
+
+
+def processes_with_marker(value: str) -> set[int]:
+    """Pids of live (non-zombie) processes whose environment has EPNAS_HARNESS_RUN=value."""
+    needle = f"{RUN_MARKER_ENV}={value}".encode()
+    found = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = open(f"/proc/{entry.name}/environ", "rb").read().split(b"\0")
+            state = open(f"/proc/{entry.name}/stat").read().rsplit(") ", 1)[-1][0]
+        except OSError:
+            continue
+        if needle in environ and state != "Z":
+            found.add(int(entry.name))
+    return found
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

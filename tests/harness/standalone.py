@@ -2,20 +2,23 @@
 
 `python -m harness.standalone WORKDIR` (with tests/ on PYTHONPATH) starts the control plane,
 the node agent and MinIO, runs a pod whose process sleeps, then stops everything and prints
-one JSON line: {"pids": [every server and pod process pid], "startup_s": {...}}. The
-process-hygiene test uses it to check that teardown leaves no process behind without
-touching the session fixtures of the running test session.
+one JSON line: {"pids": [every server and pod process pid], "marked_while_running": [pids
+carrying $EPNAS_HARNESS_RUN before teardown], "startup_s": {...}}. The process-hygiene test
+sets EPNAS_HARNESS_RUN to a fresh value and checks that no process carries it afterwards,
+without touching the session fixtures of the running test session (or anyone else's).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import sys
 import time
 
 from kubernetes import client as k8s_client
 
+from harness import procs
 from harness.controlplane import ControlPlane
 from harness.minio import MinioServer
 from harness.node_agent import NodeAgent
@@ -58,12 +61,14 @@ def main(workdir: pathlib.Path) -> None:
         minio.start()
         pids.append(minio.server.pid)
         pids.append(_run_sleeper(plane, agent))
+        marker = procs.run_marker_env().get(procs.RUN_MARKER_ENV, "")
+        marked = sorted(procs.processes_with_marker(marker) - {os.getpid()}) if marker else []
     finally:
         if agent is not None:
             agent.stop()
         minio.stop()
         plane.stop()
-    print(json.dumps({"pids": pids, "startup_s": {
+    print(json.dumps({"pids": pids, "marked_while_running": marked, "startup_s": {
         "control_plane": plane.startup_s, "node_agent": agent_s, "minio": minio.startup_s}}))
 
 

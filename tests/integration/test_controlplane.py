@@ -13,13 +13,13 @@ import pathlib
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 from kubernetes import client as k8s_client
 from kubernetes.client.rest import ApiException
 
-from harness import binaries, manifests, waits
-from harness.standalone import SLEEPER_MARKER
+from harness import binaries, manifests, procs, waits
 
 TESTS_DIR = pathlib.Path(__file__).resolve().parents[1]
 SERVER_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "minio")
@@ -270,23 +270,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _harness_processes() -> set[int]:
-    """Pids of live processes running a test binary or the standalone sleeper."""
-    testbin = str(binaries.bin_dir())
-    found = set()
-    for entry in pathlib.Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            exe = os.readlink(entry / "exe")
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if (exe.startswith(testbin) or SLEEPER_MARKER.encode() in cmdline) and _alive(int(entry.name)):
-            found.add(int(entry.name))
-    return found
-
-
 def _pinned(name: str) -> str:
     versions = (binaries.REPO_ROOT / "scripts" / "testbin.versions").read_text()
     return next(line.split("=", 1)[1] for line in versions.splitlines() if line.startswith(f"{name}="))
@@ -295,19 +278,21 @@ def _pinned(name: str) -> str:
 def test_standalone_harness_starts_under_60s_and_leaves_no_process_behind(tmp_path):
     for name in SERVER_BINARIES:
         binaries.require(name)
-    before = _harness_processes()
+    marker = f"hygiene-{uuid.uuid4().hex}"  # every process of this run carries it in its env
 
     result = subprocess.run(
         [sys.executable, "-m", "harness.standalone", str(tmp_path)],
-        env={**os.environ, "PYTHONPATH": str(TESTS_DIR)}, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(TESTS_DIR), procs.RUN_MARKER_ENV: marker},
+        capture_output=True, text=True, timeout=300,
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    after = _harness_processes()
-    assert len(report["pids"]) == 5  # etcd, apiserver, controller-manager, minio, the pod's process
+    # etcd, apiserver, controller-manager, minio, the pod's process: seen, then all gone
+    assert len(report["pids"]) == 5
+    assert set(report["pids"]) <= set(report["marked_while_running"])
+    assert procs.processes_with_marker(marker) == set(), "processes left behind"
     assert not [pid for pid in report["pids"] if _alive(pid)]
-    assert after == before, f"left behind: {after - before}"
     assert sum(report["startup_s"].values()) < 60, report["startup_s"]
 
 
