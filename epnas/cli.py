@@ -1,0 +1,205 @@
+"""The ``epnas`` command: ``search`` (the embedded default), ``status``, ``validate``, ``train``.
+
+Exit codes: 0 done, 2 invalid input (every problem listed on stderr), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from epnas.checkpoint import SEARCH_FILE, SUMMARY
+from epnas.errors import SpecError
+from epnas.executors.local import LocalExecutor
+from epnas.search import SearchLoop, StepReport
+from epnas.spec import ArchitectureSearch, load_search
+from epnas.store import StoreError, StoreNotFound, join_uri, open_store
+
+INVALID_INPUT = 2
+console = Console(stderr=False)
+errors = Console(stderr=True)
+
+
+def read_search(path: str) -> ArchitectureSearch:
+    """Load and validate a search file; on any problem print them all and exit 2."""
+    try:
+        text = pathlib.Path(path).read_text()
+    except OSError as err:
+        errors.print(f"epnas: cannot read {path}: {err.strerror}")
+        sys.exit(INVALID_INPUT)
+    try:
+        return load_search(text, source=path)
+    except SpecError as err:
+        errors.print(f"epnas: {path} is not a valid ArchitectureSearch ({len(err.problems)} problem{'s' * (len(err.problems) > 1)}):", markup=False)
+        for problem in err.problems:
+            errors.print(f"  {problem}", markup=False, highlight=False)
+        sys.exit(INVALID_INPUT)
+
+
+def store_root(search: ArchitectureSearch, override: str | None) -> str:
+    """``--store``, else the spec's ``store.uri``, else ``file://$PWD/runs``."""
+    return override or search.spec.store.uri or pathlib.Path("runs").resolve().as_uri()
+
+
+@click.group()
+@click.version_option(package_name="epnas")
+def main() -> None:
+    """EPNAS: efficient progressive neural architecture search under resource constraints."""
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--store", "store_uri", help="Store root (file:///abs/dir or s3://bucket/prefix); default: spec.store.uri or ./runs.")
+@click.option("--parallelism", type=click.IntRange(min=1), help="Children trained at once (default: spec.parallelism or the CPU count).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def search(file: str, store_uri: str | None, parallelism: int | None, quiet: bool) -> None:
+    """Run (or resume) the search in FILE with children as local processes."""
+    spec_doc = read_search(file)
+    root = store_root(spec_doc, store_uri)
+    search_uri = join_uri(root, spec_doc.name)
+    try:
+        store = open_store(search_uri, endpoint=spec_doc.spec.store.endpoint, region=spec_doc.spec.store.region)
+        _write_search_file(store, spec_doc)
+    except StoreError as err:
+        errors.print(f"epnas: store {root}: {err}", markup=False)
+        sys.exit(1)
+    executor = LocalExecutor(parallelism=parallelism or spec_doc.spec.parallelism, endpoint=spec_doc.spec.store.endpoint)
+    total = spec_doc.spec.budget.episodes * spec_doc.spec.steps_per_episode
+    with _progress(quiet) as progress:
+        task = progress.add_task("starting", total=total)
+
+        def on_step(report: StepReport) -> None:
+            s = report.summary
+            best = s["best"] or {}
+            progress.update(
+                task,
+                completed=s["episode"] * s["stepsPerEpisode"] + s["step"],
+                description=f"e{report.episode} s{report.step}  best reward {best.get('reward', 0):.3f}  acc {best.get('valAccuracy', 0):.3f}  feasible {s['feasibleCount']}",
+            )
+
+        loop = SearchLoop(spec_doc, store=store, store_uri=search_uri, executor=executor, on_step=on_step)
+        summary = loop.run()
+        progress.update(task, completed=total)
+    print_summary(summary)
+
+
+def _write_search_file(store, search: ArchitectureSearch) -> None:
+    """The resolved spec, written once; a later run with a different spec is refused."""
+    resolved = json.dumps(search.model_dump(mode="json", by_alias=True, exclude={"status"}), sort_keys=True, indent=2)
+    try:
+        existing = store.get_bytes(SEARCH_FILE).decode()
+    except StoreNotFound:
+        store.put_bytes(SEARCH_FILE, resolved.encode())
+        return
+    if existing != resolved:
+        errors.print(f"epnas: {store.uri} already holds search {search.name!r} with a different spec; use another name or store")
+        sys.exit(INVALID_INPUT)
+
+
+class _NoProgress:
+    def __enter__(self) -> "_NoProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def add_task(self, *args, **kwargs) -> int:
+        return 0
+
+    def update(self, *args, **kwargs) -> None:
+        return None
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return _NoProgress()
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+
+
+@main.command()
+@click.argument("target")
+@click.option("--store", "store_uri", help="Store root, when TARGET is a search file.")
+def status(target: str, store_uri: str | None) -> None:
+    """Summarise a running or finished local search (TARGET: its search file or its directory)."""
+    path = pathlib.Path(target)
+    if path.is_file():
+        search = read_search(target)
+        search_uri = join_uri(store_root(search, store_uri), search.name)
+    else:
+        search_uri = path.resolve().as_uri() if "://" not in target else target
+    try:
+        summary = open_store(search_uri).get_json(SUMMARY)
+    except StoreError:
+        errors.print(f"epnas: no search state under {search_uri}")
+        sys.exit(1)
+    print_summary(summary)
+
+
+def print_summary(summary: dict) -> None:
+    """The best feasible architecture, its metrics, and where the artifacts are."""
+    c = summary["children"]
+    console.print(
+        f"[bold]{summary['search']}[/bold]: {summary['phase']}, episode {summary['episode']}/{summary['episodes']}, "
+        f"step {summary['step']}/{summary['stepsPerEpisode']}; children {c['total']} "
+        f"({c['succeeded']} trained, {c['cached']} cached, {c['failed']} failed); feasible {summary['feasibleCount']}"
+    )
+    best = summary.get("bestFeasible")
+    if best is None:
+        console.print("[yellow]No feasible architecture yet.[/yellow]")
+        best = summary.get("best")
+        if best is None:
+            return
+        console.print("Best (infeasible) so far:")
+    else:
+        console.print("[bold green]Best feasible architecture[/bold green]:")
+    m = best["metrics"]
+    console.print(
+        f"  child {best['child']}  hash {best['hash']}  val acc {best['valAccuracy']:.4f}  test acc {best['testAccuracy']:.4f}  reward {best['reward']:.4f}\n"
+        f"  params {m['params']:,} ({m['size_bytes'] / 1024:.1f} KiB)  FLOPs {m['flops']:,}  compute intensity {m['compute_intensity']:.2f} FLOPs/byte"
+    )
+    console.print(arch_table(best["arch"]))
+    console.print(f"Artifacts: {summary['store']}  (children/, weights/, state/)")
+
+
+def arch_table(arch: dict) -> Table:
+    table = Table(show_header=True, header_style="bold")
+    if "layers" in arch:
+        fields = ["op", "src1", "src2", "merge", "channels", "width", "freq_width", "stride_time", "stride_freq", "dilation", "activation", "directions"]
+        rows = arch["layers"]
+    else:
+        fields = ["type", "src1", "src2", "channels", "width", "pool", "activation", "propagate"]
+        rows = arch["cell"]["branches"]
+    used = [f for f in fields if any(f in row for row in rows)]
+    table.add_column("#")
+    for f in used:
+        table.add_column(f)
+    for i, row in enumerate(rows):
+        table.add_row(str(i), *[str(row.get(f, "")) for f in used])
+    return table
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+def validate(file: str) -> None:
+    """Check a search file; print every problem and exit 2 if there are any."""
+    search = read_search(file)
+    console.print(f"{file}: valid ArchitectureSearch {search.name!r} ({search.spec.search_space}, {search.spec.strategy})")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def train(args: tuple[str, ...]) -> None:
+    """Train one child: the trainer's entry point (``python -m child_trainer``), same flags."""
+    argv = [sys.executable, "-m", "child_trainer", *args]
+    os.execv(sys.executable, argv)
+
+
+if __name__ == "__main__":
+    main()

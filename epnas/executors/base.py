@@ -1,0 +1,50 @@
+"""What the search loop hands an executor, and what comes back.
+
+The loop writes every child's ``arch.json`` to the store, then calls
+``executor.submit(runs)`` with one ``ChildRun`` per child of a step.  The executor
+runs the trainer however it likes (local processes, Kubernetes Jobs) and returns
+one ``ChildOutcome`` per run, in the same order.  It knows nothing of policies or
+rewards: the loop reads each child's ``result.json`` from the store itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """One child to train: where its task is, where its outputs go, where shared weights live."""
+
+    search: str
+    child: str
+    arch_uri: str
+    out_uri: str
+    weights_uri: str | None
+    timeout_s: float
+    episode: int
+    step: int
+    index: int
+
+
+@dataclass(frozen=True)
+class ChildOutcome:
+    """How a child's run ended: ``exit_code`` 0 means the trainer wrote its result."""
+
+    child: str
+    exit_code: int | None
+    reason: str = ""
+    stderr_tail: str = ""
+    attempts: int = 1
+    seconds: float = 0.0
+
+    @property
+    def succeeded(self) -> bool:
+        return self.exit_code == 0
+
+
+class Executor(Protocol):
+    def submit(self, runs: list[ChildRun]) -> list[ChildOutcome]:
+        """Train every run (in any order, as parallel as the executor likes); block until all ended."""
+        ...

@@ -1,0 +1,426 @@
+"""The progressive search loop (EPNAS §3.1, Fig. 1): episodes × steps × branches.
+
+Per episode, branch ``n`` starts from seed ``n mod K`` of the current top-K.  At
+each step every branch's architecture ``X_{t,n}`` is morphed by an action from the
+policy (or uniformly at random, strategy ``random``); the step's children are
+handed to the executor as one batch; rewards come from their ``result.json`` files
+(EPNAS Eq. 3); the shared weight dictionary is merged; the loop state is
+checkpointed.  After the last step the policy takes one REINFORCE update and the
+top-K children of the episode seed the next one.
+
+Where children run is the executor's business; the loop only reads and writes the
+store.  Children whose architecture was already evaluated are not retrained, and a
+child whose ``result.json`` exists is never trained again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from epnas.arch import Arch, parse_arch, random_arch
+from epnas.checkpoint import (
+    CHECKPOINT,
+    HISTORY,
+    PENDING,
+    SUMMARY,
+    LoopState,
+    decode_python_rng,
+    decode_torch_rng,
+    encode_python_rng,
+    encode_torch_rng,
+    load_policy,
+    save_policy,
+)
+from epnas.executors.base import ChildOutcome, ChildRun, Executor
+from epnas import reinforce
+from epnas.metrics import compute_metrics
+from epnas.morph import Action, apply_action, random_action
+from epnas.policy import Policy, make_optimizer
+from epnas.reward import compute_reward
+from epnas.space import get_space
+from epnas.spec import ArchitectureSearch, dataset_geometry, initial_arch
+from epnas.store import Store, StoreNotFound, join_uri
+from epnas.task import ChildResult, ChildTask, load_result
+from epnas.weights import merge
+
+WEIGHTS_PREFIX = "weights/"
+
+
+def child_id(episode: int, step: int, index: int) -> str:
+    """``e003-s07-c05``: deterministic, so a restarted run finds the same children."""
+    return f"e{episode:03d}-s{step:02d}-c{index:02d}"
+
+
+@dataclass
+class ChildRecord:
+    """One child in the history: where it came from, what it is, how it did."""
+
+    child: str
+    episode: int
+    step: int
+    branch: int
+    parent: str
+    hash: str
+    arch: dict
+    action: dict | None
+    applied: str
+    degraded: str | None
+    status: str  # succeeded | failed | cached
+    val_accuracy: float = 0.0
+    test_accuracy: float = 0.0
+    reward: float = 0.0
+    feasible: bool = False
+    metrics: dict = field(default_factory=dict)
+    violations: dict = field(default_factory=dict)
+    exit_code: int | None = None
+    reason: str = ""
+    train_seconds: float = 0.0
+
+
+@dataclass
+class StepReport:
+    """What a step did, for progress displays."""
+
+    episode: int
+    step: int
+    records: list[ChildRecord]
+    summary: dict
+
+
+class SearchLoop:
+    """Runs one ``ArchitectureSearch`` to completion against ``store`` (rooted at the search's own
+    directory, ``store_uri``) with children trained by ``executor``."""
+
+    def __init__(
+        self,
+        search: ArchitectureSearch,
+        *,
+        store: Store,
+        store_uri: str,
+        executor: Executor,
+        on_step: Callable[[StepReport], None] | None = None,
+    ):
+        self.search = search
+        self.spec = search.spec
+        self.store = store
+        self.store_uri = store_uri
+        self.executor = executor
+        self.on_step = on_step or (lambda report: None)
+        self.space = get_space(self.spec.search_space)
+        self.geometry = dataset_geometry(self.spec)
+        self.steps = self.spec.steps_per_episode
+        self.training = self.spec.child_training.resolved()
+        self.policy = None
+        self.optimizer = None
+        if self.spec.strategy == "epnas":
+            self.policy = Policy(self.space, self.spec.policy, generator_seed=self.spec.seed)
+            self.optimizer = make_optimizer(self.policy)
+
+    # ------------------------------------------------------------ state
+
+    def load_state(self) -> tuple[LoopState, list[ChildRecord]]:
+        """The last checkpoint and the history it covers, or a fresh start."""
+        try:
+            state = LoopState.from_json(self.store.get_json(CHECKPOINT))
+        except StoreNotFound:
+            return self.fresh_state(), []
+        history = [ChildRecord(**r) for r in self._get_json(HISTORY, [])][: state.history_count]
+        if state.policy_file and self.policy is not None:
+            load_policy(self.store, state.policy_file, self.policy, self.optimizer)
+        return state, history
+
+    def fresh_state(self) -> LoopState:
+        rng = random.Random(self.spec.seed)
+        start = initial_arch(self.spec)
+        if start is None:
+            start = random_arch(self.spec.search_space, self.spec.initial_architecture.random.depth, rng)
+        generator = torch.Generator().manual_seed(self.spec.seed)
+        return LoopState(seeds=[_arch_json(start)], python_rng=encode_python_rng(rng), torch_rng=encode_torch_rng(generator))
+
+    def _get_json(self, key: str, default: Any) -> Any:
+        try:
+            return self.store.get_json(key)
+        except StoreNotFound:
+            return default
+
+    def _commit(self, state: LoopState, history: list[ChildRecord], phase: str) -> dict:
+        """History and summary first, the checkpoint last: its presence commits the step."""
+        state.history_count = len(history)
+        self.store.put_json(HISTORY, [asdict(r) for r in history])
+        summary = summarize(self.search, state, history, phase, self.steps, self.store_uri)
+        self.store.put_json(SUMMARY, summary)
+        self.store.put_json(CHECKPOINT, state.to_json())
+        return summary
+
+    # ------------------------------------------------------------ loop
+
+    def run(self) -> dict:
+        """Run (or resume) to the end of the budget; returns the final summary."""
+        state, history = self.load_state()
+        while state.episode < self.spec.budget.episodes:
+            if state.branches is None:
+                self._start_episode(state)
+            while state.step < self.steps:
+                records = self._run_step(state, history)
+                summary = self._commit(state, history, "Running")
+                self.on_step(StepReport(state.episode, state.step - 1, records, summary))
+            self._end_episode(state, history)
+            self._commit(state, history, "Running")
+        return self._commit(state, history, "Succeeded")
+
+    def _start_episode(self, state: LoopState) -> None:
+        n = self.spec.budget.branches
+        state.branches = [state.seeds[b % len(state.seeds)] for b in range(n)]
+        state.trajectory = [[] for _ in range(n)]
+        state.step = 0
+
+    def _sample(self, state: LoopState) -> list[dict]:
+        """One action per branch, morphed; the plan is stored before any child starts, so a
+        restarted run trains exactly the same children."""
+        pending = self._get_json(PENDING, None)
+        if pending and pending["episode"] == state.episode and pending["step"] == state.step:
+            state.python_rng, state.torch_rng = pending["python_rng"], pending["torch_rng"]
+            return pending["children"]
+        rng = decode_python_rng(state.python_rng)
+        generator = decode_torch_rng(state.torch_rng)
+        archs = [parse_arch(a) for a in state.branches]
+        if self.policy is not None:
+            with torch.no_grad(), single_thread():
+                actions = [s.action for s in self.policy.sample_batch(archs, generator)]
+        else:
+            actions = [random_action(arch, rng, self.spec.policy.scale_groups) for arch in archs]
+        plan = []
+        for b, (arch_data, arch, action) in enumerate(zip(state.branches, archs, actions)):
+            result = apply_action(arch, action)
+            plan.append(
+                {
+                    "child": child_id(state.episode, state.step, b),
+                    "parent_arch": arch_data,
+                    "arch": _arch_json(result.arch),
+                    "action": action.to_dict(),
+                    "applied": result.applied,
+                    "degraded": result.degraded,
+                }
+            )
+        state.python_rng = encode_python_rng(rng)
+        state.torch_rng = encode_torch_rng(generator)
+        pending = {"episode": state.episode, "step": state.step, "children": plan, "python_rng": state.python_rng, "torch_rng": state.torch_rng}
+        self.store.put_json(PENDING, pending)
+        return plan
+
+    def _run_step(self, state: LoopState, history: list[ChildRecord]) -> list[ChildRecord]:
+        plan = self._sample(state)
+        evaluated = {r.hash: r for r in history if r.status in ("succeeded", "cached")}
+        runs: list[ChildRun] = []
+        for b, item in enumerate(plan):
+            arch = parse_arch(item["arch"])
+            key = f"children/{item['child']}"
+            if not self.store.exists(f"{key}/arch.json"):
+                self.store.put_bytes(f"{key}/arch.json", self._task(item, arch).to_json().encode())
+            if self.store.exists(f"{key}/result.json"):
+                continue
+            if arch.hash in evaluated:
+                self._write_cached_result(item["child"], evaluated[arch.hash])
+                continue
+            runs.append(self._child_run(item["child"], state, b))
+        outcomes = {o.child: o for o in self.executor.submit(runs)}
+        records = [self._record(state, b, item, outcomes.get(item["child"]), evaluated) for b, item in enumerate(plan)]
+        self._merge_weights(records, outcomes)
+        for b, record in enumerate(records):
+            state.trajectory[b].append({"arch": plan[b]["parent_arch"], "action": plan[b]["action"], "reward": record.reward})
+            if record.status != "failed":
+                state.branches[b] = record.arch
+        history.extend(records)
+        state.step += 1
+        return records
+
+    def _task(self, item: dict, arch: Arch) -> ChildTask:
+        return ChildTask(
+            search=self.search.name,
+            child=item["child"],
+            arch=arch,
+            dataset=self.spec.dataset,
+            training=self.training,
+            seed=self.spec.seed,
+            weights=WEIGHTS_PREFIX if self.training.parameter_sharing else None,
+        )
+
+    def _child_run(self, child: str, state: LoopState, index: int) -> ChildRun:
+        base = join_uri(self.store_uri, f"children/{child}")
+        return ChildRun(
+            search=self.search.name,
+            child=child,
+            arch_uri=f"{base}/arch.json",
+            out_uri=base,
+            weights_uri=join_uri(self.store_uri, WEIGHTS_PREFIX) if self.training.parameter_sharing else None,
+            timeout_s=float(self.training.timeout_seconds),
+            episode=state.episode,
+            step=state.step,
+            index=index,
+        )
+
+    def _write_cached_result(self, child: str, earlier: ChildRecord) -> None:
+        """The same architecture was already trained: its result stands for this child too."""
+        result = load_result(self.store.get_bytes(f"children/{earlier.child}/result.json"))
+        note = f"cached: same architecture as {earlier.child}"
+        cached = result.model_copy(update={"child": child, "warnings": [*result.warnings, note]})
+        self.store.put_bytes(f"children/{child}/result.json", cached.to_json().encode())
+
+    def _record(self, state: LoopState, b: int, item: dict, outcome: ChildOutcome | None, evaluated: dict) -> ChildRecord:
+        arch = parse_arch(item["arch"])
+        metrics = compute_metrics(arch, self.geometry[0], self.geometry[1])
+        record = ChildRecord(
+            child=item["child"],
+            episode=state.episode,
+            step=state.step,
+            branch=b,
+            parent=_parent_name(state, b),
+            hash=arch.hash,
+            arch=item["arch"],
+            action=item["action"],
+            applied=item["applied"],
+            degraded=item["degraded"],
+            status="failed",
+            metrics=metrics.as_dict(),
+        )
+        result = self._read_result(item["child"])
+        if result is None:
+            record.exit_code = outcome.exit_code if outcome else None
+            record.reason = (outcome.reason + ": " + outcome.stderr_tail.strip().splitlines()[-1]) if outcome and outcome.stderr_tail.strip() else (outcome.reason if outcome else "no result")
+            reward = compute_reward(0.0, metrics, self.spec.constraints)
+            record.violations, record.feasible = reward.violations, reward.feasible
+            return record
+        reward = compute_reward(result.val_accuracy, metrics, self.spec.constraints)
+        record.status = "cached" if any(w.startswith("cached:") for w in result.warnings) else "succeeded"
+        record.val_accuracy, record.test_accuracy = result.val_accuracy, result.test_accuracy
+        record.reward, record.feasible, record.violations = reward.reward, reward.feasible, reward.violations
+        record.exit_code, record.train_seconds = 0, result.train_seconds
+        return record
+
+    def _read_result(self, child: str) -> ChildResult | None:
+        try:
+            return load_result(self.store.get_bytes(f"children/{child}/result.json"))
+        except StoreNotFound:
+            return None
+
+    def _merge_weights(self, records: list[ChildRecord], outcomes: dict[str, ChildOutcome]) -> None:
+        if not self.training.parameter_sharing:
+            return
+        trained = [
+            (f"children/{r.child}/weights.safetensors", r.val_accuracy, r.child)
+            for r in records
+            if r.status == "succeeded" and self.store.exists(f"children/{r.child}/weights.safetensors")
+        ]
+        if trained:
+            merge(self.store, WEIGHTS_PREFIX, trained)
+
+    def _end_episode(self, state: LoopState, history: list[ChildRecord]) -> None:
+        if self.policy is not None:
+            self._update_policy(state)
+        episode_records = [r for r in history if r.episode == state.episode and r.status != "failed"]
+        state.seeds = top_k(episode_records, self.spec.budget.top_k, fallback=state.seeds)
+        state.episode += 1
+        state.step = 0
+        state.branches = None
+        state.trajectory = []
+
+    def _update_policy(self, state: LoopState) -> None:
+        """One REINFORCE step on the episode's trajectories (replayed from the checkpoint)."""
+        n, t = len(state.trajectory), len(state.trajectory[0])
+        items = [item for branch in state.trajectory for item in branch]
+        with single_thread():
+            log_probs, entropies = self.policy.log_prob_batch(
+                [parse_arch(item["arch"]) for item in items], [Action.from_dict(item["action"]) for item in items]
+            )
+            rewards = torch.tensor([[item["reward"] for item in branch] for branch in state.trajectory], dtype=torch.float32)
+            returns = reinforce.returns_to_go(rewards)
+            baseline = reinforce.MovingBaseline.from_values(self.spec.policy.baseline_decay, state.baselines or [])
+            b = baseline.update(returns)  # ENAS order: the baseline first, then advantages against it
+            self.last_update = reinforce.update(
+                self.policy, self.optimizer, log_probs.view(n, t), returns, b, entropies.view(n, t), self.spec.policy.entropy_weight
+            )
+        state.baselines = list(baseline.values)
+        key = f"state/policy-e{state.episode:03d}.safetensors"
+        save_policy(self.store, key, self.policy, self.optimizer)
+        state.policy_file = key
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Policy work is tiny: one thread is 5–15× faster than torch's default on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _arch_json(arch: Arch) -> dict:
+    return arch.model_dump(mode="json", exclude_none=True)
+
+
+def _parent_name(state: LoopState, branch: int) -> str:
+    if state.step == 0:
+        return "seed"
+    return child_id(state.episode, state.step - 1, branch)
+
+
+def top_k(records: list[ChildRecord], k: int, fallback: list[dict]) -> list[dict]:
+    """The ``k`` best distinct architectures by reward (ties: higher accuracy); filled from ``fallback``."""
+    best: dict[str, ChildRecord] = {}
+    for r in sorted(records, key=lambda r: (-r.reward, -r.val_accuracy, r.child)):
+        best.setdefault(r.hash, r)
+    seeds = [r.arch for r in list(best.values())[:k]]
+    for arch in fallback:
+        if len(seeds) >= k:
+            break
+        if arch not in seeds:
+            seeds.append(arch)
+    return seeds
+
+
+def _brief(record: ChildRecord | None) -> dict | None:
+    if record is None:
+        return None
+    return {
+        "child": record.child,
+        "hash": record.hash,
+        "valAccuracy": record.val_accuracy,
+        "testAccuracy": record.test_accuracy,
+        "reward": record.reward,
+        "feasible": record.feasible,
+        "metrics": record.metrics,
+        "arch": record.arch,
+    }
+
+
+def summarize(search: ArchitectureSearch, state: LoopState, history: list[ChildRecord], phase: str, steps: int, store_uri: str) -> dict:
+    """The search at a glance: progress, counts, the best and the best feasible child."""
+    done = [r for r in history if r.status != "failed"]
+    feasible = [r for r in done if r.feasible]
+    best = max(done, key=lambda r: (r.reward, r.val_accuracy), default=None)
+    best_feasible = max(feasible, key=lambda r: (r.val_accuracy, r.reward), default=None)
+    return {
+        "search": search.name,
+        "phase": phase,
+        "episode": state.episode,
+        "step": state.step,
+        "episodes": search.spec.budget.episodes,
+        "stepsPerEpisode": steps,
+        "children": {
+            "total": len(history),
+            "succeeded": sum(r.status == "succeeded" for r in history),
+            "cached": sum(r.status == "cached" for r in history),
+            "failed": sum(r.status == "failed" for r in history),
+        },
+        "feasibleCount": len(feasible),
+        "best": _brief(best),
+        "bestFeasible": _brief(best_feasible),
+        "store": store_uri,
+    }
