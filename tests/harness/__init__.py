@@ -28,6 +28,12 @@ Fixtures (all defined in harness/plugin.py):
   (deletion not awaited).
 * `harness_workdir` (session) → pathlib.Path: where servers keep data and logs.
 
+Helpers: `harness.manifests` (python_pod / python_job / python_container builders),
+`harness.waits` (wait_until, wait_for_job_finished, job_condition, job_pods,
+wait_for_deleted), `harness.standalone` (the whole stack outside pytest, for the
+process-hygiene test). Every process the harness starts carries $EPNAS_HARNESS_RUN when
+it is set (`procs.processes_with_marker` finds them).
+
 When a test using these fixtures fails, the tails of every server log (etcd, apiserver,
 controller-manager, node agent, MinIO) are appended to its report.
 """
