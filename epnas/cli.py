@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shlex
 import sys
 
 import click
@@ -58,8 +59,9 @@ def main() -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--store", "store_uri", help="Store root (file:///abs/dir or s3://bucket/prefix); default: spec.store.uri or ./runs.")
 @click.option("--parallelism", type=click.IntRange(min=1), help="Children trained at once (default: spec.parallelism or the CPU count).")
+@click.option("--trainer-command", help="Command that runs the trainer, split like a shell would (default: the venv's python -m child_trainer).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def search(file: str, store_uri: str | None, parallelism: int | None, quiet: bool) -> None:
+def search(file: str, store_uri: str | None, parallelism: int | None, trainer_command: str | None, quiet: bool) -> None:
     """Run (or resume) the search in FILE with children as local processes."""
     spec_doc = read_search(file)
     root = store_root(spec_doc, store_uri)
@@ -70,7 +72,11 @@ def search(file: str, store_uri: str | None, parallelism: int | None, quiet: boo
     except StoreError as err:
         errors.print(f"epnas: store {root}: {err}", markup=False)
         sys.exit(1)
-    executor = LocalExecutor(parallelism=parallelism or spec_doc.spec.parallelism, endpoint=spec_doc.spec.store.endpoint)
+    executor = LocalExecutor(
+        parallelism=parallelism or spec_doc.spec.parallelism,
+        endpoint=spec_doc.spec.store.endpoint,
+        trainer_command=shlex.split(trainer_command) if trainer_command else None,
+    )
     total = spec_doc.spec.budget.episodes * spec_doc.spec.steps_per_episode
     with _progress(quiet) as progress:
         task = progress.add_task("starting", total=total)

@@ -1,14 +1,14 @@
 """Children as local processes: ``python -m child_trainer`` per child, ``parallelism`` at a time.
 
 A child that exits 2 (invalid input) is never retried; any other failure (non-zero
-exit, signal, timeout) is retried ``retries`` times.  A timed-out child's process
-group is killed.
+exit, signal, timeout) is retried ``retries`` times.  A timed-out child is killed.
+Children stay in the caller's process group, so Ctrl-C or killing the group of
+``epnas search`` stops them too: a resumed search never races an orphaned trainer.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -78,21 +78,13 @@ class LocalExecutor:
                     stdout=subprocess.DEVNULL,
                     stderr=stderr,
                     env={**self.env, "EPNAS_TERMINATION_LOG": termination_log},
-                    start_new_session=True,
                 )
                 try:
                     code = proc.wait(timeout=run.timeout_s)
                     reason = "Completed" if code == 0 else ("InvalidInput" if code == INVALID_INPUT else "Error")
                 except subprocess.TimeoutExpired:
-                    _kill_group(proc)
+                    proc.kill()
+                    proc.wait()
                     code, reason = None, f"DeadlineExceeded after {run.timeout_s:g} s"
             tail = stderr_path.read_bytes()[-STDERR_TAIL_CHARS:].decode(errors="replace")
         return ChildOutcome(run.child, code, reason, tail, attempt)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()

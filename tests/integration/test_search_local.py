@@ -1,0 +1,84 @@
+"""``epnas search`` driven as a user would: a tiny synthetic search to the end, a search killed
+with SIGKILL in the middle of a step and run again, and a bad search file."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+HERE = pathlib.Path(__file__).parent
+TINY = HERE / "searches" / "tiny-synthetic.yaml"
+EPNAS = [sys.executable, "-m", "epnas.cli"]
+CHILDREN = 12  # 2 episodes × 2 steps × 3 branches
+
+
+def search_cmd(store: pathlib.Path) -> list[str]:
+    trainer = f"{sys.executable} {HERE / 'counting_trainer.py'}"
+    return [*EPNAS, "search", str(TINY), "--store", store.as_uri(), "--parallelism", "2", "--quiet", "--trainer-command", trainer]
+
+
+def env(log: pathlib.Path) -> dict[str, str]:
+    return {**os.environ, "EPNAS_COUNT_LOG": str(log), "EPNAS_TRAINER_THREADS": "1"}
+
+
+def events(log: pathlib.Path, kind: str) -> list[str]:
+    return [line.split()[1] for line in log.read_text().splitlines() if line.startswith(kind + " ")]
+
+
+def results(store: pathlib.Path) -> list[pathlib.Path]:
+    return sorted((store / "tiny-synthetic" / "children").glob("*/result.json"))
+
+
+def test_tiny_search_finishes_and_reports_the_best(tmp_path) -> None:
+    log = tmp_path / "trained.log"
+    done = subprocess.run(search_cmd(tmp_path / "store"), env=env(log), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "store" / "tiny-synthetic" / "state" / "summary.json").read_text())
+    assert summary["phase"] == "Succeeded" and summary["children"]["total"] == CHILDREN
+    assert len(results(tmp_path / "store")) == CHILDREN
+    trained = events(log, "done")
+    assert len(trained) == len(set(trained)) == summary["children"]["succeeded"]
+    assert summary["best"]["valAccuracy"] > 0.25  # 4 classes: better than chance
+    assert "tiny-synthetic" in done.stdout and "Artifacts:" in done.stdout
+    status = subprocess.run([*EPNAS, "status", str(tmp_path / "store" / "tiny-synthetic")], capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and "Succeeded" in status.stdout
+    index = json.loads((tmp_path / "store" / "tiny-synthetic" / "weights" / "index.json").read_text())
+    assert index["tensors"], "the shared weight dictionary was merged"
+
+
+def test_sigkill_mid_step_then_rerun_trains_no_child_twice(tmp_path) -> None:
+    store, log = tmp_path / "store", tmp_path / "trained.log"
+    proc = subprocess.Popen(search_cmd(store), env=env(log), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(results(store)) < 4 and time.monotonic() < deadline:  # step 0 done, step 1 under way
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the search and its trainers, as a terminal's kill would
+    proc.wait()
+    finished = {p: p.stat().st_mtime_ns for p in results(store)}
+    assert 4 <= len(finished) < CHILDREN
+    again = subprocess.run(search_cmd(store), env=env(log), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads((store / "tiny-synthetic" / "state" / "summary.json").read_text())
+    assert summary["phase"] == "Succeeded" and summary["children"]["total"] == CHILDREN
+    trained = events(log, "done")
+    assert len(trained) == len(set(trained)), f"trained twice: {sorted(trained)}"
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished, "a finished child was trained again"
+    restarted = [c for c in set(events(log, "start")) if events(log, "start").count(c) > 1]
+    assert all(c not in [p.parent.name for p in finished] for c in restarted)
+    assert len(results(store)) == CHILDREN
+
+
+def test_a_bad_search_file_exits_2_listing_every_problem(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.read_text().replace("episodes: 2", "episodes: 0").replace("max: 20000", "max: -1").replace("image-layer", "image-layers"))
+    done = subprocess.run([*EPNAS, "search", str(bad), "--store", (tmp_path / "s").as_uri()], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    for path in ("spec.budget.episodes", "spec.constraints[0].max", "spec.searchSpace"):
+        assert path in done.stderr
+    assert not (tmp_path / "s").exists()

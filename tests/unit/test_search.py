@@ -1,0 +1,128 @@
+"""The search loop with an in-process toy executor: budget, hash cache, failures, crash and resume.
+
+The toy executor "trains" a child by writing a ``result.json`` whose accuracy is a
+known function of the architecture, so these tests exercise the loop alone.
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from epnas.arch import parse_arch
+from epnas.checkpoint import CHECKPOINT, HISTORY, SUMMARY
+from epnas.executors.base import ChildOutcome, ChildRun
+from epnas.search import SearchLoop
+from epnas.spec import parse_search
+from epnas.store import open_store, split_uri
+from epnas.task import ChildResult, load_task
+
+
+def toy_accuracy(arch) -> float:
+    """More conv layers are better, up to 4."""
+    convs = sum(l.op in ("conv2d", "dep-sep-conv2d") for l in arch.layers)
+    return min(convs, 4) / 4 * 0.9 + 0.05
+
+
+class ToyExecutor:
+    """Writes each child's result in-process; fails children listed in ``fail``; can crash after ``crash_after`` runs."""
+
+    def __init__(self, fail: set[str] = frozenset(), crash_after: int | None = None):
+        self.trained: list[str] = []
+        self.fail = fail
+        self.crash_after = crash_after
+
+    def submit(self, runs: list[ChildRun]) -> list[ChildOutcome]:
+        outcomes = []
+        for run in runs:
+            if self.crash_after is not None and len(self.trained) >= self.crash_after:
+                raise KeyboardInterrupt("simulated crash in the middle of a step")
+            if run.child in self.fail:
+                outcomes.append(ChildOutcome(run.child, 1, "Error", "Traceback...\nRuntimeError: boom"))
+                continue
+            root, key = split_uri(run.arch_uri)
+            task = load_task(open_store(root).get_bytes(key))
+            result = ChildResult(child=run.child, arch_hash=task.arch.hash, val_accuracy=toy_accuracy(task.arch), test_accuracy=0.5, train_seconds=0.0, epochs_run=1)
+            open_store(run.out_uri).put_bytes("result.json", result.to_json().encode())
+            self.trained.append(run.child)
+            outcomes.append(ChildOutcome(run.child, 0, "Completed"))
+        return outcomes
+
+
+def search_doc(strategy: str = "epnas", seed: int = 1, episodes: int = 2, steps: int = 2, branches: int = 3):
+    return parse_search(
+        yaml.safe_load(
+            f"""
+apiVersion: epnas.io/v1alpha1
+kind: ArchitectureSearch
+metadata: {{name: toy}}
+spec:
+  strategy: {strategy}
+  seed: {seed}
+  initialArchitecture: {{random: {{depth: 2}}}}
+  dataset: {{kind: synthetic, inputShape: [1, 8, 8], numClasses: 4}}
+  constraints: [{{metric: modelSize, max: 50000}}]
+  budget: {{episodes: {episodes}, stepsPerEpisode: {steps}, branches: {branches}, topK: 2}}
+  childTraining: {{parameterSharing: false, epochs: 1}}
+"""
+        )
+    )
+
+
+def run(tmp_path, executor, doc=None):
+    uri = (tmp_path / "store").as_uri()
+    store = open_store(uri)
+    summary = SearchLoop(doc or search_doc(), store=store, store_uri=uri, executor=executor).run()
+    return store, summary
+
+
+def test_runs_the_whole_budget_and_records_every_child(tmp_path) -> None:
+    executor = ToyExecutor()
+    store, summary = run(tmp_path, executor)
+    history = store.get_json(HISTORY)
+    assert [r["child"] for r in history] == [f"e{e:03d}-s{s:02d}-c{c:02d}" for e in range(2) for s in range(2) for c in range(3)]
+    assert summary["phase"] == "Succeeded" and store.get_json(SUMMARY) == summary
+    assert store.get_json(CHECKPOINT)["episode"] == 2
+    assert summary["children"]["total"] == 12 and summary["children"]["failed"] == 0
+    for r in history:
+        assert r["reward"] == pytest.approx(toy_accuracy(parse_arch(r["arch"]))) if r["feasible"] else r["reward"] < r["val_accuracy"]
+        assert store.exists(f"children/{r['child']}/arch.json") and store.exists(f"children/{r['child']}/result.json")
+    assert store.exists(store.get_json(CHECKPOINT)["policy_file"])
+    # every child is one morph of its branch's previous architecture
+    assert all(r["parent"] == ("seed" if r["step"] == 0 else f"e{r['episode']:03d}-s{r['step'] - 1:02d}-c{r['branch']:02d}") for r in history)
+
+
+def test_already_evaluated_architectures_are_not_retrained(tmp_path) -> None:
+    executor = ToyExecutor()
+    store, summary = run(tmp_path, executor, search_doc(strategy="random", seed=3, episodes=3, steps=3, branches=4))
+    history = store.get_json(HISTORY)
+    cached = [r for r in history if r["status"] == "cached"]
+    assert cached, "seed 3 repeats an architecture; the cache should have served it"
+    trained_hashes = [r["hash"] for r in history if r["status"] == "succeeded"]
+    assert len(trained_hashes) == len(set(trained_hashes)) == len(executor.trained)
+    assert all(r["hash"] in trained_hashes for r in cached)
+
+
+def test_a_failed_child_gets_reward_zero_and_its_branch_keeps_the_parent(tmp_path) -> None:
+    executor = ToyExecutor(fail={"e000-s00-c01"})
+    store, summary = run(tmp_path, executor)
+    history = {r["child"]: r for r in store.get_json(HISTORY)}
+    failed = history["e000-s00-c01"]
+    assert failed["status"] == "failed" and failed["reward"] == 0 and failed["exit_code"] == 1
+    assert "RuntimeError: boom" in failed["reason"]
+    assert summary["children"]["failed"] == 1
+
+
+def test_a_crash_mid_step_resumes_with_no_child_trained_twice(tmp_path) -> None:
+    reference = ToyExecutor()
+    ref_store, _ = run(tmp_path / "ref", reference)
+    first = ToyExecutor(crash_after=4)  # dies after the 4th child: in the middle of step 1
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "crash", first)
+    second = ToyExecutor()
+    store, summary = run(tmp_path / "crash", second)
+    assert summary["phase"] == "Succeeded"
+    assert sorted(first.trained + second.trained) == sorted(reference.trained)
+    assert not set(first.trained) & set(second.trained)
+    strip = lambda rs: [(r["child"], r["hash"], r["reward"]) for r in rs]
+    assert strip(store.get_json(HISTORY)) == strip(ref_store.get_json(HISTORY))
