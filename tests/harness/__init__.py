@@ -26,6 +26,9 @@ Fixtures (all defined in harness/plugin.py):
 * `namespace` (function) → str: a fresh namespace whose `default` ServiceAccount and
   `kube-root-ca.crt` ConfigMap exist (pods can be created at once); deleted after the test
   (deletion not awaited).
+* `helm` (session) → `plugin.Helm`: the pinned helm binary against `control_plane`
+  (KUBECONFIG set, its own HELM_CACHE/CONFIG/DATA_HOME); `helm(*args, check=True)` →
+  CompletedProcess[str]; `.binary`, `.env`.
 * `harness_workdir` (session) → pathlib.Path: where servers keep data and logs.
 
 Helpers: `harness.manifests` (python_pod / python_job / python_container builders),

@@ -6,6 +6,7 @@ import logging
 import pathlib
 import re
 import secrets
+import subprocess
 import time
 
 import pytest
@@ -18,7 +19,7 @@ from harness.minio import MinioServer
 from harness.node_agent import NodeAgent, NodeConfig, default_images
 
 LOGS_KEY = pytest.StashKey[dict[str, pathlib.Path]]()
-HARNESS_FIXTURES = {"control_plane", "node_agent", "minio", "bucket", "namespace"}
+HARNESS_FIXTURES = {"control_plane", "node_agent", "minio", "bucket", "namespace", "helm"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -153,3 +154,30 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest):
     except ApiException as error:
         if error.status != 404:
             raise
+
+
+class Helm:
+    """The pinned helm binary bound to the test control plane, with its own cache/config/data dirs."""
+
+    def __init__(self, binary: pathlib.Path, *, control_plane: ControlPlane, home: pathlib.Path) -> None:
+        self.binary = binary
+        self.env = {
+            **control_plane.env,
+            "HELM_CACHE_HOME": str(home / "cache"),
+            "HELM_CONFIG_HOME": str(home / "config"),
+            "HELM_DATA_HOME": str(home / "data"),
+        }
+
+    def __call__(self, *args: str, check: bool = True, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+        """Run `helm *args`; stdout/stderr captured as text; CalledProcessError when check and it fails."""
+        return subprocess.run([str(self.binary), *args], env=self.env, capture_output=True, text=True,
+                              check=check, timeout=timeout_s)
+
+
+@pytest.fixture(scope="session")
+def helm(control_plane: ControlPlane, harness_workdir: pathlib.Path) -> Helm:
+    try:
+        binary = binaries.require("helm")
+    except binaries.MissingBinaryError as error:
+        pytest.fail(str(error), pytrace=False)
+    return Helm(binary, control_plane=control_plane, home=harness_workdir / "helm")

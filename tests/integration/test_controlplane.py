@@ -313,11 +313,21 @@ def test_missing_binary_fails_with_build_hint_instead_of_skipping(tmp_path):
     assert "skipped" not in result.stdout.lower()
 
 
-@pytest.mark.parametrize("name", ["helm"])
-def test_helm_binary_is_built_at_the_pinned_version(name):
-    output = subprocess.run([str(binaries.require(name)), "version", "--short"],
-                            capture_output=True, text=True, check=True).stdout
-    assert output.startswith(_pinned("HELM_VERSION"))
+def test_helm_at_the_pinned_version_installs_a_chart_into_the_control_plane(helm, core, namespace, tmp_path):
+    chart = tmp_path / "probe"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text(
+        "apiVersion: v2\nname: probe\nversion: 0.1.0\nkubeVersion: '>=1.30.0-0'\n")
+    (chart / "templates" / "configmap.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-probe\n"
+        "data:\n  kube: {{ .Capabilities.KubeVersion.Version | quote }}\n")
+
+    version = helm("version", "--short").stdout
+    helm("install", "rel", str(chart), "--namespace", namespace, "--wait", "--timeout", "60s")
+
+    config_map = core.read_namespaced_config_map("rel-probe", namespace)
+    assert version.startswith(_pinned("HELM_VERSION"))
+    assert config_map.data["kube"] == _pinned("KUBERNETES_VERSION")
 
 
 def test_namespace_fixture_has_default_service_account(core, namespace):
