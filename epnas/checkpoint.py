@@ -1,5 +1,6 @@
 """Loop state in the store: ``state/checkpoint.json`` (written last), policy and optimizer tensors
-as safetensors, the history of every child, and the summary ``epnas status`` prints.
+as safetensors, the history of every child (one append-only file per step,
+``state/history/e003-s07.json``), and the summary ``epnas status`` prints.
 
 A checkpoint names the policy file it belongs to, so a crash between writing a new
 policy and the checkpoint that refers to it never applies an update twice.
@@ -18,7 +19,7 @@ import torch
 from epnas.store import Store
 
 CHECKPOINT = "state/checkpoint.json"
-HISTORY = "state/history.json"
+HISTORY_PREFIX = "state/history/"
 SUMMARY = "state/summary.json"
 PENDING = "state/pending-step.json"
 SEARCH_FILE = "search.yaml"
@@ -87,3 +88,17 @@ def load_policy(store: Store, key: str, policy: torch.nn.Module, optimizer: torc
             state.setdefault(int(index), {})[field_name] = value
     saved = optimizer.state_dict()
     optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+
+
+def history_key(episode: int, step: int) -> str:
+    return f"{HISTORY_PREFIX}e{episode:03d}-s{step:02d}.json"
+
+
+def read_history(store: Store, count: int) -> list[dict]:
+    """The first ``count`` child records, in order (later step files are from an uncommitted step)."""
+    records: list[dict] = []
+    for key in sorted(store.list(HISTORY_PREFIX)):
+        if len(records) >= count:
+            break
+        records.extend(store.get_json(key))
+    return records[:count]

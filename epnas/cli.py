@@ -187,7 +187,10 @@ def arch_table(arch: dict) -> Table:
     for f in used:
         table.add_column(f)
     for i, row in enumerate(rows):
-        table.add_row(str(i), *[str(row.get(f, "")) for f in used])
+        shown = {f: row.get(f, "") for f in used}
+        if "merge" in shown and row.get("src2") is None:
+            shown["merge"] = ""  # no skip, nothing merged
+        table.add_row(str(i), *[str(v) for v in shown.values()])
     return table
 
 

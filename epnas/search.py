@@ -25,7 +25,6 @@ import torch
 from epnas.arch import Arch, parse_arch, random_arch
 from epnas.checkpoint import (
     CHECKPOINT,
-    HISTORY,
     PENDING,
     SUMMARY,
     LoopState,
@@ -33,6 +32,8 @@ from epnas.checkpoint import (
     decode_torch_rng,
     encode_python_rng,
     encode_torch_rng,
+    history_key,
+    read_history,
     load_policy,
     save_policy,
 )
@@ -129,7 +130,7 @@ class SearchLoop:
             state = LoopState.from_json(self.store.get_json(CHECKPOINT))
         except StoreNotFound:
             return self.fresh_state(), []
-        history = [ChildRecord(**r) for r in self._get_json(HISTORY, [])][: state.history_count]
+        history = [ChildRecord(**r) for r in read_history(self.store, state.history_count)]
         if state.policy_file and self.policy is not None:
             load_policy(self.store, state.policy_file, self.policy, self.optimizer)
         return state, history
@@ -148,10 +149,11 @@ class SearchLoop:
         except StoreNotFound:
             return default
 
-    def _commit(self, state: LoopState, history: list[ChildRecord], phase: str) -> dict:
-        """History and summary first, the checkpoint last: its presence commits the step."""
+    def _commit(self, state: LoopState, history: list[ChildRecord], phase: str, step_records: list[ChildRecord] = ()) -> dict:
+        """The step's history and the summary first, the checkpoint last: its presence commits the step."""
+        if step_records:
+            self.store.put_json(history_key(step_records[0].episode, step_records[0].step), [asdict(r) for r in step_records])
         state.history_count = len(history)
-        self.store.put_json(HISTORY, [asdict(r) for r in history])
         summary = summarize(self.search, state, history, phase, self.steps, self.store_uri)
         self.store.put_json(SUMMARY, summary)
         self.store.put_json(CHECKPOINT, state.to_json())
@@ -167,7 +169,7 @@ class SearchLoop:
                 self._start_episode(state)
             while state.step < self.steps:
                 records = self._run_step(state, history)
-                summary = self._commit(state, history, "Running")
+                summary = self._commit(state, history, "Running", records)
                 self.on_step(StepReport(state.episode, state.step - 1, records, summary))
             self._end_episode(state, history)
             self._commit(state, history, "Running")

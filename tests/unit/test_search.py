@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from epnas.arch import parse_arch
-from epnas.checkpoint import CHECKPOINT, HISTORY, SUMMARY
+from epnas.checkpoint import CHECKPOINT, SUMMARY, read_history
 from epnas.executors.base import ChildOutcome, ChildRun
 from epnas.search import SearchLoop
 from epnas.spec import parse_search
@@ -79,7 +79,7 @@ def run(tmp_path, executor, doc=None):
 def test_runs_the_whole_budget_and_records_every_child(tmp_path) -> None:
     executor = ToyExecutor()
     store, summary = run(tmp_path, executor)
-    history = store.get_json(HISTORY)
+    history = read_history(store, 10**6)
     assert [r["child"] for r in history] == [f"e{e:03d}-s{s:02d}-c{c:02d}" for e in range(2) for s in range(2) for c in range(3)]
     assert summary["phase"] == "Succeeded" and store.get_json(SUMMARY) == summary
     assert store.get_json(CHECKPOINT)["episode"] == 2
@@ -95,7 +95,7 @@ def test_runs_the_whole_budget_and_records_every_child(tmp_path) -> None:
 def test_already_evaluated_architectures_are_not_retrained(tmp_path) -> None:
     executor = ToyExecutor()
     store, summary = run(tmp_path, executor, search_doc(strategy="random", seed=3, episodes=3, steps=3, branches=4))
-    history = store.get_json(HISTORY)
+    history = read_history(store, 10**6)
     cached = [r for r in history if r["status"] == "cached"]
     assert cached, "seed 3 repeats an architecture; the cache should have served it"
     trained_hashes = [r["hash"] for r in history if r["status"] == "succeeded"]
@@ -106,7 +106,7 @@ def test_already_evaluated_architectures_are_not_retrained(tmp_path) -> None:
 def test_a_failed_child_gets_reward_zero_and_its_branch_keeps_the_parent(tmp_path) -> None:
     executor = ToyExecutor(fail={"e000-s00-c01"})
     store, summary = run(tmp_path, executor)
-    history = {r["child"]: r for r in store.get_json(HISTORY)}
+    history = {r["child"]: r for r in read_history(store, 10**6)}
     failed = history["e000-s00-c01"]
     assert failed["status"] == "failed" and failed["reward"] == 0 and failed["exit_code"] == 1
     assert "RuntimeError: boom" in failed["reason"]
@@ -125,4 +125,4 @@ def test_a_crash_mid_step_resumes_with_no_child_trained_twice(tmp_path) -> None:
     assert sorted(first.trained + second.trained) == sorted(reference.trained)
     assert not set(first.trained) & set(second.trained)
     strip = lambda rs: [(r["child"], r["hash"], r["reward"]) for r in rs]
-    assert strip(store.get_json(HISTORY)) == strip(ref_store.get_json(HISTORY))
+    assert strip(read_history(store, 10**6)) == strip(read_history(ref_store, 10**6))
