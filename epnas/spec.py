@@ -263,7 +263,8 @@ def crd_openapi_schema() -> dict[str, Any]:
     """The ``openAPIV3Schema`` of the CRD: the spec model's JSON schema made structural.
 
     ``$ref`` are inlined, ``anyOf [X, null]`` becomes ``X`` with ``nullable: true``,
-    ``const`` becomes a one-value ``enum``, free-form objects keep unknown fields, and
+    ``const`` becomes a one-value ``enum``, numeric ``exclusiveMinimum``/``Maximum`` become
+    OpenAPI v3.0's ``minimum`` + ``exclusiveMinimum: true``, free-form objects keep unknown fields, and
     ``status`` is an open object the controller owns.
     """
     raw = SearchSpec.model_json_schema(by_alias=True, mode="validation")
@@ -301,6 +302,10 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             node["nullable"] = True
     if "const" in node:
         node["enum"] = [node.pop("const")]
+    for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if isinstance(node.get(exclusive), (int, float)) and not isinstance(node[exclusive], bool):
+            # JSON Schema 2020 writes `exclusiveMinimum: 0`; OpenAPI v3.0 (the CRD's dialect) `minimum: 0, exclusiveMinimum: true`
+            node[bound], node[exclusive] = node[exclusive], True
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in _DROP:
@@ -314,6 +319,8 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     if out.get("type") == "object" and "properties" not in out and not isinstance(out.get("additionalProperties"), dict):
         out.pop("additionalProperties", None)
         out["x-kubernetes-preserve-unknown-fields"] = True
+    if "properties" in out and out.get("additionalProperties") is False:
+        out.pop("additionalProperties")  # the API server forbids both; unknown fields are pruned instead
     if "pattern" in out and out.get("type") != "string":
         out.pop("pattern")
     if out.get("default") is None:
