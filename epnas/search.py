@@ -293,7 +293,7 @@ class SearchLoop:
         result = self._read_result(item["child"])
         if result is None:
             record.exit_code = outcome.exit_code if outcome else None
-            record.reason = (outcome.reason + ": " + outcome.stderr_tail.strip().splitlines()[-1]) if outcome and outcome.stderr_tail.strip() else (outcome.reason if outcome else "no result")
+            record.reason = failure_reason(outcome)
             reward = compute_reward(0.0, metrics, self.spec.constraints)
             record.violations, record.feasible = reward.violations, reward.feasible
             return record
@@ -361,6 +361,14 @@ def single_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def failure_reason(outcome: ChildOutcome | None) -> str:
+    """``"Error: RuntimeError: boom"``: the executor's reason and the last line the trainer wrote."""
+    if outcome is None:
+        return "no result"
+    lines = outcome.stderr_tail.strip().splitlines()
+    return f"{outcome.reason}: {lines[-1]}" if lines else outcome.reason
 
 
 def _arch_json(arch: Arch) -> dict:
