@@ -1,0 +1,332 @@
+"""The Helm chart helm/epnas on the real control plane.
+
+* `helm lint --strict` with the default values and every ci/*.yaml variant;
+* `helm template` of each variant validated by `kubectl apply --dry-run=server` in a fresh
+  namespace labelled for the restricted Pod Security profile (no PodSecurity warnings), with
+  the EPNAS CRD applied. The monitoring.coreos.com ServiceMonitor CRD is not part of this
+  control plane, so a minimal structural stand-in (`SERVICEMONITOR_CRD` below) is applied
+  first so that the ServiceMonitor of ci/servicemonitor.yaml can be validated at all;
+* the chart's crds/ file is byte-equal to manifests/crd.yaml;
+* values.yaml documents every key;
+* the controller's RBAC after `helm install`, through `kubectl auth can-i --as=<its SA>`.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import secrets
+
+import pytest
+import yaml
+from kubernetes import client as k8s_client
+from kubernetes.client.rest import ApiException
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = REPO_ROOT / "helm" / "epnas"
+CRD_MANIFEST = REPO_ROOT / "manifests" / "crd.yaml"
+CHART_CRD = CHART / "crds" / "architecturesearches.epnas.io.yaml"
+CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
+VARIANTS = [None, *CI_VALUES]
+VARIANT_IDS = ["default", *(path.stem for path in CI_VALUES)]
+# An image no node-agent mapping matches: the controller pod of an RBAC-only install stays
+# Waiting (ErrImagePull) instead of starting a controller process.
+UNRUNNABLE_IMAGE = "registry.invalid/epnas-rbac-only"
+
+SERVICEMONITOR_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+    "spec": {
+        "group": "monitoring.coreos.com",
+        "scope": "Namespaced",
+        "names": {"plural": "servicemonitors", "singular": "servicemonitor",
+                  "kind": "ServiceMonitor", "listKind": "ServiceMonitorList"},
+        "versions": [{
+            "name": "v1", "served": True, "storage": True,
+            "schema": {"openAPIV3Schema": {
+                "type": "object",
+                "properties": {"spec": {
+                    "type": "object",
+                    "required": ["selector", "endpoints"],
+                    "properties": {
+                        "selector": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                        "namespaceSelector": {"type": "object", "properties": {
+                            "any": {"type": "boolean"},
+                            "matchNames": {"type": "array", "items": {"type": "string"}}}},
+                        "endpoints": {"type": "array", "items": {"type": "object", "properties": {
+                            "port": {"type": "string"}, "path": {"type": "string"},
+                            "interval": {"type": "string"}, "scrapeTimeout": {"type": "string"}}}},
+                    },
+                }},
+            }},
+        }],
+    },
+}
+
+
+# -- fixtures and helpers
+
+
+def kubectl_json(control_plane, *args: str) -> dict:
+    return json.loads(control_plane.kubectl(*args, "-o", "json").stdout)
+
+
+def apply_crd(control_plane, manifest: str, name: str) -> None:
+    control_plane.kubectl("apply", "-f", "-", input_text=manifest)
+    control_plane.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+
+
+@pytest.fixture(scope="session")
+def crds(control_plane) -> None:
+    """The EPNAS CRD (manifests/crd.yaml) and the stand-in ServiceMonitor CRD, established."""
+    apply_crd(control_plane, CRD_MANIFEST.read_text(), "architecturesearches.epnas.io")
+    apply_crd(control_plane, yaml.safe_dump(SERVICEMONITOR_CRD), "servicemonitors.monitoring.coreos.com")
+
+
+@pytest.fixture(scope="session")
+def kube_version(control_plane) -> str:
+    """The control plane's version, for `helm template --kube-version`."""
+    return kubectl_json(control_plane, "version")["serverVersion"]["gitVersion"]
+
+
+@pytest.fixture
+def other_namespace(control_plane):
+    """A second fresh namespace, deleted after the test."""
+    core = k8s_client.CoreV1Api(control_plane.api_client())
+    name = f"t-other-{secrets.token_hex(4)}"
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    try:
+        core.delete_namespace(name, propagation_policy="Background")
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+def values_args(variant: pathlib.Path | None) -> list[str]:
+    return [] if variant is None else ["-f", str(variant)]
+
+
+def label_restricted(control_plane, namespace: str) -> None:
+    control_plane.kubectl("label", "namespace", namespace, "--overwrite",
+                          "pod-security.kubernetes.io/enforce=restricted",
+                          "pod-security.kubernetes.io/warn=restricted",
+                          "pod-security.kubernetes.io/audit=restricted")
+
+
+# -- lint and schema validation
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_helm_lint_strict_passes(helm, variant):
+    result = helm("lint", "--strict", str(CHART), *values_args(variant), check=False)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_helm_template_passes_server_dry_run_under_restricted(helm, control_plane, crds, kube_version,
+                                                               namespace, variant):
+    label_restricted(control_plane, namespace)
+    rendered = helm("template", "epnas", str(CHART), "-n", namespace, "--kube-version", kube_version,
+                    "--include-crds", *values_args(variant)).stdout
+    kinds = [doc["kind"] for doc in yaml.safe_load_all(rendered) if doc]
+
+    applied = control_plane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
+                                    input_text=rendered, check=False)
+
+    assert applied.returncode == 0, applied.stderr
+    assert "PodSecurity" not in applied.stderr, applied.stderr
+    assert {"CustomResourceDefinition", "Deployment", "ServiceAccount", "Service"} <= set(kinds)
+    assert len(applied.stdout.strip().splitlines()) == len(kinds)
+
+
+@pytest.mark.parametrize(("variant", "present", "absent"), [
+    (None, {"Role", "RoleBinding"}, {"ClusterRole", "ClusterRoleBinding", "ServiceMonitor", "ConfigMap"}),
+    (CHART / "ci" / "all-namespaces.yaml", {"ClusterRole", "ClusterRoleBinding"}, {"Role", "RoleBinding"}),
+    (CHART / "ci" / "servicemonitor.yaml", {"ServiceMonitor", "ConfigMap", "Role"}, {"ClusterRole"}),
+], ids=["default", "all-namespaces", "servicemonitor"])
+def test_template_kinds_follow_values(helm, variant, present, absent):
+    rendered = helm("template", "epnas", str(CHART), "--kube-version", "1.37.0", *values_args(variant)).stdout
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(rendered) if doc}
+
+    assert present <= kinds
+    assert not absent & kinds
+
+
+def test_deployment_args_probes_and_security_defaults(helm):
+    rendered = helm("template", "r", str(CHART), "-n", "team-a", "--kube-version", "1.37.0").stdout
+    deployment = next(doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert container["args"] == ["--namespace=team-a", "--metrics-port=8080"]
+    assert "command" not in container
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+
+
+def test_dashboard_configmap_holds_the_dashboard_json(helm):
+    rendered = helm("template", "r", str(CHART), "--kube-version", "1.37.0",
+                    "-f", str(CHART / "ci" / "servicemonitor.yaml")).stdout
+    config_map = next(doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "ConfigMap")
+
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(config_map["data"]["epnas.json"]) == json.loads(
+        (CHART / "dashboards" / "epnas.json").read_text())
+
+
+# -- files
+
+
+def test_chart_crd_is_byte_equal_to_manifests_crd():
+    assert CHART_CRD.read_bytes() == CRD_MANIFEST.read_bytes(), (
+        f"{CHART_CRD.relative_to(REPO_ROOT)} differs from manifests/crd.yaml: run `scripts/sync-crd`")
+
+
+def undocumented_values_keys(text: str) -> list[str]:
+    """Keys of a values.yaml not directly preceded by a comment, unless an ancestor key's
+    comment starts with `# --` (the helm-docs mark of a value documented as a whole)."""
+    missing: list[str] = []
+    ancestors: list[tuple[int, bool]] = []  # (indent, documented as a whole)
+    comment: list[str] = []  # the comment block right above the current line
+    for line in text.splitlines():
+        stripped = line.strip()
+        match = re.match(r"^(\s*)([A-Za-z_][\w.-]*):", line)
+        if match:
+            indent = len(match.group(1))
+            ancestors = [a for a in ancestors if a[0] < indent]
+            if not (comment or any(whole for _, whole in ancestors)):
+                missing.append(match.group(2))
+            ancestors.append((indent, bool(comment) and comment[0].startswith("# --")))
+        if stripped.startswith("#"):
+            comment.append(stripped)
+        elif stripped:
+            comment = []
+    return missing
+
+
+def test_every_values_key_is_commented():
+    assert undocumented_values_keys((CHART / "values.yaml").read_text()) == []
+
+
+def test_undocumented_values_keys_finds_a_bare_key():
+    text = "# a\nsection:\n  # -- b\n  whole:\n    inner: 1\n  bare: 2\n"
+
+    assert undocumented_values_keys(text) == ["bare"]
+
+
+# -- RBAC on the real API server
+
+
+def can_i(control_plane, service_account: str, verb: str, resource: str, namespace: str,
+          subresource: str | None = None) -> bool:
+    args = ["auth", "can-i", verb, resource, "-n", namespace, f"--as={service_account}"]
+    if subresource:
+        args.append(f"--subresource={subresource}")
+    result = control_plane.kubectl(*args, check=False)
+    answer = result.stdout.strip()
+    assert answer in ("yes", "no"), result.stdout + result.stderr
+    return answer == "yes"
+
+
+def install(helm, release: str, namespace: str, *extra: str) -> None:
+    helm("install", release, str(CHART), "-n", namespace, "--set", f"image.repository={UNRUNNABLE_IMAGE}", *extra)
+
+
+# (verb, resource, subresource, where: "own" | "other", expected)
+WATCHED_NAMESPACE_RULES = [
+    ("create", "jobs.batch", None, "own", True),
+    ("delete", "jobs.batch", None, "own", True),
+    ("watch", "jobs.batch", None, "own", True),
+    ("patch", "architecturesearches.epnas.io", "status", "own", True),
+    ("update", "architecturesearches.epnas.io", "status", "own", True),
+    ("watch", "architecturesearches.epnas.io", None, "own", True),
+    ("list", "pods", None, "own", True),
+    ("create", "events", None, "own", True),
+    ("get", "secrets", None, "own", False),
+    ("list", "secrets", None, "own", False),
+    ("create", "architecturesearches.epnas.io", None, "own", False),
+    ("delete", "pods", None, "own", False),
+    ("create", "pods", None, "own", False),
+    ("create", "jobs.batch", None, "other", False),
+    ("list", "architecturesearches.epnas.io", None, "other", False),
+    ("patch", "architecturesearches.epnas.io", "status", "other", False),
+    ("get", "secrets", None, "other", False),
+]
+
+ALL_NAMESPACES_RULES = [
+    ("create", "jobs.batch", None, "own", True),
+    ("create", "jobs.batch", None, "other", True),
+    ("patch", "architecturesearches.epnas.io", "status", "other", True),
+    ("list", "architecturesearches.epnas.io", None, "other", True),
+    ("get", "secrets", None, "own", False),
+    ("get", "secrets", None, "other", False),
+    ("list", "secrets", None, "other", False),
+    ("create", "pods", None, "other", False),
+]
+
+
+def test_rbac_with_watched_namespace(helm, control_plane, crds, namespace, other_namespace):
+    install(helm, "epnas", namespace)
+    service_account = f"system:serviceaccount:{namespace}:epnas"
+    where = {"own": namespace, "other": other_namespace}
+    try:
+        answers = [(verb, resource, sub, place, can_i(control_plane, service_account, verb, resource, where[place], sub))
+                   for verb, resource, sub, place, _ in WATCHED_NAMESPACE_RULES]
+    finally:
+        helm("uninstall", "epnas", "-n", namespace)
+
+    assert answers == [row[:4] + (row[4],) for row in WATCHED_NAMESPACE_RULES]
+
+
+def test_rbac_with_two_watched_namespaces_grants_both_and_nothing_else(helm, control_plane, crds, namespace,
+                                                                      other_namespace):
+    install(helm, "epnas", namespace, "--set", f"watchNamespaces={{{namespace},{other_namespace}}}")
+    service_account = f"system:serviceaccount:{namespace}:epnas"
+    try:
+        in_other = can_i(control_plane, service_account, "create", "jobs.batch", other_namespace)
+        in_third = can_i(control_plane, service_account, "create", "jobs.batch", "kube-system")
+        secrets_in_other = can_i(control_plane, service_account, "get", "secrets", other_namespace)
+    finally:
+        helm("uninstall", "epnas", "-n", namespace)
+
+    assert (in_other, in_third, secrets_in_other) == (True, False, False)
+
+
+def test_rbac_with_all_namespaces(helm, control_plane, crds, namespace, other_namespace):
+    release = f"epnas-{namespace}"[:53]  # cluster-scoped names: one per test namespace
+    install(helm, release, namespace, "-f", str(CHART / "ci" / "all-namespaces.yaml"),
+            "--set", "serviceAccount.name=epnas")
+    service_account = f"system:serviceaccount:{namespace}:epnas"
+    where = {"own": namespace, "other": other_namespace}
+    try:
+        answers = [(verb, resource, sub, place, can_i(control_plane, service_account, verb, resource, where[place], sub))
+                   for verb, resource, sub, place, _ in ALL_NAMESPACES_RULES]
+    finally:
+        helm("uninstall", release, "-n", namespace)
+
+    assert answers == [row[:4] + (row[4],) for row in ALL_NAMESPACES_RULES]
+
+
+def test_uninstall_removes_cluster_role(helm, control_plane, crds, namespace):
+    release = f"epnas-{namespace}"[:53]
+    install(helm, release, namespace, "-f", str(CHART / "ci" / "all-namespaces.yaml"))
+    before = control_plane.kubectl("get", "clusterrole", release, check=False).returncode
+
+    helm("uninstall", release, "-n", namespace)
+    after = control_plane.kubectl("get", "clusterrole", release, check=False).returncode
+
+    assert (before, after) == (0, 1)
+
