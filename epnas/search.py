@@ -83,6 +83,11 @@ class ChildRecord:
     train_seconds: float = 0.0
 
 
+class SearchStopped(Exception):
+    """``should_stop()`` said so (e.g. the search's custom resource was deleted): the loop ends
+    between steps, leaving the store as a resumable checkpoint.  Executors may raise it too."""
+
+
 @dataclass
 class StepReport:
     """What a step did, for progress displays."""
@@ -105,6 +110,7 @@ class SearchLoop:
         store_uri: str,
         executor: Executor,
         on_step: Callable[[StepReport], None] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
     ):
         self.search = search
         self.spec = search.spec
@@ -112,6 +118,8 @@ class SearchLoop:
         self.store_uri = store_uri
         self.executor = executor
         self.on_step = on_step or (lambda report: None)
+        self.should_stop = should_stop
+        self.last_update: dict | None = None
         self.space = get_space(self.spec.search_space)
         self.geometry = dataset_geometry(self.spec)
         self.steps = self.spec.steps_per_episode
@@ -162,12 +170,17 @@ class SearchLoop:
     # ------------------------------------------------------------ loop
 
     def run(self) -> dict:
-        """Run (or resume) to the end of the budget; returns the final summary."""
+        """Run (or resume) to the end of the budget; returns the final summary.
+
+        Raises ``SearchStopped`` when ``should_stop()`` is true before a step.
+        """
         state, history = self.load_state()
         while state.episode < self.spec.budget.episodes:
             if state.branches is None:
                 self._start_episode(state)
             while state.step < self.steps:
+                if self.should_stop():
+                    raise SearchStopped(self.search.name)
                 records = self._run_step(state, history)
                 summary = self._commit(state, history, "Running", records)
                 self.on_step(StepReport(state.episode, state.step - 1, records, summary))

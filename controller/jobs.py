@@ -1,0 +1,358 @@
+"""One Kubernetes Job per child: the manifest (pure) and ``JobExecutor`` (the ``Executor`` protocol).
+
+``job_manifest`` decides what a child's Job looks like; ``JobExecutor.submit`` creates the
+Jobs of a step and waits for them with a watch.  Trainer exit codes (DESIGN.md): 0 done,
+2 invalid input (``podFailurePolicy`` fails the Job at once), anything else is retried by
+the Job's ``backoffLimit``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from epnas.executors.base import ChildOutcome, ChildRun
+from epnas.search import SearchStopped
+from epnas.spec import API_VERSION, KIND, SearchSpec
+
+from controller.kube import Gone, Kube, KubeError, Obj
+
+LABEL_SEARCH = "epnas.io/search"
+LABEL_EPISODE = "epnas.io/episode"
+LABEL_STEP = "epnas.io/step"
+LABEL_CHILD = "epnas.io/child"
+TERMINATION_LOG = "/dev/termination-log"
+TRAINER_COMMAND = ["python", "-m", "child_trainer"]
+INVALID_INPUT = 2
+RUN_AS_USER = 65532
+CREATE_WORKERS = 8
+WATCH_WINDOW_S = 10
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The ArchitectureSearch that owns the Jobs."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+def job_name(search: str, child: str) -> str:
+    """``<search>-<child>``, e.g. ``digits-quick-e000-s01-c02``: deterministic, so a restarted
+    controller finds the Job instead of creating a twin (search names are ≤ 40 characters)."""
+    return f"{search}-{child}"
+
+
+def step_selector(search: str, episode: int | None = None, step: int | None = None) -> str:
+    """The label selector of a search's Jobs (optionally one step's)."""
+    parts = [f"{LABEL_SEARCH}={search}"]
+    if episode is not None:
+        parts.append(f"{LABEL_EPISODE}={episode}")
+    if step is not None:
+        parts.append(f"{LABEL_STEP}={step}")
+    return ",".join(parts)
+
+
+def trainer_args(run: ChildRun, *, endpoint: str | None, device: str) -> list[str]:
+    """The trainer's arguments; the termination log path comes through ``$(EPNAS_TERMINATION_LOG)``,
+    which the container env sets to ``/dev/termination-log`` (a test node agent overrides it)."""
+    args = ["--arch", run.arch_uri, "--out", run.out_uri]
+    if run.weights_uri:
+        args += ["--weights", run.weights_uri]
+    args += ["--termination-log", "$(EPNAS_TERMINATION_LOG)", "--device", device]
+    if endpoint:
+        args += ["--endpoint", endpoint]
+    return args
+
+
+def job_manifest(run: ChildRun, *, spec: SearchSpec, owner: Owner, command: list[str] = TRAINER_COMMAND) -> Obj:
+    """The batch/v1 Job that trains ``run`` (pure).
+
+    Store credentials only ever appear as ``secretKeyRef`` to ``spec.store.secretName``;
+    ``nvidia.com/gpu`` limits (and ``--device cuda``) only when ``spec.trainer.gpu > 0``,
+    else ``--device cpu``.
+    """
+    trainer = spec.trainer
+    labels = {
+        LABEL_SEARCH: owner.name,
+        LABEL_EPISODE: str(run.episode),
+        LABEL_STEP: str(run.step),
+        LABEL_CHILD: run.child,
+    }
+    resources: dict[str, Any] = {"requests": {"cpu": trainer.cpu, "memory": trainer.memory}, "limits": {"memory": trainer.memory}}
+    if trainer.gpu > 0:
+        resources["limits"]["nvidia.com/gpu"] = str(trainer.gpu)
+        resources["requests"]["nvidia.com/gpu"] = str(trainer.gpu)
+    container = {
+        "name": "trainer",
+        "image": trainer.image,
+        "command": list(command),
+        "args": trainer_args(run, endpoint=spec.store.endpoint, device="cuda" if trainer.gpu > 0 else "cpu"),
+        "env": _env(spec),
+        "resources": resources,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER, "fsGroup": RUN_AS_USER,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    if trainer.node_selector:
+        pod_spec["nodeSelector"] = dict(trainer.node_selector)
+    if trainer.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in trainer.tolerations]
+    if trainer.affinity:
+        pod_spec["affinity"] = dict(trainer.affinity)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(owner.name, run.child),
+            "namespace": owner.namespace,
+            "labels": labels,
+            "ownerReferences": [
+                {"apiVersion": API_VERSION, "kind": KIND, "name": owner.name, "uid": owner.uid, "controller": True, "blockOwnerDeletion": True}
+            ],
+        },
+        "spec": {
+            "backoffLimit": trainer.backoff_limit,
+            "activeDeadlineSeconds": trainer.active_deadline_seconds,
+            "ttlSecondsAfterFinished": trainer.ttl_seconds_after_finished,
+            "podFailurePolicy": {
+                "rules": [
+                    {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [INVALID_INPUT]}},
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]
+            },
+            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+        },
+    }
+
+
+def _env(spec: SearchSpec) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": "EPNAS_TERMINATION_LOG", "value": TERMINATION_LOG}]
+    store = spec.store
+    if store.secret_name:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": store.secret_name, "key": key}}})
+    if store.endpoint:
+        env.append({"name": "EPNAS_S3_ENDPOINT", "value": store.endpoint})
+    if store.region:
+        env.append({"name": "AWS_REGION", "value": store.region})
+    return env
+
+
+# ---------------------------------------------------------------- reading Jobs (pure)
+
+
+def finished(job: Obj) -> str | None:
+    """``"Complete"`` or ``"Failed"`` once the Job controller says so, else ``None``."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
+            return condition["type"]
+    return None
+
+
+def failure_reason(job: Obj) -> str:
+    """The Failed condition's reason: BackoffLimitExceeded, PodFailurePolicy, DeadlineExceeded, ..."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Failed" and condition.get("status") == "True":
+            return condition.get("reason") or "Failed"
+    return "Failed"
+
+
+def last_termination(pods: list[Obj]) -> tuple[int | None, str]:
+    """``(exit code, termination message)`` of the most recently started terminated trainer container."""
+    best: tuple[str, int | None, str] | None = None
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (status.get("state") or {}).get("terminated")
+            if not terminated:
+                continue
+            key = terminated.get("startedAt") or ""
+            if best is None or key >= best[0]:
+                best = (key, terminated.get("exitCode"), terminated.get("message") or "")
+    return (best[1], best[2]) if best else (None, "")
+
+
+def job_seconds(job: Obj) -> float:
+    status = job.get("status") or {}
+    start, end = status.get("startTime"), status.get("completionTime")
+    if not start:
+        return 0.0
+    end_time = _time(end) if end else _latest_condition_time(status) or _time(start)
+    return max(0.0, (end_time - _time(start)).total_seconds())
+
+
+def _latest_condition_time(status: dict) -> datetime.datetime | None:
+    times = [_time(c["lastTransitionTime"]) for c in status.get("conditions") or [] if c.get("lastTransitionTime")]
+    return max(times) if times else None
+
+
+def _time(text: str) -> datetime.datetime:
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+
+
+def outcome_of(child: str, job: Obj, pods: list[Obj]) -> ChildOutcome:
+    """A finished Job as the loop's ``ChildOutcome`` (pure); ``pods`` are read only for failed Jobs."""
+    status = job.get("status") or {}
+    attempts = int(status.get("failed") or 0) + int(status.get("succeeded") or 0)
+    seconds = job_seconds(job)
+    if finished(job) == "Complete":
+        return ChildOutcome(child, 0, "Completed", "", max(1, attempts), seconds)
+    code, message = last_termination(pods)
+    detail = _message_text(message)
+    return ChildOutcome(child, code, failure_reason(job), detail, max(1, attempts), seconds)
+
+
+def _message_text(message: str) -> str:
+    """The trainer's termination summary is JSON; keep its message (never credentials: the trainer redacts)."""
+    try:
+        data = json.loads(message)
+    except ValueError:
+        return message.strip()[-500:]
+    if isinstance(data, dict):
+        return str(data.get("message") or data.get("reason") or "")[-500:]
+    return ""
+
+
+# ---------------------------------------------------------------- the executor
+
+
+class JobExecutor:
+    """Trains each ``ChildRun`` as a Job (``job_manifest``) and waits with a watch on the step's Jobs.
+
+    * At most ``parallelism()`` Jobs of a step exist unfinished at once (read before every
+      creation, so a live change of ``spec.parallelism`` applies at once); creations go
+      through a small thread pool.
+    * A 409 on create adopts the existing Job (a restarted controller): never a twin.
+    * The wait lists the step's Jobs once, then watches from that resourceVersion, resuming
+      from the last one it saw; a 410 Gone relists.  Each watch lasts ``WATCH_WINDOW_S`` at
+      most, so ``should_stop()`` is checked at least that often; a Job event (the garbage
+      collector deleting a deleted search's Jobs) wakes it sooner.  ``SearchStopped`` is raised
+      when it returns true.
+    * ``on_finished(outcome)`` is called once per child as its Job ends (metrics).
+    """
+
+    def __init__(
+        self,
+        *,
+        kube: Kube,
+        spec: SearchSpec,
+        owner: Owner,
+        parallelism: Callable[[], int | None],
+        should_stop: Callable[[], bool],
+        on_finished: Callable[[ChildOutcome], None],
+        command: list[str] = TRAINER_COMMAND,
+    ):
+        self.kube = kube
+        self.spec = spec
+        self.owner = owner
+        self.parallelism = parallelism
+        self.should_stop = should_stop
+        self.on_finished = on_finished
+        self.command = command
+
+    def submit(self, runs: list[ChildRun]) -> list[ChildOutcome]:
+        if not runs:
+            return []
+        selector = step_selector(self.owner.name, runs[0].episode, runs[0].step)
+        by_name = {job_name(self.owner.name, r.child): r for r in runs}
+        waiting = list(runs)
+        created: set[str] = set()
+        outcomes: dict[str, ChildOutcome] = {}
+        jobs, version = self.kube.list_jobs(namespace=self.owner.namespace, selector=selector)
+        known = {j["metadata"]["name"]: j for j in jobs if j["metadata"]["name"] in by_name}
+        created.update(known)
+        waiting = [r for r in waiting if job_name(self.owner.name, r.child) not in known]
+        for job in known.values():
+            self._settle(job, by_name, outcomes)
+        with ThreadPoolExecutor(max_workers=CREATE_WORKERS, thread_name_prefix=f"jobs-{self.owner.name}") as pool:
+            while len(outcomes) < len(runs):
+                if self.should_stop():
+                    raise SearchStopped(self.owner.name)
+                waiting = self._create_more(pool, waiting, created, outcomes, known, by_name)
+                try:
+                    version = self._watch_once(selector, version, by_name, known, outcomes, more_to_create=bool(waiting))
+                except Gone:
+                    jobs, version = self.kube.list_jobs(namespace=self.owner.namespace, selector=selector)
+                    for job in jobs:
+                        if job["metadata"]["name"] in by_name:
+                            known[job["metadata"]["name"]] = job
+                            self._settle(job, by_name, outcomes)
+                except KubeError:
+                    time.sleep(1.0)  # counted by Kube; resume from the same version
+        return [outcomes[r.child] for r in runs]
+
+    def _create_more(self, pool, waiting, created, outcomes, known, by_name) -> list[ChildRun]:
+        """Create Jobs up to the parallelism limit; returns the runs still waiting for a slot."""
+        limit = self.parallelism() or len(by_name)
+        running = len(created) - len([n for n in created if by_name[n].child in outcomes])
+        slots = max(0, limit - running)
+        batch, rest = waiting[:slots], waiting[slots:]
+        for run, job in zip(batch, pool.map(self._create, batch)):
+            name = job_name(self.owner.name, run.child)
+            created.add(name)
+            known[name] = job
+            self._settle(job, by_name, outcomes)
+        return rest
+
+    def _create(self, run: ChildRun) -> Obj:
+        body = job_manifest(run, spec=self.spec, owner=self.owner, command=self.command)
+        job = self.kube.create_job(namespace=self.owner.namespace, body=body)
+        if job is None:  # 409: a Job of that name exists (a restarted controller): adopt it
+            job = self.kube.read_job(namespace=self.owner.namespace, name=body["metadata"]["name"]) or body
+        return job
+
+    def _watch_once(self, selector: str, version: str, by_name, known, outcomes, *, more_to_create: bool) -> str:
+        events = self.kube.watch_jobs(namespace=self.owner.namespace, selector=selector, resource_version=version, timeout_s=WATCH_WINDOW_S)
+        for event in events:
+            job = event["object"]
+            version = job["metadata"].get("resourceVersion", version)
+            name = job["metadata"].get("name")
+            if event["type"] == "BOOKMARK" or name not in by_name:
+                continue
+            known[name] = job
+            before = len(outcomes)
+            if event["type"] == "DELETED" and by_name[name].child not in outcomes and not finished(job):
+                if self.should_stop():
+                    raise SearchStopped(self.owner.name)
+                self._finish(ChildOutcome(by_name[name].child, None, "JobDeleted", "the Job was deleted before it finished"), outcomes)
+            else:
+                self._settle(job, by_name, outcomes)
+            if self.should_stop():
+                raise SearchStopped(self.owner.name)
+            if more_to_create and len(outcomes) > before:
+                break  # a Job ended and others wait for a slot: create them before watching on
+        return version
+
+    def _settle(self, job: Obj, by_name: dict[str, ChildRun], outcomes: dict[str, ChildOutcome]) -> None:
+        run = by_name[job["metadata"]["name"]]
+        state = finished(job)
+        if state is None or run.child in outcomes:
+            return
+        pods = []
+        if state == "Failed":
+            pods = self.kube.list_pods(namespace=self.owner.namespace, selector=f"job-name={job['metadata']['name']}")
+        self._finish(outcome_of(run.child, job, pods), outcomes)
+
+    def _finish(self, outcome: ChildOutcome, outcomes: dict[str, ChildOutcome]) -> None:
+        outcomes[outcome.child] = outcome
+        self.on_finished(outcome)
