@@ -330,3 +330,36 @@ def test_uninstall_removes_cluster_role(helm, control_plane, crds, namespace):
 
     assert (before, after) == (0, 1)
 
+
+
+# -- the Grafana dashboard
+
+
+def dashboard_expressions() -> list[str]:
+    dashboard = json.loads((CHART / "dashboards" / "epnas.json").read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def exported_series_names() -> set[str]:
+    """Every series name the controller's registry can expose (counter `_total`, histogram
+    `_bucket`/`_sum`/`_count`, gauge as is)."""
+    from controller.metrics import Metrics
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    return {family.name + suffix for family in Metrics().registry.collect() for suffix in suffixes[family.type]}
+
+
+def test_dashboard_uses_only_metrics_the_controller_exports():
+    used = {name for expr in dashboard_expressions() for name in re.findall(r"\bepnas_\w+", expr)}
+
+    assert used and used <= exported_series_names(), used - exported_series_names()
+
+
+def test_dashboard_covers_the_issue_panels():
+    used = " ".join(dashboard_expressions())
+
+    for name in ("epnas_searches_running", "epnas_best_accuracy", "epnas_best_reward", "epnas_feasible_ratio",
+                 "epnas_children_total", "epnas_child_duration_seconds_bucket", "epnas_policy_entropy",
+                 "epnas_kubernetes_api_errors_total", "epnas_store_errors_total"):
+        assert name in used
+    assert "histogram_quantile(" in used
