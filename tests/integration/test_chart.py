@@ -291,18 +291,26 @@ def test_rbac_with_watched_namespace(helm, control_plane, crds, namespace, other
     assert answers == [row[:4] + (row[4],) for row in WATCHED_NAMESPACE_RULES]
 
 
-def test_rbac_with_two_watched_namespaces_grants_both_and_nothing_else(helm, control_plane, crds, namespace,
-                                                                      other_namespace):
-    install(helm, "epnas", namespace, "--set", f"watchNamespaces={{{namespace},{other_namespace}}}")
+def test_rbac_in_a_watched_namespace_other_than_the_release_namespace(helm, control_plane, crds, namespace,
+                                                                     other_namespace):
+    install(helm, "epnas", namespace, "--set", f"watchNamespaces={{{other_namespace}}}")
     service_account = f"system:serviceaccount:{namespace}:epnas"
     try:
-        in_other = can_i(control_plane, service_account, "create", "jobs.batch", other_namespace)
-        in_third = can_i(control_plane, service_account, "create", "jobs.batch", "kube-system")
-        secrets_in_other = can_i(control_plane, service_account, "get", "secrets", other_namespace)
+        in_watched = can_i(control_plane, service_account, "create", "jobs.batch", other_namespace)
+        in_release = can_i(control_plane, service_account, "create", "jobs.batch", namespace)
+        secrets_in_watched = can_i(control_plane, service_account, "get", "secrets", other_namespace)
     finally:
         helm("uninstall", "epnas", "-n", namespace)
 
-    assert (in_other, in_third, secrets_in_other) == (True, False, False)
+    assert (in_watched, in_release, secrets_in_watched) == (True, False, False)
+
+
+def test_two_watched_namespaces_fail_the_render(helm):
+    result = helm("template", "r", str(CHART), "--kube-version", "1.37.0",
+                  "--set", "watchNamespaces={a,b}", check=False)
+
+    assert result.returncode != 0
+    assert "the controller watches one namespace" in result.stderr
 
 
 def test_rbac_with_all_namespaces(helm, control_plane, crds, namespace, other_namespace):

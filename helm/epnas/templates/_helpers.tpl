@@ -63,13 +63,17 @@ app.kubernetes.io/component: controller
 {{- printf "%s:%s" .Values.trainer.image.repository (default .Chart.AppVersion .Values.trainer.image.tag) }}
 {{- end }}
 
-{{/* The watched namespaces, each rendered with tpl, as a JSON list ("[]" = all namespaces). */}}
+{{/* The watched namespace, rendered with tpl, as a JSON list of at most one ("[]" = all namespaces). */}}
 {{- define "epnas.watchNamespaces" -}}
 {{- $out := list }}
 {{- range .Values.watchNamespaces }}
 {{- $out = append $out (tpl . $) }}
 {{- end }}
-{{- $out | uniq | toJson }}
+{{- $out = $out | uniq }}
+{{- if gt (len $out) 1 }}
+{{- fail (printf "watchNamespaces: the controller watches one namespace (--namespace) or all of them ([]), not %d: %s" (len $out) (join ", " $out)) }}
+{{- end }}
+{{- $out | toJson }}
 {{- end }}
 
 {{/* The controller's permissions, the same for a Role and a ClusterRole. No Secrets: trainer
