@@ -165,7 +165,7 @@ def test_deployment_args_probes_and_security_defaults(helm):
 
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
-    assert container["args"] == ["--namespace=team-a", "--metrics-port=8080"]
+    assert container["args"] == ["--namespace=team-a", "--metrics-port=8080", "--log-level=INFO"]
     assert "command" not in container
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"

@@ -1,0 +1,248 @@
+"""`helm install epnas ./helm/epnas` the way a user does it, on the harness's real control plane.
+
+One test walks the whole path:
+
+1. `helm install` into a namespace labelled `pod-security.kubernetes.io/enforce=restricted`,
+   with MinIO as the store (`store.endpoint`, `store.existingSecret`);
+2. the node agent runs the Deployment's pod as a local `python -m controller` process
+   (the controller image maps to tests/e2e/incluster_controller.py, which stands in for the
+   image's ENTRYPOINT and gives the controller its in-cluster config: the pod's projected
+   ServiceAccount token, so the chart's RBAC applies);
+3. `kubectl apply -f` of examples/digits-quick.yaml, shrunk (1 epoch, 2 episodes × 1 step ×
+   2 branches, CPU) and pointed at MinIO, ends Succeeded; its trainer pods ran in the
+   restricted namespace, so Pod Security admitted them;
+4. a real Prometheus (Debian's `prometheus`) scrapes the controller pod's /metrics all along,
+   and every PromQL expression of the Grafana dashboard, through Prometheus's HTTP API,
+   returns at least one series;
+5. `helm uninstall` stops the controller; the CRD stays (Helm never deletes crds/), so the
+   search is deleted with kubectl and the garbage collector removes its Jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+import yaml
+from kubernetes import client as k8s_client
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "epnas"
+DASHBOARD = CHART / "dashboards" / "epnas.json"
+SHIM = pathlib.Path(__file__).resolve().parent / "incluster_controller.py"
+CONTROLLER_IMAGE = "epnas.local/epnas-controller"
+CONTROLLER_TAG = "e2e"
+TRAINER_IMAGE = "epnas.local/epnas-trainer:e2e"
+SEARCH = "digits-quick"
+PROMETHEUS = "/usr/bin/prometheus"
+PROMETHEUS_HINT = "install Prometheus with `scripts/test-deps` (apt-get install -y prometheus; `make testbin` runs it)"
+# Grafana's variables, as a dashboard with "All" searches selected would expand them.
+GRAFANA_VARIABLES = {"$search": ".*", "$__rate_interval": "2m"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    except OSError as err:
+        return 0, str(err)
+
+
+def wait_for(what: str, check, *, timeout_s: float, every_s: float = 1.0, detail=lambda: ""):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{detail()}")
+
+
+class Prometheus:
+    """Debian's prometheus scraping one target every second; `.query(expr)` → result list."""
+
+    def __init__(self, *, target: str, workdir: pathlib.Path):
+        if not os.access(PROMETHEUS, os.X_OK):
+            pytest.fail(f"{PROMETHEUS} missing: {PROMETHEUS_HINT}", pytrace=False)
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = workdir / "prometheus.yml"
+        config.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "epnas-controller", "static_configs": [{"targets": [target]}]}],
+        }))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / "prometheus.log"
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(
+                [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+                stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+        wait_for("Prometheus ready", lambda: http_get(f"{self.url}/-/ready")[0] == 200, timeout_s=60,
+                 detail=lambda: self.log.read_text(errors="replace")[-2000:])
+
+    def query(self, expr: str) -> list[dict]:
+        status, body = http_get(f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+        assert status == 200, f"{expr}: HTTP {status} {body[:500]}"
+        answer = json.loads(body)
+        assert answer["status"] == "success", answer
+        return answer["data"]["result"]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def restricted_namespace(control_plane, namespace) -> str:
+    control_plane.kubectl("label", "namespace", namespace, "--overwrite",
+                          "pod-security.kubernetes.io/enforce=restricted",
+                          "pod-security.kubernetes.io/enforce-version=latest")
+    return namespace
+
+
+@pytest.fixture
+def controller_image(node_agent) -> str:
+    """The chart's controller image, mapped to the image's ENTRYPOINT with in-cluster config."""
+    image = f"{CONTROLLER_IMAGE}:{CONTROLLER_TAG}"
+    node_agent.images[image] = [sys.executable, str(SHIM)]
+    node_agent.images[TRAINER_IMAGE] = [sys.executable]
+    return image
+
+
+def digits_search(*, bucket: str, minio, secret: str) -> str:
+    """examples/digits-quick.yaml with a test-sized budget, CPU trainers and MinIO as the store."""
+    search = yaml.safe_load((REPO / "examples" / "digits-quick.yaml").read_text())
+    spec = search["spec"]
+    spec["budget"] = {"episodes": 2, "stepsPerEpisode": 1, "branches": 2, "topK": 2}
+    spec["childTraining"] = {**spec["childTraining"], "epochs": 1}
+    spec["trainer"] = {"image": TRAINER_IMAGE, "gpu": 0, "cpu": "200m", "memory": "1Gi",
+                       "activeDeadlineSeconds": 600, "ttlSecondsAfterFinished": 3600}
+    spec["store"] = {"uri": f"s3://{bucket}/searches", "endpoint": minio.endpoint,
+                     "secretName": secret, "region": minio.region}
+    return yaml.safe_dump(search)
+
+
+def custom_objects(control_plane) -> k8s_client.CustomObjectsApi:
+    return k8s_client.CustomObjectsApi(control_plane.api_client())
+
+
+def search_phase(control_plane, namespace: str) -> str | None:
+    obj = custom_objects(control_plane).get_namespaced_custom_object(
+        "epnas.io", "v1alpha1", namespace, "architecturesearches", SEARCH)
+    return (obj.get("status") or {}).get("phase")
+
+
+def controller_pod(core, namespace: str):
+    pods = core.list_namespaced_pod(namespace, label_selector="app.kubernetes.io/component=controller").items
+    return pods[0] if pods else None
+
+
+def test_helm_install_runs_digits_search_under_restricted_and_dashboard_queries_answer(
+        helm, control_plane, node_agent, minio, bucket, crd, store_secret, restricted_namespace,
+        controller_image, tmp_path):
+    namespace = restricted_namespace
+    core = k8s_client.CoreV1Api(control_plane.api_client())
+    batch = k8s_client.BatchV1Api(control_plane.api_client())
+    metrics_port = free_port()
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+
+    installed = helm("install", "epnas", str(CHART), "-n", namespace, "--wait=false",
+                     "--set", f"image.repository={CONTROLLER_IMAGE}", "--set", f"image.tag={CONTROLLER_TAG}",
+                     "--set", f"metrics.port={metrics_port}", "--set", f"store.endpoint={minio.endpoint}",
+                     "--set", f"store.region={minio.region}", "--set", f"store.existingSecret={store_secret}",
+                     "--set", "controller.logLevel=DEBUG")
+    prometheus = Prometheus(target=f"127.0.0.1:{metrics_port}", workdir=tmp_path / "prometheus")
+    try:
+        pod = wait_for("the controller pod", lambda: controller_pod(core, namespace), timeout_s=60)
+        controller_log = lambda: node_agent.container_log(namespace, pod.metadata.name)[-4000:]  # noqa: E731
+        wait_for("controller /readyz", lambda: http_get(f"http://127.0.0.1:{metrics_port}/readyz")[0] == 200,
+                 timeout_s=90, detail=controller_log)
+        timings["install_to_ready_s"] = time.monotonic() - started
+
+        control_plane.kubectl("apply", "-n", namespace, "-f", "-",
+                              input_text=digits_search(bucket=bucket, minio=minio, secret=store_secret))
+        applied = time.monotonic()
+        phase = wait_for("the search to finish",
+                         lambda: search_phase(control_plane, namespace) in ("Succeeded", "Failed")
+                         and search_phase(control_plane, namespace),
+                         timeout_s=600, every_s=2, detail=controller_log)
+        timings["search_s"] = time.monotonic() - applied
+        assert phase == "Succeeded", controller_log()
+
+        jobs = batch.list_namespaced_job(namespace, label_selector=f"epnas.io/search={SEARCH}").items
+        trainer_pods = core.list_namespaced_pod(namespace, label_selector=f"epnas.io/search={SEARCH}").items
+        # Pod Security `restricted` is enforced at pod creation: every trainer pod that exists was admitted.
+        assert len(jobs) >= 2
+        assert trainer_pods and {p.status.phase for p in trainer_pods} == {"Succeeded"}
+        assert all(p.spec.security_context.run_as_non_root for p in trainer_pods)
+        assert not [e for e in core.list_namespaced_event(namespace).items
+                    if e.reason == "FailedCreate" and "PodSecurity" in (e.message or "")]
+
+        # Prometheus has scraped the finished search: every dashboard expression answers.
+        wait_for("a scrape after the search ended",
+                 lambda: prometheus.query(f'epnas_children_total{{search="{SEARCH}"}}') and
+                 prometheus.query("epnas_policy_entropy"), timeout_s=60)
+        time.sleep(5)  # a few more samples for rate() and histogram_quantile()
+        empty = []
+        for expr in dashboard_expressions():
+            concrete = expr
+            for variable, value in GRAFANA_VARIABLES.items():
+                concrete = concrete.replace(variable, value)
+            if not prometheus.query(concrete):
+                empty.append(concrete)
+        assert empty == [], f"dashboard expressions with no series: {empty}"
+
+        uninstalled_at = time.monotonic()
+        helm("uninstall", "epnas", "-n", namespace, "--wait")
+        wait_for("the controller pod gone", lambda: controller_pod(core, namespace) is None, timeout_s=90)
+        wait_for("the controller process gone",
+                 lambda: http_get(f"http://127.0.0.1:{metrics_port}/healthz")[0] == 0, timeout_s=60)
+        assert control_plane.kubectl("get", "crd", "architecturesearches.epnas.io", check=False).returncode == 0
+        assert batch.list_namespaced_job(namespace, label_selector=f"epnas.io/search={SEARCH}").items
+
+        control_plane.kubectl("delete", "-n", namespace, "architecturesearch", SEARCH, "--wait=false")
+        wait_for("the search's Jobs garbage-collected",
+                 lambda: not batch.list_namespaced_job(namespace, label_selector=f"epnas.io/search={SEARCH}").items,
+                 timeout_s=120, every_s=2)
+        timings["uninstall_and_gc_s"] = time.monotonic() - uninstalled_at
+    finally:
+        prometheus.stop()
+        helm("uninstall", "epnas", "-n", namespace, check=False)
+    assert "kubectl get nas" in installed.stdout  # NOTES.txt
+    print(f"e2e timings: {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
+
+
+def dashboard_expressions() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_prometheus_binary_is_installed():
+    """The dashboard check needs Debian's prometheus; its absence fails with the install command."""
+    found = shutil.which("prometheus") or (PROMETHEUS if os.access(PROMETHEUS, os.X_OK) else None)
+
+    assert found, f"prometheus missing: {PROMETHEUS_HINT}"
