@@ -33,3 +33,15 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .benchmarks runs
+
+# Kubernetes quickstart on kind (issue 7): builds and loads both images, MinIO, helm install.
+.PHONY: kind-up kind-search kind-down test-deps
+testbin: test-deps
+test-deps:
+	scripts/test-deps
+kind-up:
+	scripts/kind-up
+kind-search:
+	scripts/kind-search
+kind-down:
+	scripts/kind-down
