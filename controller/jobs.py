@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from epnas.spec import API_VERSION, KIND, SearchSpec
 
 from controller.kube import Gone, Kube, KubeError, Obj
 
+LOG = logging.getLogger("epnas.controller.jobs")
 LABEL_SEARCH = "epnas.io/search"
 LABEL_EPISODE = "epnas.io/episode"
 LABEL_STEP = "epnas.io/step"
@@ -281,6 +283,8 @@ class JobExecutor:
         jobs, version = self.kube.list_jobs(namespace=self.owner.namespace, selector=selector)
         known = {j["metadata"]["name"]: j for j in jobs if j["metadata"]["name"] in by_name}
         created.update(known)
+        if known:
+            LOG.info("%s: adopting %d existing Jobs of episode %d step %d", self.owner.name, len(known), runs[0].episode, runs[0].step)
         waiting = [r for r in waiting if job_name(self.owner.name, r.child) not in known]
         for job in known.values():
             self._settle(job, by_name, outcomes)
@@ -318,6 +322,7 @@ class JobExecutor:
         body = job_manifest(run, spec=self.spec, owner=self.owner, command=self.command)
         job = self.kube.create_job(namespace=self.owner.namespace, body=body)
         if job is None:  # 409: a Job of that name exists (a restarted controller): adopt it
+            LOG.info("%s: adopting existing Job %s", self.owner.name, body["metadata"]["name"])
             job = self.kube.read_job(namespace=self.owner.namespace, name=body["metadata"]["name"]) or body
         return job
 

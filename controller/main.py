@@ -70,6 +70,11 @@ class Controller:
         uid = obj["metadata"]["uid"]
         runner = self.runners.get(uid)
         action = decide(event_type, obj, running=runner is not None)
+        if action == "observe" and runner.done:
+            # The loop ended here; only an edited spec (a Failed search fixed by the user) runs
+            # again.  Stale events from our own earlier status patches must not restart it.
+            edited = int(obj["metadata"].get("generation") or 0) > runner.generation
+            action = decide(event_type, obj, running=False) if edited else "skip"
         if action == "stop":
             if runner is not None:
                 runner.stop()

@@ -50,10 +50,15 @@ def set_condition(conditions: list[Condition], *, kind: str, status: bool, reaso
 
 
 def phase_conditions(conditions: list[Condition], *, phase: Phase, reason: Reason | str, message: str, now: str) -> list[Condition]:
-    """The Running / Succeeded / Failed conditions that go with ``phase``."""
-    out = set_condition(conditions, kind="Running", status=phase == "Running", reason=reason, message=message, now=now)
-    out = set_condition(out, kind="Succeeded", status=phase == "Succeeded", reason=reason, message=message, now=now)
-    return set_condition(out, kind="Failed", status=phase == "Failed", reason=reason, message=message, now=now)
+    """The Running / Succeeded / Failed conditions that go with ``phase``: the one matching the
+    phase carries ``reason`` and ``message``; the others are False with the phase as reason."""
+    out = conditions
+    for kind in ("Running", "Succeeded", "Failed"):
+        if kind == phase:
+            out = set_condition(out, kind=kind, status=True, reason=reason, message=message, now=now)
+        else:
+            out = set_condition(out, kind=kind, status=False, reason=phase, message=f"the search is {phase}", now=now)
+    return out
 
 
 def from_summary(summary: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,112 @@
+"""Deleting a running search stops its loop and the garbage collector removes its Jobs; two
+searches in one namespace progress independently; spec changes after start are refused."""
+
+from __future__ import annotations
+
+import time
+
+from e2e_helpers import read_search, search_jobs, wait_for_phase
+
+
+def wait_for_jobs(control_plane, namespace: str, name: str, ctl, *, timeout_s: float = 300) -> list:
+    deadline = time.monotonic() + timeout_s
+    while not (jobs := search_jobs(control_plane, namespace, name)):
+        assert time.monotonic() < deadline and ctl.proc.poll() is None, ctl.output()[-3000:]
+        time.sleep(0.2)
+    return jobs
+
+
+def test_deleting_a_running_search_stops_it_and_collects_its_jobs(control_plane, node_agent, minio, bucket, namespace, search_yaml,
+                                                                   start_controller, job_log):
+    jobs_seen = job_log(namespace)
+    ctl = start_controller(namespace)
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml("doomed", bucket))
+    wait_for_jobs(control_plane, namespace, "doomed", ctl)
+    wait_for_phase(control_plane, namespace, "doomed", ("Running",), timeout_s=60, proc=ctl)
+    deleted = time.monotonic()
+    control_plane.kubectl("delete", "nas", "doomed", "-n", namespace)
+
+    deadline = time.monotonic() + 90
+    while search_jobs(control_plane, namespace, "doomed"):
+        assert time.monotonic() < deadline, "the garbage collector did not delete the Jobs"
+        time.sleep(0.5)
+    gc_s = time.monotonic() - deadline + 90
+    deadline = time.monotonic() + 30
+    while "doomed deleted: loop stopped" not in ctl.output() or "doomed: stopped" not in ctl.output():
+        assert time.monotonic() < deadline, ctl.output()[-3000:]
+        time.sleep(0.2)
+    stopped_s = time.monotonic() - deleted
+    created = dict(jobs_seen.uids)
+    time.sleep(8)
+    assert jobs_seen.uids == created, "a Job appeared after the search was deleted"
+    assert len(created) <= 3  # only the first step's
+    assert "epnas_searches_running 0.0" in ctl.get("/metrics")[1]
+    print(f"deletion: Jobs collected in {gc_s:.1f} s, loop stopped {stopped_s:.1f} s after the delete")
+
+
+def test_two_searches_progress_independently(control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller):
+    ctl = start_controller(namespace)
+    budget = {"episodes": 1, "stepsPerEpisode": 2, "branches": 2, "topK": 2}
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml("alpha", bucket, budget=budget))
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml("beta", bucket, budget=budget, seed=9))
+    alpha = wait_for_phase(control_plane, namespace, "alpha", ("Succeeded", "Failed"), timeout_s=600, proc=ctl)
+    beta = wait_for_phase(control_plane, namespace, "beta", ("Succeeded", "Failed"), timeout_s=600, proc=ctl)
+    for obj in (alpha, beta):
+        assert obj["status"]["phase"] == "Succeeded", obj["status"]
+        assert sum(obj["status"]["children"].values()) == 4
+    jobs = {name: search_jobs(control_plane, namespace, name) for name in ("alpha", "beta")}
+    assert all(j.metadata.owner_references[0].name == name for name, js in jobs.items() for j in js)
+    # both ran at the same time: each one's first Job came before the other's last one
+    first = {n: min(j.metadata.creation_timestamp for j in js) for n, js in jobs.items()}
+    last = {n: max(j.metadata.creation_timestamp for j in js) for n, js in jobs.items()}
+    assert first["alpha"] <= last["beta"] and first["beta"] <= last["alpha"]
+    assert alpha["status"]["store"].endswith("/alpha") and beta["status"]["store"].endswith("/beta")
+
+
+def test_spec_change_after_start_is_refused_but_parallelism_is_live(control_plane, node_agent, minio, bucket, namespace, search_yaml,
+                                                                    start_controller):
+    ctl = start_controller(namespace)
+    budget = {"episodes": 1, "stepsPerEpisode": 2, "branches": 2, "topK": 2}
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml("steady", bucket, budget=budget))
+    wait_for_phase(control_plane, namespace, "steady", ("Running",), timeout_s=120, proc=ctl)
+    control_plane.kubectl("patch", "nas", "steady", "-n", namespace, "--type=merge", "-p", '{"spec": {"parallelism": 1}}')
+    deadline = time.monotonic() + 30
+    while read_search(control_plane, namespace, "steady")["status"].get("observedGeneration") != 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    conditions = {c["type"]: c for c in read_search(control_plane, namespace, "steady")["status"]["conditions"]}
+    assert conditions["SpecChangeRefused"]["status"] == "False"
+    control_plane.kubectl("patch", "nas", "steady", "-n", namespace, "--type=merge", "-p", '{"spec": {"seed": 99, "budget": {"branches": 5}}}')
+    deadline = time.monotonic() + 30
+    while True:
+        status = read_search(control_plane, namespace, "steady")["status"]
+        refused = {c["type"]: c for c in status["conditions"]}.get("SpecChangeRefused", {})
+        if refused.get("status") == "True":
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.3)
+    assert "budget" in refused["message"] and "seed" in refused["message"]
+    obj = wait_for_phase(control_plane, namespace, "steady", ("Succeeded", "Failed"), timeout_s=600, proc=ctl)
+    assert obj["status"]["phase"] == "Succeeded" and sum(obj["status"]["children"].values()) == 4  # the original 2 branches
+
+
+def test_semantic_errors_fail_the_search_and_the_controller_carries_on(control_plane, node_agent, minio, bucket, namespace, search_yaml,
+                                                                       start_controller):
+    ctl = start_controller(namespace)
+    bad_bounds = search_yaml("bounds", bucket, constraints=[{"metric": "modelSize", "min": 50000, "max": 20000}])
+    no_store = search_yaml("nostore", bucket, store={"uri": None})
+    for doc in (bad_bounds, no_store):
+        control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=doc)
+    failed = {name: wait_for_phase(control_plane, namespace, name, ("Failed", "Succeeded"), timeout_s=60, proc=ctl)["status"]
+              for name in ("bounds", "nostore")}
+    assert failed["bounds"]["phase"] == "Failed" and "min (50000) > max (20000)" in _failed(failed["bounds"])["message"]
+    assert _failed(failed["bounds"])["reason"] == "InvalidSpec"
+    assert failed["nostore"]["phase"] == "Failed" and _failed(failed["nostore"])["reason"] == "StoreMissing"
+    budget = {"episodes": 1, "stepsPerEpisode": 1, "branches": 2, "topK": 2}
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml("fine", bucket, budget=budget))
+    obj = wait_for_phase(control_plane, namespace, "fine", ("Succeeded", "Failed"), timeout_s=300, proc=ctl)
+    assert obj["status"]["phase"] == "Succeeded"
+
+
+def _failed(status: dict) -> dict:
+    return next(c for c in status["conditions"] if c["type"] == "Failed" and c["status"] == "True")

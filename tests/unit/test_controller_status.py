@@ -1,0 +1,75 @@
+"""Status computation, condition bookkeeping, spec-change refusal and event decisions (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller import status as st
+from controller.main import decide
+
+SUMMARY = {
+    "search": "s", "phase": "Running", "episode": 1, "step": 2, "episodes": 2, "stepsPerEpisode": 2,
+    "children": {"total": 9, "succeeded": 6, "cached": 1, "failed": 2}, "feasibleCount": 4,
+    "best": {"child": "e001-s01-c00", "hash": "h1", "valAccuracy": 0.9, "testAccuracy": 0.8, "reward": 0.7, "feasible": False,
+             "metrics": {"params": 10}, "arch": {"space": "image-layer", "layers": []}},
+    "bestFeasible": {"child": "e000-s00-c01", "hash": "h2", "valAccuracy": 0.6, "testAccuracy": 0.5, "reward": 0.6, "feasible": True,
+                     "metrics": {"params": 5}, "arch": {}},
+    "store": "s3://b/p/s",
+}
+
+
+def test_from_summary() -> None:
+    out = st.from_summary(SUMMARY)
+    assert out["episode"] == 1 and out["step"] == 2 and out["feasibleCount"] == 4
+    assert out["children"] == {"succeeded": 6, "failed": 2, "cached": 1}
+    assert (out["bestHash"], out["bestAccuracy"], out["bestReward"], out["bestMetrics"]) == ("h1", 0.9, 0.7, {"params": 10})
+    assert (out["bestFeasibleHash"], out["bestFeasibleAccuracy"], out["bestFeasibleReward"]) == ("h2", 0.6, 0.6)
+    empty = st.from_summary({**SUMMARY, "best": None, "bestFeasible": None})
+    assert "bestHash" not in empty and "bestFeasibleAccuracy" not in empty
+
+
+def test_conditions_keep_transition_time_until_status_changes() -> None:
+    c = st.phase_conditions([], phase="Running", reason=st.Reason.STARTED, message="go", now="t1")
+    assert {x["type"]: x["status"] for x in c} == {"Running": "True", "Succeeded": "False", "Failed": "False"}
+    c = st.phase_conditions(c, phase="Running", reason=st.Reason.STEP_COMPLETED, message="step", now="t2")
+    running = next(x for x in c if x["type"] == "Running")
+    assert running["lastTransitionTime"] == "t1" and running["reason"] == "StepCompleted" and running["message"] == "step"
+    c = st.phase_conditions(c, phase="Succeeded", reason=st.Reason.COMPLETED, message="done", now="t3")
+    by = {x["type"]: x for x in c}
+    assert by["Running"]["status"] == "False" and by["Running"]["lastTransitionTime"] == "t3"
+    assert by["Succeeded"] == {"type": "Succeeded", "status": "True", "reason": "Completed", "message": "done", "lastTransitionTime": "t3"}
+    assert by["Failed"]["lastTransitionTime"] == "t1"
+
+
+@pytest.mark.parametrize(("live", "refused"), [
+    ({"seed": 0, "parallelism": None}, []),
+    ({"seed": 0, "parallelism": 4}, []),
+    ({"seed": 1, "parallelism": 4}, ["seed"]),
+    ({"seed": 1, "budget": {"episodes": 3}, "parallelism": None}, ["budget", "seed"]),
+])
+def test_refused_changes(live, refused) -> None:
+    assert st.refused_changes({"seed": 0, "parallelism": None}, live) == refused
+
+
+def obj(phase=None, generation=1, observed=None, deleting=False) -> dict:
+    meta = {"name": "s", "namespace": "n", "uid": "u", "generation": generation}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    status = {"phase": phase, "observedGeneration": observed} if phase else {}
+    return {"metadata": meta, "status": status}
+
+
+@pytest.mark.parametrize(("event", "o", "running", "action"), [
+    ("ADDED", obj(), False, "start"),
+    ("ADDED", obj("Running", observed=1), False, "start"),  # a restarted controller resumes
+    ("ADDED", obj("Pending", observed=1), False, "start"),
+    ("ADDED", obj("Succeeded", observed=1), False, "skip"),  # never re-run
+    ("MODIFIED", obj("Succeeded", generation=2, observed=1), False, "skip"),
+    ("ADDED", obj("Failed", observed=1), False, "skip"),
+    ("MODIFIED", obj("Failed", generation=2, observed=1), False, "start"),  # the user fixed the spec
+    ("MODIFIED", obj("Running", observed=1), True, "observe"),
+    ("MODIFIED", obj("Running", deleting=True), True, "stop"),
+    ("DELETED", obj("Running"), True, "stop"),
+])
+def test_decide(event, o, running, action) -> None:
+    assert decide(event, o, running=running) == action
