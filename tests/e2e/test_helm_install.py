@@ -115,6 +115,22 @@ class Prometheus:
             self.process.wait()
 
 
+@pytest.fixture(scope="session")
+def epnas_crd(control_plane) -> None:
+    """manifests/crd.yaml applied and Established (Helm installs crds/ only when the CRD is absent)."""
+    control_plane.kubectl("apply", "--server-side", "-f", str(REPO / "manifests" / "crd.yaml"))
+    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/architecturesearches.epnas.io")
+
+
+@pytest.fixture
+def store_secret_name(control_plane, namespace, minio) -> str:
+    """Secret `epnas-store` with the MinIO keys, as manifests/minio-dev.yaml makes it on kind."""
+    core = k8s_client.CoreV1Api(control_plane.api_client())
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "epnas-store"}, "stringData": {
+        "AWS_ACCESS_KEY_ID": minio.root_user, "AWS_SECRET_ACCESS_KEY": minio.root_password}})
+    return "epnas-store"
+
+
 @pytest.fixture
 def restricted_namespace(control_plane, namespace) -> str:
     control_plane.kubectl("label", "namespace", namespace, "--overwrite",
@@ -161,7 +177,7 @@ def controller_pod(core, namespace: str):
 
 
 def test_helm_install_runs_digits_search_under_restricted_and_dashboard_queries_answer(
-        helm, control_plane, node_agent, minio, bucket, crd, store_secret, restricted_namespace,
+        helm, control_plane, node_agent, minio, bucket, epnas_crd, store_secret_name, restricted_namespace,
         controller_image, tmp_path):
     namespace = restricted_namespace
     core = k8s_client.CoreV1Api(control_plane.api_client())
@@ -173,7 +189,7 @@ def test_helm_install_runs_digits_search_under_restricted_and_dashboard_queries_
     installed = helm("install", "epnas", str(CHART), "-n", namespace, "--wait=false",
                      "--set", f"image.repository={CONTROLLER_IMAGE}", "--set", f"image.tag={CONTROLLER_TAG}",
                      "--set", f"metrics.port={metrics_port}", "--set", f"store.endpoint={minio.endpoint}",
-                     "--set", f"store.region={minio.region}", "--set", f"store.existingSecret={store_secret}",
+                     "--set", f"store.region={minio.region}", "--set", f"store.existingSecret={store_secret_name}",
                      "--set", "controller.logLevel=DEBUG")
     prometheus = Prometheus(target=f"127.0.0.1:{metrics_port}", workdir=tmp_path / "prometheus")
     try:
@@ -184,7 +200,7 @@ def test_helm_install_runs_digits_search_under_restricted_and_dashboard_queries_
         timings["install_to_ready_s"] = time.monotonic() - started
 
         control_plane.kubectl("apply", "-n", namespace, "-f", "-",
-                              input_text=digits_search(bucket=bucket, minio=minio, secret=store_secret))
+                              input_text=digits_search(bucket=bucket, minio=minio, secret=store_secret_name))
         applied = time.monotonic()
         phase = wait_for("the search to finish",
                          lambda: search_phase(control_plane, namespace) in ("Succeeded", "Failed")

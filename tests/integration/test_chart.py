@@ -74,7 +74,7 @@ def kubectl_json(control_plane, *args: str) -> dict:
 
 
 def apply_crd(control_plane, manifest: str, name: str) -> None:
-    control_plane.kubectl("apply", "-f", "-", input_text=manifest)
+    control_plane.kubectl("apply", "--server-side", "-f", "-", input_text=manifest)
     control_plane.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
 
 
