@@ -258,6 +258,8 @@ WATCHED_NAMESPACE_RULES = [
     ("get", "secrets", None, "own", False),
     ("list", "secrets", None, "own", False),
     ("create", "architecturesearches.epnas.io", None, "own", False),
+    ("update", "architecturesearches.epnas.io", None, "own", False),
+    ("delete", "architecturesearches.epnas.io", None, "own", False),
     ("delete", "pods", None, "own", False),
     ("create", "pods", None, "own", False),
     ("create", "jobs.batch", None, "other", False),

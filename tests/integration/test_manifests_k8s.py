@@ -36,7 +36,8 @@ def into_namespace(text: str, namespace: str) -> tuple[str, list[str]]:
     """The documents minus Namespaces, every namespaced one moved to `namespace`; and their kinds."""
     docs = [doc for doc in yaml.safe_load_all(text) if doc and doc["kind"] != "Namespace"]
     for doc in docs:
-        doc["metadata"]["namespace"] = namespace
+        if "namespace" in doc["metadata"]:
+            doc["metadata"]["namespace"] = namespace
     return yaml.safe_dump_all(docs), [doc["kind"] for doc in docs]
 
 
@@ -51,6 +52,7 @@ def dry_run(control_plane, namespace: str, text: str) -> str:
 def test_controller_kustomization_passes_server_dry_run(control_plane, restricted):
     rendered = control_plane.kubectl("kustomize", str(MANIFESTS / "controller")).stdout
     text, kinds = into_namespace(rendered, restricted)
+
 
     dry_run(control_plane, restricted, text)
 
@@ -90,3 +92,24 @@ def test_kind_example_is_digits_quick_but_for_store_trainer_and_namespace():
     kind["metadata"].pop("namespace")
 
     assert kind == example
+
+
+def test_whole_manifests_kustomization_passes_server_dry_run(control_plane, epnas_crd, restricted):
+    """`kubectl apply -k manifests/`: CRD, RBAC (manifests/rbac.yaml) and the controller."""
+    rendered = control_plane.kubectl("kustomize", str(MANIFESTS)).stdout
+    text, kinds = into_namespace(rendered, restricted)
+
+    dry_run(control_plane, restricted, text)
+
+    assert {"CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+            "Deployment", "Service"} <= set(kinds)
+
+
+def test_controller_deployment_runs_as_the_rbac_service_account():
+    deployment = yaml.safe_load((MANIFESTS / "controller" / "deployment.yaml").read_text())
+    accounts = [doc for doc in yaml.safe_load_all((MANIFESTS / "rbac.yaml").read_text())
+                if doc and doc["kind"] == "ServiceAccount"]
+    namespace = yaml.safe_load((MANIFESTS / "controller" / "kustomization.yaml").read_text())["namespace"]
+
+    assert [(a["metadata"]["name"], a["metadata"]["namespace"]) for a in accounts] == [
+        (deployment["spec"]["template"]["spec"]["serviceAccountName"], namespace)]

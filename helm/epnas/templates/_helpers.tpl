@@ -81,7 +81,7 @@ Jobs name the store Secret and the kubelet resolves it. */}}
 {{- define "epnas.rules" -}}
 - apiGroups: ["epnas.io"]
   resources: ["architecturesearches"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["epnas.io"]
   resources: ["architecturesearches/status"]
   verbs: ["get", "patch", "update"]
@@ -91,7 +91,7 @@ Jobs name the store Secret and the kubelet resolves it. */}}
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
-- apiGroups: ["", "events.k8s.io"]
+- apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
