@@ -1,4 +1,4 @@
-"""The ``epnas`` command: ``search`` (the embedded default), ``status``, ``validate``, ``train``.
+"""The ``epnas`` command: ``search`` (the embedded default), ``status``, ``validate``, ``train``, ``controller``.
 
 Exit codes: 0 done, 2 invalid input (every problem listed on stderr), 1 anything else.
 """
@@ -207,6 +207,14 @@ def validate(file: str) -> None:
 def train(args: tuple[str, ...]) -> None:
     """Train one child: the trainer's entry point (``python -m child_trainer``), same flags."""
     argv = [sys.executable, "-m", "child_trainer", *args]
+    os.execv(sys.executable, argv)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def controller(args: tuple[str, ...]) -> None:
+    """Run the Kubernetes controller (``python -m controller``), same flags: [--namespace NS | --all-namespaces] [--metrics-port 8080] [--kubeconfig PATH]."""
+    argv = [sys.executable, "-m", "controller", *args]
     os.execv(sys.executable, argv)
 
 

@@ -1,0 +1,42 @@
+"""manifests/rbac.yaml against the real RBAC authorizer: what the controller may and may not do."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SA = "system:serviceaccount:epnas-system:epnas-controller"
+
+
+@pytest.fixture(scope="module")
+def rbac(control_plane):
+    control_plane.kubectl("create", "namespace", "epnas-system", check=False)
+    control_plane.kubectl("apply", "-f", str(REPO / "manifests" / "crd.yaml"), "-f", str(REPO / "manifests" / "rbac.yaml"))
+    return control_plane
+
+
+ALLOWED = [
+    ("get", "architecturesearches.epnas.io"), ("list", "architecturesearches.epnas.io"), ("watch", "architecturesearches.epnas.io"),
+    ("patch", "architecturesearches.epnas.io"), ("patch", "architecturesearches.epnas.io/status"),
+    ("update", "architecturesearches.epnas.io/status"), ("create", "jobs.batch"), ("watch", "jobs.batch"),
+    ("delete", "jobs.batch"), ("list", "pods"), ("create", "events"),
+]
+DENIED = [
+    ("get", "secrets"), ("list", "secrets"), ("create", "pods"), ("delete", "pods"), ("create", "architecturesearches.epnas.io"),
+    ("delete", "architecturesearches.epnas.io"), ("update", "jobs.batch"), ("get", "configmaps"), ("create", "deployments.apps"),
+    ("list", "nodes"), ("create", "rolebindings.rbac.authorization.k8s.io"),
+]
+
+
+@pytest.mark.parametrize(("verb", "resource"), ALLOWED)
+def test_allowed(rbac, verb, resource):
+    resource, _, sub = resource.partition("/")
+    args = ["auth", "can-i", verb, resource, "--as", SA, "-n", "default"] + (["--subresource", sub] if sub else [])
+    assert rbac.kubectl(*args, check=False).stdout.strip() == "yes"
+
+
+@pytest.mark.parametrize(("verb", "resource"), DENIED)
+def test_denied(rbac, verb, resource):
+    assert rbac.kubectl("auth", "can-i", verb, resource, "--as", SA, "-n", "default", check=False).stdout.strip() == "no"
