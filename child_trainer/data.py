@@ -13,7 +13,8 @@
 * ``npz``: ``x_train``/``y_train``/``x_val``/``y_val`` [``x_test``/``y_test``; the
   validation set doubles as test set when absent], read with ``allow_pickle=False``.
 * ``synthetic``: seeded class templates plus noise in any input shape, so a model
-  can beat chance (options: ``samples`` 512, ``noise`` 1.0, ``seed`` 0).
+  can beat chance (options: ``samples`` 512, ``noise`` 1.0, ``seed`` 0, ``shift`` 0: each
+  sample rolled along H by up to ±shift, which rewards translation-invariant layers).
 
 Nothing is ever downloaded.  Problems with the data (missing file, wrong shape)
 raise ``DatasetError``, which the trainer reports as invalid input.
@@ -138,6 +139,12 @@ def _synthetic(dataset: Dataset, space: str) -> Splits:
     templates = rng.normal(0, 1, (classes, *shape)).astype(np.float32)
     y = np.arange(samples) % classes
     x = templates[y] + noise * rng.normal(0, 1, (samples, *shape)).astype(np.float32)
+    shift = int(dataset.options.get("shift", 0))
+    if shift < 0:
+        raise DatasetError(f"synthetic option shift must be >= 0, got {shift}")
+    if shift:  # each sample's pattern moved along H (time, for KWS) by up to ±shift, cyclically
+        offsets = rng.integers(-shift, shift + 1, samples)
+        x = np.stack([np.roll(x[i], int(offsets[i]), axis=1) for i in range(samples)])
     n_train = int(samples * 0.7)
     n_val = int(samples * 0.15)
     train, val, test = _split(x, y, n_train, n_val)

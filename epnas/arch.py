@@ -107,8 +107,10 @@ class Arch(_Frozen):
 
     @property
     def hash(self) -> str:
-        """First 16 hex digits of the SHA-256 of the canonical JSON."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        """First 16 hex digits of the SHA-256 of the JSON of ``canonical(self)``: two
+        architectures that compute the same function the same way hash alike."""
+        text = json.dumps(canonical(self).model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def depth(self) -> int:
@@ -250,6 +252,80 @@ def branch_ops(branch_type: str) -> tuple[str, str]:
     return first, second
 
 
+# ---------------------------------------------------------------- canonical form
+
+
+def canonical(arch: Arch) -> Arch:
+    """The same network with every field that cannot change what it computes normalised.
+
+    Layer graphs: a layer without a skip has nothing to merge (``merge`` reads ``add``);
+    an ``add`` layer without a skip is the identity and is removed (readers of its
+    output read its input), as is a layer whose output nothing reads (not the last);
+    the last layer is kept unless it is an identity of the layer before it.  Cells: a
+    one-op branch has no ``src2``; ``width`` matters only to a ``conv``, ``pool`` only to
+    a pooling op, ``channels`` and ``activation`` only to convolutions (others read 0 /
+    ``relu``).  The result is for hashing and comparison; it need not validate.
+    """
+    if arch.layers is not None:
+        return arch.model_copy(update={"layers": _canonical_layers(list(arch.layers))})
+    if arch.cell is None:
+        return arch
+    return arch.model_copy(update={"cell": Cell(branches=tuple(_canonical_branch(b) for b in arch.cell.branches)), "stack": arch.stack or Stack()})
+
+
+def _canonical_layers(layers: list[Layer]) -> tuple[Layer, ...]:
+    layers = [l if l.src2 is not None or l.merge == "add" else l.model_copy(update={"merge": "add"}) for l in layers]
+    while len(layers) > 1:
+        last = len(layers) - 1
+        read = {s for l in layers for s in (l.src1, l.src2) if s is not None}
+        drop = next(
+            (
+                i
+                for i, l in enumerate(layers)
+                if (i < last and (i + 1 not in read or (l.op == "add" and l.src2 is None)))
+                or (i == last and l.op == "add" and l.src2 is None and l.src1 == i)
+            ),
+            None,
+        )
+        if drop is None:
+            break
+        layers = remove_layer_at(layers, drop)
+    return tuple(layers)
+
+
+def remove_layer_at(layers: list[Layer], position: int) -> list[Layer]:
+    """Layers without layer ``position``: readers of its output (``t[position + 1]``) read its
+    main input instead, and later references shift down by one."""
+    removed = layers[position]
+    out_index = position + 1
+    kept = layers[:position]
+    for old in layers[position + 1 :]:
+        kept.append(old.model_copy(update={"src1": _reindex(old.src1, out_index, removed.src1), "src2": _reindex(old.src2, out_index, removed.src1)}))
+    return kept
+
+
+def _reindex(src: int | None, removed: int, replacement: int) -> int | None:
+    if src is None:
+        return None
+    if src == removed:
+        return replacement
+    return src - 1 if src > removed else src
+
+
+def _canonical_branch(branch: Branch) -> Branch:
+    ops = branch_ops(branch.type)
+    convs = any(op not in ("maxpool", "avgpool", "none") for op in ops)
+    return branch.model_copy(
+        update={
+            "src2": branch.src2 if ops[1] != "none" else None,
+            "width": branch.width if "conv" in ops else 0,
+            "pool": branch.pool if any(op in ("maxpool", "avgpool") for op in ops) else 0,
+            "channels": branch.channels if convs else 0,
+            "activation": branch.activation if convs else "relu",
+        }
+    )
+
+
 # ---------------------------------------------------------------- shapes
 
 
@@ -367,21 +443,28 @@ def random_arch(space_name: str, depth: int, rng: _random.Random) -> Arch:
     return parse_arch(Arch(space=space.name, layers=layers))
 
 
+def field_values(space: LayerSpace, op: str, name: str) -> tuple:
+    """The value table a layer field of ``op`` takes its values from (``OP_FIELDS`` names the fields):
+    pooling widths come from ``pool_widths`` where the space has them, a dilation from ``strides_freq``."""
+    tables = {
+        "channels": space.channels,
+        "width": space.pool_widths if op in POOL_OPS and space.pool_widths else space.widths,
+        "freq_width": space.freq_widths,
+        "stride_time": space.strides_time,
+        "stride_freq": space.strides_freq,
+        "dilation": space.strides_freq,
+        "activation": space.activations,
+        "directions": space.directions,
+    }
+    return tables[name]
+
+
 def random_layer(space: LayerSpace, index: int, rng: _random.Random, op: str | None = None) -> Layer:
     """A random layer at ``index`` reading the previous tensor (``src1 = index``), no skip."""
     op = op or rng.choice(space.ops)
     params: dict[str, Any] = {"op": op, "src1": index}
     for name in OP_FIELDS[space.name][op]:
-        params[name] = {
-            "channels": lambda: rng.choice(space.channels),
-            "width": lambda: rng.choice(space.pool_widths if op in POOL_OPS and space.pool_widths else space.widths),
-            "freq_width": lambda: rng.choice(space.freq_widths),
-            "stride_time": lambda: rng.choice(space.strides_time),
-            "stride_freq": lambda: rng.choice(space.strides_freq),
-            "dilation": lambda: rng.choice(space.strides_freq),
-            "activation": lambda: rng.choice(space.activations),
-            "directions": lambda: rng.choice(space.directions),
-        }[name]()
+        params[name] = rng.choice(field_values(space, op, name))
     return Layer(**params)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from epnas.arch import Arch, Branch, Cell, Layer, OP_FIELDS, branch_ops, parse_arch
+from epnas.arch import Arch, Branch, Cell, Layer, OP_FIELDS, _reindex, branch_ops, parse_arch, remove_layer_at
 from epnas.space import POOL_OPS, LayerSpace, ModuleSpace, get_space, step_along
 
 DIRECTIONS = (+1, 0, -1)
@@ -215,21 +215,7 @@ def insert_layer(arch: Arch, position: int, layer: Layer) -> Arch:
 
 def remove_layer(arch: Arch, position: int) -> Arch:
     """Remove layer ``position``: readers of its output read its main input instead."""
-    layers = list(arch.layers)
-    removed = layers[position]
-    out_index = position + 1
-    kept = layers[:position]
-    for old in layers[position + 1 :]:
-        kept.append(old.model_copy(update={"src1": _reindex(old.src1, out_index, removed.src1), "src2": _reindex(old.src2, out_index, removed.src1)}))
-    return arch.model_copy(update={"layers": tuple(kept)})
-
-
-def _reindex(src: int | None, removed: int, replacement: int) -> int | None:
-    if src is None:
-        return None
-    if src == removed:
-        return replacement
-    return src - 1 if src > removed else src
+    return arch.model_copy(update={"layers": tuple(remove_layer_at(list(arch.layers), position))})
 
 
 # ---------------------------------------------------------------- cells

@@ -1,23 +1,23 @@
 """The progressive search loop (EPNAS §3.1, Fig. 1): episodes × steps × branches.
 
-Per episode, branch ``n`` starts from seed ``n mod K`` of the current top-K.  At
-each step every branch's architecture ``X_{t,n}`` is morphed by an action from the
-policy (or uniformly at random, strategy ``random``); the step's children are
-handed to the executor as one batch; rewards come from their ``result.json`` files
-(EPNAS Eq. 3); the shared weight dictionary is merged; the loop state is
-checkpointed.  After the last step the policy takes one REINFORCE update and the
-top-K children of the episode seed the next one.
+Per episode, branch ``n`` starts from seed ``n mod K`` of the seeds the strategy chose.
+At each step the strategy (``epnas.strategy``) proposes one child per branch, morphed
+from the branch's network; the step's children are handed to the executor as one
+batch; rewards come from their ``result.json`` files (EPNAS Eq. 3); the shared weight
+dictionary is merged; the loop state is checkpointed.  After the last step the
+strategy learns from the episode (REINFORCE for the policy strategies) and picks the
+seeds of the next one.
 
 Where children run is the executor's business; the loop only reads and writes the
-store.  Children whose architecture was already evaluated are not retrained, and a
-child whose ``result.json`` exists is never trained again.
+store.  A network is trained once: a child whose network (``Arch.hash``, of the
+canonical form) was evaluated before, or is a sibling's in the same step, is served
+that result; a child whose ``result.json`` exists is never trained again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
@@ -34,22 +34,20 @@ from epnas.checkpoint import (
     encode_torch_rng,
     history_key,
     read_history,
-    load_policy,
-    save_policy,
 )
 from epnas.executors.base import ChildOutcome, ChildRun, Executor
-from epnas import reinforce
 from epnas.metrics import compute_metrics
-from epnas.morph import Action, apply_action, random_action
-from epnas.policy import Policy, make_optimizer
+from epnas.records import ChildRecord, Move, TrajectoryStep
 from epnas.reward import compute_reward
-from epnas.space import get_space
 from epnas.spec import ArchitectureSearch, dataset_geometry, initial_arch
 from epnas.store import Store, StoreNotFound, join_uri
+from epnas.strategy import Learning, ProposalContext, Screen, make_strategy, single_thread, top_k_by_reward
 from epnas.task import ChildResult, ChildTask, load_result
 from epnas.weights import merge
 
 WEIGHTS_PREFIX = "weights/"
+
+__all__ = ["SearchLoop", "SearchStopped", "StepReport", "ChildRecord", "child_id", "summarize", "single_thread", "top_k"]
 
 
 def child_id(episode: int, step: int, index: int) -> str:
@@ -57,30 +55,7 @@ def child_id(episode: int, step: int, index: int) -> str:
     return f"e{episode:03d}-s{step:02d}-c{index:02d}"
 
 
-@dataclass
-class ChildRecord:
-    """One child in the history: where it came from, what it is, how it did."""
-
-    child: str
-    episode: int
-    step: int
-    branch: int
-    parent: str
-    hash: str
-    arch: dict
-    action: dict | None
-    applied: str
-    degraded: str | None
-    status: str  # succeeded | failed | cached
-    val_accuracy: float = 0.0
-    test_accuracy: float = 0.0
-    reward: float = 0.0
-    feasible: bool = False
-    metrics: dict = field(default_factory=dict)
-    violations: dict = field(default_factory=dict)
-    exit_code: int | None = None
-    reason: str = ""
-    train_seconds: float = 0.0
+top_k = top_k_by_reward
 
 
 class SearchStopped(Exception):
@@ -120,15 +95,11 @@ class SearchLoop:
         self.on_step = on_step or (lambda report: None)
         self.should_stop = should_stop
         self.last_update: dict | None = None
-        self.space = get_space(self.spec.search_space)
         self.geometry = dataset_geometry(self.spec)
         self.steps = self.spec.steps_per_episode
         self.training = self.spec.child_training.resolved()
-        self.policy = None
-        self.optimizer = None
-        if self.spec.strategy == "epnas":
-            self.policy = Policy(self.space, self.spec.policy, generator_seed=self.spec.seed)
-            self.optimizer = make_optimizer(self.policy)
+        self.strategy = make_strategy(self.spec)
+        self.screen = Screen.for_spec(self.spec)
 
     # ------------------------------------------------------------ state
 
@@ -138,9 +109,9 @@ class SearchLoop:
             state = LoopState.from_json(self.store.get_json(CHECKPOINT))
         except StoreNotFound:
             return self.fresh_state(), []
-        history = [ChildRecord(**r) for r in read_history(self.store, state.history_count)]
-        if state.policy_file and self.policy is not None:
-            load_policy(self.store, state.policy_file, self.policy, self.optimizer)
+        history = [ChildRecord.from_json(r) for r in read_history(self.store, state.history_count)]
+        if state.policy_file:
+            self.strategy.load(self.store, state.policy_file)
         return state, history
 
     def fresh_state(self) -> LoopState:
@@ -172,21 +143,30 @@ class SearchLoop:
     def run(self) -> dict:
         """Run (or resume) to the end of the budget; returns the final summary.
 
-        Raises ``SearchStopped`` when ``should_stop()`` is true before a step.
+        The budget is ``episodes`` × ``stepsPerEpisode`` steps, cut short between steps once
+        ``budget.maxChildren`` children were trained.  Raises ``SearchStopped`` when
+        ``should_stop()`` is true before a step.
         """
         state, history = self.load_state()
-        while state.episode < self.spec.budget.episodes:
+        while state.episode < self.spec.budget.episodes and not self._spent(history):
             if state.branches is None:
                 self._start_episode(state)
-            while state.step < self.steps:
+            while state.step < self.steps and not self._spent(history):
                 if self.should_stop():
                     raise SearchStopped(self.search.name)
                 records = self._run_step(state, history)
                 summary = self._commit(state, history, "Running", records)
                 self.on_step(StepReport(state.episode, state.step - 1, records, summary))
+            if self._spent(history):
+                break
             self._end_episode(state, history)
             self._commit(state, history, "Running")
         return self._commit(state, history, "Succeeded")
+
+    def _spent(self, history: list[ChildRecord]) -> bool:
+        """``budget.maxChildren`` children trained (succeeded or failed; cached ones are free)."""
+        limit = self.spec.budget.max_children
+        return limit is not None and trained_count(history) >= limit
 
     def _start_episode(self, state: LoopState) -> None:
         n = self.spec.budget.branches
@@ -194,44 +174,49 @@ class SearchLoop:
         state.trajectory = [[] for _ in range(n)]
         state.step = 0
 
-    def _sample(self, state: LoopState) -> list[dict]:
-        """One action per branch, morphed; the plan is stored before any child starts, so a
-        restarted run trains exactly the same children."""
+    def _sample(self, state: LoopState, history: list[ChildRecord]) -> list[dict]:
+        """One proposal per branch from the strategy; the plan is stored before any child starts,
+        so a restarted run trains exactly the same children."""
         pending = self._get_json(PENDING, None)
         if pending and pending["episode"] == state.episode and pending["step"] == state.step:
             state.python_rng, state.torch_rng = pending["python_rng"], pending["torch_rng"]
             return pending["children"]
-        rng = decode_python_rng(state.python_rng)
-        generator = decode_torch_rng(state.torch_rng)
-        archs = [parse_arch(a) for a in state.branches]
-        if self.policy is not None:
-            with torch.no_grad(), single_thread():
-                actions = [s.action for s in self.policy.sample_batch(archs, generator)]
-        else:
-            actions = [random_action(arch, rng, self.spec.policy.scale_groups) for arch in archs]
+        context = ProposalContext(
+            screen=self.screen,
+            seen={r.hash for r in history},
+            rng=decode_python_rng(state.python_rng),
+            generator=decode_torch_rng(state.torch_rng),
+        )
+        proposals = self.strategy.propose([parse_arch(a) for a in state.branches], context)
         plan = []
-        for b, (arch_data, arch, action) in enumerate(zip(state.branches, archs, actions)):
-            result = apply_action(arch, action)
+        for b, (arch_data, proposal) in enumerate(zip(state.branches, proposals)):
+            moves = [
+                {"arch": _arch_json(m.parent), "action": m.action.to_dict(), "applied": m.result.applied, "degraded": m.result.degraded}
+                for m in proposal.morphs
+            ]
             plan.append(
                 {
                     "child": child_id(state.episode, state.step, b),
                     "parent_arch": arch_data,
-                    "arch": _arch_json(result.arch),
-                    "action": action.to_dict(),
-                    "applied": result.applied,
-                    "degraded": result.degraded,
+                    "arch": _arch_json(proposal.arch),
+                    "action": moves[-1]["action"],
+                    "applied": "+".join(m["applied"] for m in moves),
+                    "degraded": next((m["degraded"] for m in moves if m["degraded"]), None),
+                    "moves": moves,
                 }
             )
-        state.python_rng = encode_python_rng(rng)
-        state.torch_rng = encode_torch_rng(generator)
+        state.python_rng = encode_python_rng(context.rng)
+        state.torch_rng = encode_torch_rng(context.generator)
         pending = {"episode": state.episode, "step": state.step, "children": plan, "python_rng": state.python_rng, "torch_rng": state.torch_rng}
         self.store.put_json(PENDING, pending)
         return plan
 
     def _run_step(self, state: LoopState, history: list[ChildRecord]) -> list[ChildRecord]:
-        plan = self._sample(state)
-        evaluated = {r.hash: r for r in history if r.status in ("succeeded", "cached")}
+        plan = self._sample(state, history)
+        evaluated = {r.hash: r.child for r in history if r.status in ("succeeded", "cached")}
         runs: list[ChildRun] = []
+        siblings: dict[str, str] = {}  # child → the sibling trained for the same network this step
+        hashes = [parse_arch(item["arch"]).hash for item in plan]
         for b, item in enumerate(plan):
             arch = parse_arch(item["arch"])
             key = f"children/{item['child']}"
@@ -239,15 +224,25 @@ class SearchLoop:
                 self.store.put_bytes(f"{key}/arch.json", self._task(item, arch).to_json().encode())
             if self.store.exists(f"{key}/result.json"):
                 continue
-            if arch.hash in evaluated:
-                self._write_cached_result(item["child"], evaluated[arch.hash])
+            if hashes[b] in evaluated:
+                self._write_cached_result(item["child"], evaluated[hashes[b]])
+                continue
+            first = hashes.index(hashes[b])
+            if first < b:
+                siblings[item["child"]] = plan[first]["child"]
                 continue
             runs.append(self._child_run(item["child"], state, b))
         outcomes = {o.child: o for o in self.executor.submit(runs)}
-        records = [self._record(state, b, item, outcomes.get(item["child"]), evaluated) for b, item in enumerate(plan)]
+        for child, first in siblings.items():
+            if self._read_result(first) is not None:
+                self._write_cached_result(child, first)
+            elif first in outcomes:
+                outcomes[child] = outcomes[first]
+        records = [self._record(state, b, item, outcomes.get(item["child"])) for b, item in enumerate(plan)]
         self._merge_weights(records, outcomes)
         for b, record in enumerate(records):
-            state.trajectory[b].append({"arch": plan[b]["parent_arch"], "action": plan[b]["action"], "reward": record.reward})
+            moves = tuple(Move(m["arch"], m["action"]) for m in _plan_moves(plan[b]))
+            state.trajectory[b].append(TrajectoryStep(moves, record.reward).to_json())
             if record.status != "failed":
                 state.branches[b] = record.arch
         history.extend(records)
@@ -279,14 +274,14 @@ class SearchLoop:
             index=index,
         )
 
-    def _write_cached_result(self, child: str, earlier: ChildRecord) -> None:
-        """The same architecture was already trained: its result stands for this child too."""
-        result = load_result(self.store.get_bytes(f"children/{earlier.child}/result.json"))
-        note = f"cached: same architecture as {earlier.child}"
-        cached = result.model_copy(update={"child": child, "warnings": [*result.warnings, note]})
+    def _write_cached_result(self, child: str, earlier: str) -> None:
+        """The same network was already trained (by ``earlier``): its result stands for this child too."""
+        result = load_result(self.store.get_bytes(f"children/{earlier}/result.json"))
+        note = f"cached: same architecture as {earlier}"
+        cached = result.model_copy(update={"child": child, "warnings": [*result.warnings, note], "cached_from": result.cached_from or earlier})
         self.store.put_bytes(f"children/{child}/result.json", cached.to_json().encode())
 
-    def _record(self, state: LoopState, b: int, item: dict, outcome: ChildOutcome | None, evaluated: dict) -> ChildRecord:
+    def _record(self, state: LoopState, b: int, item: dict, outcome: ChildOutcome | None) -> ChildRecord:
         arch = parse_arch(item["arch"])
         metrics = compute_metrics(arch, self.geometry[0], self.geometry[1])
         record = ChildRecord(
@@ -302,16 +297,22 @@ class SearchLoop:
             degraded=item["degraded"],
             status="failed",
             metrics=metrics.as_dict(),
+            moves=[{k: m[k] for k in ("action", "applied", "degraded")} for m in _plan_moves(item)],
+            parent_hash=parse_arch(item["parent_arch"]).hash,
         )
         result = self._read_result(item["child"])
+        if result is not None and result.arch_hash != arch.hash:
+            record.reason = f"children/{item['child']}/result.json is for architecture {result.arch_hash}, not {arch.hash}"
+            result = None
         if result is None:
             record.exit_code = outcome.exit_code if outcome else None
-            record.reason = failure_reason(outcome)
+            record.reason = record.reason or failure_reason(outcome)
             reward = compute_reward(0.0, metrics, self.spec.constraints)
             record.violations, record.feasible = reward.violations, reward.feasible
             return record
         reward = compute_reward(result.val_accuracy, metrics, self.spec.constraints)
-        record.status = "cached" if any(w.startswith("cached:") for w in result.warnings) else "succeeded"
+        record.status = "cached" if result.cached_from else "succeeded"
+        record.cached_from = result.cached_from
         record.val_accuracy, record.test_accuracy = result.val_accuracy, result.test_accuracy
         record.reward, record.feasible, record.violations = reward.reward, reward.feasible, reward.violations
         record.exit_code, record.train_seconds = 0, result.train_seconds
@@ -335,45 +336,22 @@ class SearchLoop:
             merge(self.store, WEIGHTS_PREFIX, trained)
 
     def _end_episode(self, state: LoopState, history: list[ChildRecord]) -> None:
-        if self.policy is not None:
-            self._update_policy(state)
-        episode_records = [r for r in history if r.episode == state.episode and r.status != "failed"]
-        state.seeds = top_k(episode_records, self.spec.budget.top_k, fallback=state.seeds)
+        trajectory = [[TrajectoryStep.from_json(s) for s in branch] for branch in state.trajectory]
+        learning = self.strategy.learn(trajectory, state.baselines or []) if trajectory and trajectory[0] else None
+        if learning is not None:
+            self._save_learning(state, learning)
+        state.seeds = self.strategy.seeds(history, state.episode, self.spec.budget.top_k, fallback=state.seeds)
         state.episode += 1
         state.step = 0
         state.branches = None
         state.trajectory = []
 
-    def _update_policy(self, state: LoopState) -> None:
-        """One REINFORCE step on the episode's trajectories (replayed from the checkpoint)."""
-        n, t = len(state.trajectory), len(state.trajectory[0])
-        items = [item for branch in state.trajectory for item in branch]
-        with single_thread():
-            log_probs, entropies = self.policy.log_prob_batch(
-                [parse_arch(item["arch"]) for item in items], [Action.from_dict(item["action"]) for item in items]
-            )
-            rewards = torch.tensor([[item["reward"] for item in branch] for branch in state.trajectory], dtype=torch.float32)
-            returns = reinforce.returns_to_go(rewards)
-            baseline = reinforce.MovingBaseline.from_values(self.spec.policy.baseline_decay, state.baselines or [])
-            b = baseline.update(returns)  # ENAS order: the baseline first, then advantages against it
-            self.last_update = reinforce.update(
-                self.policy, self.optimizer, log_probs.view(n, t), returns, b, entropies.view(n, t), self.spec.policy.entropy_weight
-            )
-        state.baselines = list(baseline.values)
+    def _save_learning(self, state: LoopState, learning: Learning) -> None:
+        self.last_update = learning.update
+        state.baselines = learning.baselines
         key = f"state/policy-e{state.episode:03d}.safetensors"
-        save_policy(self.store, key, self.policy, self.optimizer)
-        state.policy_file = key
-
-
-@contextlib.contextmanager
-def single_thread():
-    """Policy work is tiny: one thread is 5–15× faster than torch's default on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+        if self.strategy.save(self.store, key):
+            state.policy_file = key
 
 
 def failure_reason(outcome: ChildOutcome | None) -> str:
@@ -388,24 +366,20 @@ def _arch_json(arch: Arch) -> dict:
     return arch.model_dump(mode="json", exclude_none=True)
 
 
+def _plan_moves(item: dict) -> list[dict]:
+    """A plan item's morphs; plans written before multi-morph children have one."""
+    return item.get("moves") or [{"arch": item["parent_arch"], "action": item["action"], "applied": item["applied"], "degraded": item["degraded"]}]
+
+
+def trained_count(history: list[ChildRecord]) -> int:
+    """Children handed to an executor: succeeded or failed, not served from cache."""
+    return sum(r.status != "cached" for r in history)
+
+
 def _parent_name(state: LoopState, branch: int) -> str:
     if state.step == 0:
         return "seed"
     return child_id(state.episode, state.step - 1, branch)
-
-
-def top_k(records: list[ChildRecord], k: int, fallback: list[dict]) -> list[dict]:
-    """The ``k`` best distinct architectures by reward (ties: higher accuracy); filled from ``fallback``."""
-    best: dict[str, ChildRecord] = {}
-    for r in sorted(records, key=lambda r: (-r.reward, -r.val_accuracy, r.child)):
-        best.setdefault(r.hash, r)
-    seeds = [r.arch for r in list(best.values())[:k]]
-    for arch in fallback:
-        if len(seeds) >= k:
-            break
-        if arch not in seeds:
-            seeds.append(arch)
-    return seeds
 
 
 def _brief(record: ChildRecord | None) -> dict | None:
@@ -441,6 +415,7 @@ def summarize(search: ArchitectureSearch, state: LoopState, history: list[ChildR
             "succeeded": sum(r.status == "succeeded" for r in history),
             "cached": sum(r.status == "cached" for r in history),
             "failed": sum(r.status == "failed" for r in history),
+            "trained": trained_count(history),
         },
         "feasibleCount": len(feasible),
         "best": _brief(best),

@@ -95,6 +95,9 @@ class Budget(_Model):
     steps_per_episode: int | None = Field(None, ge=1, description="default 10 (layer spaces) or 5 (module space)")
     branches: int = Field(8, ge=1, le=512)
     top_k: int = Field(8, ge=1)
+    max_children: int | None = Field(
+        None, ge=1, description="stop once this many children were trained (served from cache is free); checked between steps"
+    )
 
 
 class PolicySpec(_Model):
@@ -105,6 +108,13 @@ class PolicySpec(_Model):
     init_range: float = Field(0.1, gt=0, description="weights ~ U(-r, r)")
     entropy_weight: float = Field(0.0, ge=0)
     baseline_decay: float = Field(0.9, ge=0, lt=1, description="moving-average baseline b <- d·b + (1-d)·R")
+
+
+class Screening(_Model):
+    """Zero-cost screening by the default epnas strategy: each child is the first feasible, new network among the policy's samples, reached in at most maxMorphs morphs. Ignored by epnas-paper and random."""
+
+    candidates: int = Field(32, ge=1, le=1024, description="actions sampled from the policy per branch and morph")
+    max_morphs: int = Field(4, ge=1, le=16, description="morphs one child may take to reach a feasible, new network")
 
 
 class ChildTraining(_Model):
@@ -163,13 +173,18 @@ class StoreSpec(_Model):
 
 class SearchSpec(_Model):
     search_space: Literal["image-layer", "image-module", "kws-layer"] = "image-layer"
-    strategy: Literal["epnas", "random"] = "epnas"
+    strategy: Literal["epnas", "epnas-paper", "random"] = Field(
+        "epnas",
+        description="epnas: the policy with zero-cost screening and feasibility-first seeding (default); "
+        "epnas-paper: the paper's algorithm exactly; random: uniform actions in the same loop",
+    )
     seed: int = 0
     initial_architecture: InitialArchitecture = Field(default_factory=lambda: InitialArchitecture(random=RandomStart()))
     dataset: Dataset = Field(default_factory=Dataset)
     constraints: list[Constraint] = Field(default_factory=list)
     budget: Budget = Field(default_factory=Budget)
     policy: PolicySpec = Field(default_factory=PolicySpec)
+    screening: Screening = Field(default_factory=Screening)
     child_training: ChildTraining = Field(default_factory=ChildTraining)
     trainer: Trainer = Field(default_factory=Trainer)
     store: StoreSpec = Field(default_factory=StoreSpec)

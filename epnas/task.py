@@ -71,6 +71,7 @@ class ChildResult(_Doc):
     warnings: list[str] = Field(default_factory=list)
     weights_key: str | None = Field(None, description="children/<child>/weights.safetensors, relative to the search root")
     weights_uri: str | None = Field(None, description="full URI of the pushed weights")
+    cached_from: str | None = Field(None, description="set by the loop: the child whose training this result repeats")
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True, indent=2)
