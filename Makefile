@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test unit integration testbin bench clean
+.PHONY: install demo test unit integration testbin bench race clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ testbin:
 
 bench: install
 	$(PY) bench/run_all.py
+
+# The public race (bench/race.py): every method, problem and seed; tables in runs/race/race.md.
+race: install
+	$(PY) bench/race.py --out runs/race
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .benchmarks runs

@@ -15,7 +15,7 @@ from epnas.executors.base import ChildOutcome, ChildRun
 from epnas.search import SearchLoop
 from epnas.spec import parse_search
 from epnas.store import open_store, split_uri
-from epnas.task import ChildResult, load_task
+from epnas.task import ChildResult, load_result, load_task
 
 
 def toy_accuracy(arch) -> float:
@@ -111,6 +111,56 @@ def test_a_failed_child_gets_reward_zero_and_its_branch_keeps_the_parent(tmp_pat
     assert failed["status"] == "failed" and failed["reward"] == 0 and failed["exit_code"] == 1
     assert "RuntimeError: boom" in failed["reason"]
     assert summary["children"]["failed"] == 1
+    # the branch keeps the failed child's parent: the next child of branch 1 is morphed from it
+    nxt = history["e000-s01-c01"]
+    assert nxt["parent"] == "e000-s00-c01" and nxt["parent_hash"] == failed["parent_hash"] != failed["hash"]
+    assert history["e000-s01-c00"]["parent_hash"] == history["e000-s00-c00"]["hash"]  # a branch that succeeded moves on
+
+
+def test_identical_siblings_are_trained_once_and_share_the_result(tmp_path) -> None:
+    executor = ToyExecutor()
+    uri = (tmp_path / "store").as_uri()
+    store = open_store(uri)
+    loop = SearchLoop(search_doc(episodes=1, steps=1, branches=3), store=store, store_uri=uri, executor=executor)
+    loop.strategy = SameChildStrategy(loop.strategy)
+    summary = loop.run()
+    history = read_history(store, 10**6)
+    assert executor.trained == ["e000-s00-c00"]  # one network, trained once
+    assert [r["status"] for r in history] == ["succeeded", "cached", "cached"]
+    assert [r["cached_from"] for r in history] == [None, "e000-s00-c00", "e000-s00-c00"]
+    assert len({r["val_accuracy"] for r in history}) == 1 and summary["children"]["trained"] == 1
+    assert load_result(store.get_bytes("children/e000-s00-c02/result.json")).cached_from == "e000-s00-c00"
+
+
+def test_a_result_for_another_architecture_is_refused(tmp_path) -> None:
+    class Misfiling(ToyExecutor):
+        def submit(self, runs):
+            outcomes = super().submit(runs)
+            if runs and runs[0].child == "e000-s00-c00":  # c01's result.json replaced by c00's
+                store = open_store(runs[0].out_uri.rsplit("/", 1)[0])
+                store.put_bytes("e000-s00-c01/result.json", store.get_bytes("e000-s00-c00/result.json"))
+            return outcomes
+
+    store, summary = run(tmp_path, Misfiling(), search_doc(episodes=1, steps=1, branches=2))
+    history = {r["child"]: r for r in read_history(store, 10**6)}
+    assert history["e000-s00-c00"]["status"] == "succeeded"
+    assert history["e000-s00-c01"]["status"] == "failed"
+    assert "is for architecture" in history["e000-s00-c01"]["reason"] and history["e000-s00-c00"]["hash"] in history["e000-s00-c01"]["reason"]
+
+
+class SameChildStrategy:
+    """Wraps a strategy so that every branch proposes branch 0's child (siblings made identical)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = inner.name
+
+    def propose(self, parents, context):
+        first = self.inner.propose(parents[:1], context)[0]
+        return [first] * len(parents)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
 
 def test_a_crash_mid_step_resumes_with_no_child_trained_twice(tmp_path) -> None:
