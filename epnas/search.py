@@ -186,6 +186,7 @@ class SearchLoop:
             seen={r.hash for r in history},
             rng=decode_python_rng(state.python_rng),
             generator=decode_torch_rng(state.torch_rng),
+            history=history,
         )
         proposals = self.strategy.propose([parse_arch(a) for a in state.branches], context)
         plan = []

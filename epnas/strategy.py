@@ -14,12 +14,14 @@ its own state in the store (``save`` / ``load``).  The loop knows nothing else o
   constraints is known **before** it is trained, at no cost.
 
   - *Screening*: per branch, ``C = screening.candidates`` actions are sampled from π_θ and
-    applied; ``pick`` takes the first (in sampling order, so the policy's preference
-    stands) whose network is feasible and new — not in the history, not a sibling of
-    this step.  When none is, the walk goes on from the best candidate
-    (highest penalty factor ``Π p_i^V_i``, new before known, first among equals), up to
-    ``screening.maxMorphs`` morphs.  The child is the walk's last network; its
-    ``log π`` is the sum over its morphs, so REINFORCE is unchanged.
+    applied; among the networks that are feasible and new — not in the history, not a
+    sibling of this step — ``pick`` takes the one a surrogate of accuracy ranks first
+    (``epnas.surrogate``: Bayesian linear regression on analytic features, prior "more
+    FLOPs, more accuracy", fitted to the search's trained children, one Thompson draw
+    per branch and morph).  When none is feasible and new, the walk goes on from the
+    best candidate (highest penalty factor ``Π p_i^V_i``, new before known, first among
+    equals), up to ``screening.maxMorphs`` morphs.  The child is the walk's last
+    network; its ``log π`` is the sum over its morphs, so REINFORCE is unchanged.
   - *Seeding*: the next episode starts from the best ``K`` networks of the whole search,
     feasible ones first by validation accuracy, then infeasible ones by reward — the
     paper's top-K by reward lets an accurate infeasible network (0.89 · 0.9^V) outrank
@@ -37,10 +39,10 @@ from typing import Protocol, Sequence
 
 import torch
 
-from epnas import reinforce
+from epnas import reinforce, surrogate
 from epnas.arch import Arch, parse_arch
 from epnas.checkpoint import load_policy, save_policy
-from epnas.metrics import compute_metrics
+from epnas.metrics import Metrics, compute_metrics
 from epnas.morph import Action, MorphResult, apply_action, random_action
 from epnas.policy import Policy, make_optimizer
 from epnas.records import ChildRecord, TrajectoryStep
@@ -70,32 +72,41 @@ class Screen:
 
     def factor(self, arch: Arch) -> tuple[float, bool]:
         """``(Π p_i^V_i, every constraint holds)`` of ``arch`` on the search's input."""
-        reward = compute_reward(1.0, compute_metrics(arch, self.input_shape, self.classes), list(self.constraints))
-        return reward.reward, reward.feasible
+        factor, feasible, _ = self.assess(arch)
+        return factor, feasible
+
+    def assess(self, arch: Arch) -> tuple[float, bool, Metrics]:
+        """``factor`` and feasibility as ``factor`` says, with the metrics they came from."""
+        metrics = compute_metrics(arch, self.input_shape, self.classes)
+        reward = compute_reward(1.0, metrics, list(self.constraints))
+        return reward.reward, reward.feasible, metrics
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One screened action: the network it makes, its penalty factor, feasible, new."""
+    """One screened action: the network it makes, its penalty factor, feasible, new, and its
+    surrogate score (``epnas.surrogate``; higher is more promising)."""
 
     action: Action
     result: MorphResult
     factor: float
     feasible: bool
     new: bool
+    score: float = 0.0
 
 
 def pick(candidates: Sequence[Candidate]) -> tuple[int, bool]:
     """``(index, done)``: which candidate to take, and whether the walk ends with it.
 
-    The first feasible new candidate ends the walk.  Otherwise the walk goes on from the
-    candidate with the highest ``(factor, new)`` — the first one among equals.
+    The feasible new candidate with the highest score ends the walk (the first one among
+    equals, so with equal scores the policy's first sample wins).  Otherwise the walk goes
+    on from the candidate with the highest ``(factor, new)`` — the first one among equals.
     """
     if not candidates:
         raise ValueError("no candidates to pick from")
-    for i, c in enumerate(candidates):
-        if c.feasible and c.new:
-            return i, True
+    ready = [i for i, c in enumerate(candidates) if c.feasible and c.new]
+    if ready:
+        return max(ready, key=lambda i: (candidates[i].score, -i)), True
     best = max(range(len(candidates)), key=lambda i: (candidates[i].factor, candidates[i].new, -i))
     return best, False
 
@@ -126,12 +137,14 @@ class Proposal:
 
 @dataclass
 class ProposalContext:
-    """What a strategy may look at: the constraint screen, every hash in the history, its generators."""
+    """What a strategy may look at: the constraint screen, every hash in the history, its
+    generators, and the children evaluated so far."""
 
     screen: Screen
     seen: set[str]
     rng: random.Random
     generator: torch.Generator
+    history: Sequence[ChildRecord] = ()
 
 
 @dataclass(frozen=True)
@@ -294,6 +307,7 @@ class EpnasStrategy(PaperStrategy):
     def propose(self, parents: Sequence[Arch], context: ProposalContext) -> list[Proposal]:
         count, max_morphs = self.spec.screening.candidates, self.spec.screening.max_morphs
         taken = set(context.seen)
+        posterior = fit_history(context.history)
         walks: list[list[Morph]] = [[] for _ in parents]
         current = list(parents)
         open_walks = list(range(len(parents)))
@@ -306,11 +320,13 @@ class EpnasStrategy(PaperStrategy):
                 actions = [s.action for s in self.policy.sample_batch(rows, context.generator)]
             still_open = []
             for j, b in enumerate(open_walks):  # branch by branch, so siblings see each other's picks
+                weights = posterior.draw(context.generator)  # Thompson sampling: one draw per branch and morph
                 candidates = []
                 for action in actions[j * count : (j + 1) * count]:
                     result = apply_action(current[b], action)
-                    factor, feasible = context.screen.factor(result.arch)
-                    candidates.append(Candidate(action, result, factor, feasible, result.arch.hash not in taken))
+                    factor, feasible, metrics = context.screen.assess(result.arch)
+                    score = float(torch.tensor(surrogate.features(metrics.params, metrics.flops, result.arch.depth, metrics.compute_intensity), dtype=torch.float64) @ weights)
+                    candidates.append(Candidate(action, result, factor, feasible, result.arch.hash not in taken, score))
                 index, done = pick(candidates)
                 chosen = candidates[index]
                 screened[b] += len(candidates)
@@ -325,6 +341,20 @@ class EpnasStrategy(PaperStrategy):
 
     def seeds(self, history: Sequence[ChildRecord], episode: int, k: int, fallback: list[dict]) -> list[dict]:
         return top_k_feasible_first(_trained(history), k, fallback)
+
+
+def fit_history(history: Sequence[ChildRecord]) -> surrogate.Posterior:
+    """The surrogate's posterior given every trained (not failed) child of the search."""
+    trained = [r for r in history if r.status != "failed" and r.metrics]
+    phi = [
+        surrogate.features(r.metrics["params"], r.metrics["flops"], _depth(r.arch), r.metrics["compute_intensity"])
+        for r in trained
+    ]
+    return surrogate.fit(phi, [r.val_accuracy for r in trained])
+
+
+def _depth(arch: dict) -> int:
+    return len(arch["layers"]) if "layers" in arch else len(arch["cell"]["branches"])
 
 
 @contextlib.contextmanager

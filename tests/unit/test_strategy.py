@@ -30,22 +30,24 @@ ARCH = parse_arch({"space": "image-layer", "layers": [{"op": "conv2d", "src1": 0
 KEEP = Action((1,) * 4, (1,) * 4, 1)
 
 
-def candidate(factor: float, new: bool) -> Candidate:
-    return Candidate(KEEP, MorphResult(ARCH, "keep"), factor, factor == 1.0, new)
+def candidate(factor: float, new: bool, score: float = 0.0) -> Candidate:
+    return Candidate(KEEP, MorphResult(ARCH, "keep"), factor, factor == 1.0, new, score)
 
 
 @pytest.mark.parametrize(
     "name, candidates, expected",
     [
-        ("first feasible new wins over an earlier infeasible one", [(0.5, True), (1.0, True), (1.0, True)], (1, True)),
-        ("a feasible known network is walked on from", [(0.5, True), (1.0, False), (0.9, True)], (1, False)),
-        ("no feasible: the highest factor", [(0.5, True), (0.81, True), (0.6, True)], (1, False)),
-        ("equal factors: new before known", [(0.81, False), (0.81, True)], (1, False)),
-        ("equal factors and novelty: the first", [(0.7, True), (0.7, True)], (0, False)),
+        ("feasible new wins over an earlier infeasible one", [(0.5, True, 9.0), (1.0, True, 0.0)], (1, True)),
+        ("equal scores: the first feasible new", [(0.5, True, 0.0), (1.0, True, 0.0), (1.0, True, 0.0)], (1, True)),
+        ("the highest score among feasible new", [(1.0, True, 0.1), (1.0, False, 0.9), (1.0, True, 0.3), (1.0, True, 0.2)], (2, True)),
+        ("a feasible known network is walked on from", [(0.5, True, 0.0), (1.0, False, 0.0), (0.9, True, 5.0)], (1, False)),
+        ("no feasible: the highest factor", [(0.5, True, 0.0), (0.81, True, 0.0), (0.6, True, 0.0)], (1, False)),
+        ("equal factors: new before known", [(0.81, False, 0.0), (0.81, True, 0.0)], (1, False)),
+        ("equal factors and novelty: the first", [(0.7, True, 0.0), (0.7, True, 0.0)], (0, False)),
     ],
 )
-def test_pick(name: str, candidates: list[tuple[float, bool]], expected: tuple[int, bool]) -> None:
-    assert pick([candidate(f, n) for f, n in candidates]) == expected
+def test_pick(name: str, candidates: list[tuple[float, bool, float]], expected: tuple[int, bool]) -> None:
+    assert pick([candidate(f, n, s) for f, n, s in candidates]) == expected
 
 
 def test_pick_needs_candidates() -> None:
