@@ -78,7 +78,7 @@ def search(file: str, store_uri: str | None, parallelism: int | None, trainer_co
         trainer_command=shlex.split(trainer_command) if trainer_command else None,
     )
     total = spec_doc.spec.budget.episodes * spec_doc.spec.steps_per_episode
-    with _progress(quiet) as progress:
+    with executor, _progress(quiet) as progress:  # the executor stops its warm workers on the way out
         task = progress.add_task("starting", total=total)
 
         def on_step(report: StepReport) -> None:
