@@ -13,7 +13,7 @@ import sys
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from epnas.checkpoint import SEARCH_FILE, SUMMARY
@@ -77,23 +77,30 @@ def search(file: str, store_uri: str | None, parallelism: int | None, trainer_co
         endpoint=spec_doc.spec.store.endpoint,
         trainer_command=shlex.split(trainer_command) if trainer_command else None,
     )
-    total = spec_doc.spec.budget.episodes * spec_doc.spec.steps_per_episode
+    budget = spec_doc.spec.budget
+    total = budget.episodes * spec_doc.spec.steps_per_episode * budget.branches
+    if budget.max_children is not None:
+        total = min(total, budget.max_children)
     with executor, _progress(quiet) as progress:  # the executor stops its warm workers on the way out
-        task = progress.add_task("starting", total=total)
+        task = progress.add_task("children", total=total)
 
         def on_step(report: StepReport) -> None:
-            s = report.summary
-            best = s["best"] or {}
-            progress.update(
-                task,
-                completed=s["episode"] * s["stepsPerEpisode"] + s["step"],
-                description=f"e{report.episode} s{report.step}  best reward {best.get('reward', 0):.3f}  acc {best.get('valAccuracy', 0):.3f}  feasible {s['feasibleCount']}",
-            )
+            progress.update(task, completed=min(total, report.summary["children"]["total"]), description=progress_line(report))
 
         loop = SearchLoop(spec_doc, store=store, store_uri=search_uri, executor=executor, on_step=on_step)
         summary = loop.run()
-        progress.update(task, completed=total)
+        progress.update(task, completed=total, description=f"done: {summary['children']['total']} children")
     print_summary(summary)
+
+
+def progress_line(report: StepReport) -> str:
+    """``e1 s2  best feasible acc 0.963  feasible 9``, or ``best (infeasible) reward …`` before any feasible child."""
+    s = report.summary
+    head = f"episode {report.episode + 1}/{s['episodes']} step {report.step + 1}/{s['stepsPerEpisode']}"
+    if s["bestFeasible"]:
+        return f"{head}  best feasible acc {s['bestFeasible']['valAccuracy']:.3f}  feasible {s['feasibleCount']}"
+    best = s["best"] or {}
+    return f"{head}  no feasible child yet; best (infeasible) reward {best.get('reward', 0):.3f}"
 
 
 def _write_search_file(store, search: ArchitectureSearch) -> None:
@@ -126,7 +133,9 @@ class _NoProgress:
 def _progress(quiet: bool):
     if quiet:
         return _NoProgress()
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("children"), TimeElapsedColumn(), TimeRemainingColumn(), console=console
+    )
 
 
 @main.command()
@@ -151,9 +160,12 @@ def status(target: str, store_uri: str | None) -> None:
 def print_summary(summary: dict) -> None:
     """The best feasible architecture, its metrics, and where the artifacts are."""
     c = summary["children"]
+    if summary["phase"] == "Succeeded":
+        where = f"finished after {summary['episode']} episode{'s' * (summary['episode'] != 1)}"
+    else:
+        where = f"episode {summary['episode'] + 1}/{summary['episodes']} ({summary['step']} of {summary['stepsPerEpisode']} steps done)"
     console.print(
-        f"[bold]{summary['search']}[/bold]: {summary['phase']}, episode {summary['episode']}/{summary['episodes']}, "
-        f"step {summary['step']}/{summary['stepsPerEpisode']}; children {c['total']} "
+        f"[bold]{summary['search']}[/bold]: {summary['phase']}, {where}; children {c['total']} "
         f"({c['succeeded']} trained, {c['cached']} cached, {c['failed']} failed); feasible {summary['feasibleCount']}"
     )
     best = summary.get("bestFeasible")
