@@ -168,7 +168,7 @@ def pydantic_problems(err: pydantic.ValidationError, prefix: str = "") -> list[P
         path = prefix
         for part in item["loc"]:
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-        problems.append(Problem(path, item["msg"]))
+        problems.append(Problem(path, item["msg"].removeprefix("Value error, ")))
     return problems
 
 

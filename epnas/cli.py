@@ -31,7 +31,7 @@ errors = Console(stderr=True)
 def read_search(path: str) -> ArchitectureSearch:
     """Load and validate a search file; on any problem print them all and exit 2."""
     try:
-        text = pathlib.Path(path).read_text()
+        text = pathlib.Path(path).read_bytes()
     except OSError as err:
         errors.print(f"epnas: cannot read {path}: {err.strerror}")
         sys.exit(INVALID_INPUT)

@@ -11,9 +11,12 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
+from typing import Annotated
+
+import annotated_types
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from epnas.arch import Arch, parse_arch, pydantic_problems
@@ -23,6 +26,18 @@ from epnas.space import SPACES
 API_VERSION = "epnas.io/v1alpha1"
 KIND = "ArchitectureSearch"
 QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+INT64_MAX = 2**63 - 1
+
+
+def _not_a_boolean(value: Any) -> Any:
+    """YAML's ``true`` is not the number 1: a boolean where a number belongs is an error."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_a_boolean), annotated_types.Le(INT64_MAX)]
+Float = Annotated[float, BeforeValidator(_not_a_boolean)]
 
 
 class _Model(BaseModel):
@@ -39,7 +54,7 @@ class Metadata(BaseModel):
 
 
 class RandomStart(_Model):
-    depth: int = Field(3, ge=1, le=32, description="layers (or cell branches) of the random starting network")
+    depth: Int = Field(3, ge=1, le=32, description="layers (or cell branches) of the random starting network")
 
 
 class InitialArchitecture(_Model):
@@ -58,8 +73,8 @@ class InitialArchitecture(_Model):
 class Dataset(_Model):
     kind: Literal["digits", "cifar10", "npz", "synthetic"] = "digits"
     uri: str | None = Field(None, description="directory or store URI (cifar10, npz)")
-    input_shape: list[int] | None = Field(None, min_length=3, max_length=3, description="(C, H, W); required for npz")
-    num_classes: int | None = Field(None, ge=2, description="required for npz")
+    input_shape: list[Int] | None = Field(None, min_length=3, max_length=3, description="(C, H, W); required for npz")
+    num_classes: Int | None = Field(None, ge=2, description="required for npz")
     options: dict[str, Any] = Field(default_factory=dict, description="kind-specific options, e.g. synthetic: {samples: 512}")
 
     @model_validator(mode="after")
@@ -77,9 +92,9 @@ class Constraint(_Model):
     """``min <= U <= max`` on one metric; violations cost ``penalty ** V`` (EPNAS Eq. 2)."""
 
     metric: Literal["modelSize", "flops", "computeIntensity"]
-    min: float | None = Field(None, gt=0)
-    max: float | None = Field(None, gt=0)
-    penalty: float = Field(0.9, gt=0, lt=1, description="base penalty p_i")
+    min: Float | None = Field(None, gt=0)
+    max: Float | None = Field(None, gt=0)
+    penalty: Float = Field(0.9, gt=0, lt=1, description="base penalty p_i")
 
     @model_validator(mode="after")
     def _bounds(self) -> "Constraint":
@@ -91,49 +106,49 @@ class Constraint(_Model):
 
 
 class Budget(_Model):
-    episodes: int = Field(15, ge=1)
-    steps_per_episode: int | None = Field(None, ge=1, description="default 10 (layer spaces) or 5 (module space)")
-    branches: int = Field(8, ge=1, le=512)
-    top_k: int = Field(8, ge=1)
-    max_children: int | None = Field(
+    episodes: Int = Field(15, ge=1)
+    steps_per_episode: Int | None = Field(None, ge=1, description="default 10 (layer spaces) or 5 (module space)")
+    branches: Int = Field(8, ge=1, le=512)
+    top_k: Int = Field(8, ge=1)
+    max_children: Int | None = Field(
         None, ge=1, description="stop once this many children were trained (served from cache is free); checked between steps"
     )
 
 
 class PolicySpec(_Model):
-    learning_rate: float = Field(6e-4, gt=0)
-    embedding_size: int = Field(32, ge=1, description="layer embedding and network-embedding LSTM units")
-    hidden_size: int = Field(128, ge=1, description="scale and insert LSTM units")
-    scale_groups: int = Field(4, ge=1, description="F")
-    init_range: float = Field(0.1, gt=0, description="weights ~ U(-r, r)")
-    entropy_weight: float = Field(0.0, ge=0)
-    baseline_decay: float = Field(0.9, ge=0, lt=1, description="moving-average baseline b <- d·b + (1-d)·R")
+    learning_rate: Float = Field(6e-4, gt=0)
+    embedding_size: Int = Field(32, ge=1, description="layer embedding and network-embedding LSTM units")
+    hidden_size: Int = Field(128, ge=1, description="scale and insert LSTM units")
+    scale_groups: Int = Field(4, ge=1, description="F")
+    init_range: Float = Field(0.1, gt=0, description="weights ~ U(-r, r)")
+    entropy_weight: Float = Field(0.0, ge=0)
+    baseline_decay: Float = Field(0.9, ge=0, lt=1, description="moving-average baseline b <- d·b + (1-d)·R")
 
 
 class Screening(_Model):
     """Zero-cost screening by the default epnas strategy: each child is the first feasible, new network among the policy's samples, reached in at most maxMorphs morphs. Ignored by epnas-paper and random."""
 
-    candidates: int = Field(32, ge=1, le=1024, description="actions sampled from the policy per branch and morph")
-    max_morphs: int = Field(4, ge=1, le=16, description="morphs one child may take to reach a feasible, new network")
+    candidates: Int = Field(32, ge=1, le=1024, description="actions sampled from the policy per branch and morph")
+    max_morphs: Int = Field(4, ge=1, le=16, description="morphs one child may take to reach a feasible, new network")
 
 
 class ChildTraining(_Model):
     """How children are trained; ``None`` numbers take the regime's defaults (``regime_defaults``)."""
 
     regime: Literal["standard", "prediction"] = "prediction"
-    epochs: int | None = Field(None, ge=1)
-    batch_size: int | None = Field(None, ge=1)
-    lr: float | None = Field(None, gt=0)
-    lr_min: float | None = Field(None, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    t0: int = Field(10, ge=1, description="SGDR first period (epochs)")
-    t_mult: int = Field(2, ge=1)
-    channel_factor: float = Field(1.0, gt=0, le=1, description="EcoNAS proxy: channels × factor")
-    resolution: int | None = Field(None, ge=1, description="EcoNAS proxy: inputs resized to this H=W")
-    sample_ratio: float = Field(1.0, gt=0, le=1, description="EcoNAS proxy: fraction of training samples")
+    epochs: Int | None = Field(None, ge=1)
+    batch_size: Int | None = Field(None, ge=1)
+    lr: Float | None = Field(None, gt=0)
+    lr_min: Float | None = Field(None, ge=0)
+    momentum: Float = Field(0.9, ge=0, lt=1)
+    weight_decay: Float = Field(5e-4, ge=0)
+    t0: Int = Field(10, ge=1, description="SGDR first period (epochs)")
+    t_mult: Int = Field(2, ge=1)
+    channel_factor: Float = Field(1.0, gt=0, le=1, description="EcoNAS proxy: channels × factor")
+    resolution: Int | None = Field(None, ge=1, description="EcoNAS proxy: inputs resized to this H=W")
+    sample_ratio: Float = Field(1.0, gt=0, le=1, description="EcoNAS proxy: fraction of training samples")
     parameter_sharing: bool = True
-    timeout_seconds: int = Field(3600, ge=1)
+    timeout_seconds: Int = Field(3600, ge=1)
 
     def resolved(self) -> "ChildTraining":
         """A copy with every ``None`` number replaced by the regime's default."""
@@ -153,15 +168,15 @@ class Trainer(_Model):
     """Where and how a child's Job runs in a cluster (ignored by the local executor, but for ``image``)."""
 
     image: str = "ghcr.io/epnas/epnas-trainer:0.1.0"
-    gpu: int = Field(1, ge=0, description="nvidia.com/gpu per child")
+    gpu: Int = Field(1, ge=0, description="nvidia.com/gpu per child")
     cpu: str = Field("2", pattern=QUANTITY)
     memory: str = Field("8Gi", pattern=QUANTITY)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     affinity: dict[str, Any] | None = None
-    backoff_limit: int = Field(2, ge=0)
-    active_deadline_seconds: int = Field(3600, ge=1)
-    ttl_seconds_after_finished: int = Field(86400, ge=0)
+    backoff_limit: Int = Field(2, ge=0)
+    active_deadline_seconds: Int = Field(3600, ge=1)
+    ttl_seconds_after_finished: Int = Field(86400, ge=0)
 
 
 class StoreSpec(_Model):
@@ -178,7 +193,7 @@ class SearchSpec(_Model):
         description="epnas: the policy with zero-cost screening and feasibility-first seeding (default); "
         "epnas-paper: the paper's algorithm exactly; random: uniform actions in the same loop",
     )
-    seed: int = 0
+    seed: Int = Field(0, ge=0, description="seeds the policy, the random start and every child")
     initial_architecture: InitialArchitecture = Field(default_factory=lambda: InitialArchitecture(random=RandomStart()))
     dataset: Dataset = Field(default_factory=Dataset)
     constraints: list[Constraint] = Field(default_factory=list)
@@ -188,7 +203,7 @@ class SearchSpec(_Model):
     child_training: ChildTraining = Field(default_factory=ChildTraining)
     trainer: Trainer = Field(default_factory=Trainer)
     store: StoreSpec = Field(default_factory=StoreSpec)
-    parallelism: int | None = Field(None, ge=1, description="children trained at once (default: all of a step, or CPU count locally)")
+    parallelism: Int | None = Field(None, ge=1, description="children trained at once (default: all of a step, or CPU count locally)")
 
     @property
     def steps_per_episode(self) -> int:
@@ -241,16 +256,62 @@ def dataset_geometry(spec: SearchSpec) -> tuple[tuple[int, int, int], int]:
     return tuple(shape), classes
 
 
-def load_search(text: str, source: str = "<search>") -> ArchitectureSearch:
-    """Parse YAML text into a validated ``ArchitectureSearch``.
+MAX_DOCUMENT_BYTES = 1_572_864  # the API server's own limit on an object, 1.5 MiB
+MAX_NESTING = 64
 
-    Raises ``SpecError`` with every problem (YAML syntax, schema, the initial
-    architecture's grammar), each with its path in the document.
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses what a search file never needs and an attacker likes:
+    aliases (a "billion laughs" document expands to gigabytes), duplicate keys (the last one
+    would silently win) and nesting deeper than ``MAX_NESTING`` (a recursion bomb)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in a search file", event.start_mark)
+        self._depth += 1
+        if self._depth > MAX_NESTING:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_NESTING} levels", self.peek_event().start_mark)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_search(text: str | bytes, source: str = "<search>") -> ArchitectureSearch:
+    """Parse YAML text (or UTF-8 bytes) into a validated ``ArchitectureSearch``.
+
+    Refuses, each with one clear problem: more than 1.5 MiB, bytes that are not UTF-8, YAML
+    aliases, duplicate keys and nesting deeper than 64.  Raises ``SpecError`` with every
+    problem (YAML syntax, schema, the initial architecture's grammar), each with its path.
     """
+    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_DOCUMENT_BYTES:
+        raise SpecError.one("", f"{source}: {size:,} bytes; a search file may have at most {MAX_DOCUMENT_BYTES:,} (1.5 MiB)")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise SpecError.one("", f"{source}: not UTF-8 text (byte {err.start}: {text[err.start:err.start + 1]!r})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         raise SpecError.one("", f"{source}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise SpecError.one("", f"{source}: nested too deeply") from None
     return parse_search(data)
 
 

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from epnas.errors import SpecError
-from epnas.spec import crd_openapi_schema, dataset_geometry, initial_arch, load_search
+from epnas.spec import crd_openapi_schema, dataset_geometry, initial_arch, load_search, parse_search
 
 MINIMAL = """
 apiVersion: epnas.io/v1alpha1
@@ -102,3 +102,45 @@ def test_crd_schema_is_structural() -> None:
     assert spec["searchSpace"]["enum"] == ["image-layer", "image-module", "kws-layer"]
     assert spec["constraints"]["items"]["properties"]["penalty"]["default"] == 0.9
     assert spec["budget"]["properties"]["stepsPerEpisode"]["nullable"] is True
+
+
+# ---------------------------------------------------------------- hostile documents
+
+HEAD = "apiVersion: epnas.io/v1alpha1\nkind: ArchitectureSearch\nmetadata: {name: x}\n"
+
+
+@pytest.mark.parametrize(
+    "name, text, words",
+    [
+        ("aliases (billion laughs)", HEAD + "spec:\n  dataset:\n    options: {a: &x [1, 2], b: [*x, *x]}\n", "YAML aliases (*name) are not allowed"),
+        ("duplicate key", HEAD + "spec:\n  seed: 1\n  seed: 2\n", "duplicate key 'seed'"),
+        ("nesting bomb", HEAD + "spec:\n  dataset:\n    options: " + "[" * 20000 + "]" * 20000 + "\n", "nested deeper than 64 levels"),
+        ("not UTF-8", b"\xff\xfe\x00\x01 binary junk", "not UTF-8 text (byte 0"),
+        ("over 1.5 MiB", HEAD + "# " + "x" * 1_600_000, "a search file may have at most 1,572,864 (1.5 MiB)"),
+    ],
+)
+def test_hostile_documents_get_one_clear_error(name: str, text, words: str) -> None:
+    with pytest.raises(SpecError) as err:
+        load_search(text, source="s.yaml")
+    assert len(err.value.problems) == 1 and words in str(err.value) and "s.yaml" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "spec, path, words",
+    [
+        ({"budget": {"episodes": True}}, "spec.budget.episodes", "must be a number, not a boolean"),
+        ({"policy": {"learningRate": False}}, "spec.policy.learningRate", "must be a number, not a boolean"),
+        ({"seed": -1}, "spec.seed", "greater than or equal to 0"),
+        ({"seed": 2**64}, "spec.seed", "less than or equal to 9223372036854775807"),
+        ({"budget": {"branches": 2**70}}, "spec.budget.branches", "less than or equal to"),
+    ],
+)
+def test_numbers_are_numbers_in_range(spec: dict, path: str, words: str) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_search({"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch", "metadata": {"name": "x"}, "spec": spec})
+    assert [(p.path, words in p.message) for p in err.value.problems] == [(path, True)]
+
+
+def test_a_float_written_without_a_dot_still_reads_as_a_number() -> None:
+    # YAML 1.1 reads `6e-4` as a string; it is still a learning rate
+    assert load_search(HEAD + "spec: {policy: {learningRate: 6e-4}}\n").spec.policy.learning_rate == 6e-4
