@@ -21,7 +21,7 @@ from epnas.errors import SpecError
 from epnas.executors.local import LocalExecutor
 from epnas.search import SearchLoop, StepReport
 from epnas.spec import ArchitectureSearch, load_search
-from epnas.store import StoreError, StoreNotFound, join_uri, open_store
+from epnas.store import StoreError, StoreNotFound, check_root, join_uri, open_store
 
 INVALID_INPUT = 2
 console = Console(stderr=False)
@@ -45,8 +45,13 @@ def read_search(path: str) -> ArchitectureSearch:
 
 
 def store_root(search: ArchitectureSearch, override: str | None) -> str:
-    """``--store``, else the spec's ``store.uri``, else ``file://$PWD/runs``."""
-    return override or search.spec.store.uri or pathlib.Path("runs").resolve().as_uri()
+    """``--store``, else the spec's ``store.uri``, else ``file://$PWD/runs``; a malformed one exits 2."""
+    uri = override if override is not None else (search.spec.store.uri or pathlib.Path("runs").resolve().as_uri())
+    try:
+        return check_root(uri)
+    except StoreError as err:
+        errors.print(f"epnas: --store / spec.store.uri: {err}", markup=False)
+        sys.exit(INVALID_INPUT)
 
 
 @click.group()

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import random
 import tempfile
 import time
@@ -64,6 +65,39 @@ def split_uri(uri: str) -> tuple[str, str]:
 def join_uri(root: str, key: str) -> str:
     """``root`` + ``/`` + ``key`` (no doubled slashes)."""
     return f"{root.rstrip('/')}/{key.lstrip('/')}" if key else root
+
+
+S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def check_root(uri: str) -> str:
+    """``uri`` if it names a store root plainly, else ``StoreError`` saying what is wrong.
+
+    Accepted: ``file:///absolute/dir`` (or ``file://localhost/…``), ``s3://bucket[/prefix]``
+    with an S3 bucket name (3–63 of ``a-z 0-9 . -``), or a non-empty plain path.  Refused:
+    the empty string, ``file://`` without an absolute path, ``s3://`` without a bucket, any
+    other scheme.
+    """
+    if not uri or not uri.strip():
+        raise StoreError("the store URI is empty; use file:///abs/dir, s3://bucket/prefix or a directory")
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        if ":" in uri.split("/", 1)[0]:
+            raise StoreError(f"{_redact(uri)}: not a store URI; use file:///abs/dir, s3://bucket/prefix or a directory")
+        return uri
+    if scheme == "file":
+        parsed = urllib.parse.urlparse(uri)
+        if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/") or parsed.path.strip("/") == "":
+            raise StoreError(f"{_redact(uri)}: file URIs must be file:///absolute/dir (not the root directory)")
+        return uri
+    if scheme == "s3":
+        bucket = rest.partition("/")[0]
+        if not bucket:
+            raise StoreError(f"{_redact(uri)}: no bucket in the URI; use s3://bucket/prefix")
+        if not S3_BUCKET.match(bucket):
+            raise StoreError(f"{_redact(uri)}: {bucket!r} is not an S3 bucket name (3-63 characters of a-z, 0-9, '.', '-')")
+        return uri
+    raise StoreError(f"{_redact(uri)}: unsupported store scheme {scheme!r}; use file:// or s3://")
 
 
 def open_store(uri: str, *, endpoint: str | None = None, region: str | None = None) -> "Store":

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import pathlib
+import re
 
 import boto3
 import botocore.config
 import pytest
 
-from epnas.store import FileStore, StoreError, StoreNotFound, join_uri, open_store, split_uri
+from epnas.store import FileStore, StoreError, StoreNotFound, check_root, join_uri, open_store, split_uri
 
 
 @pytest.fixture()
@@ -102,3 +104,40 @@ def test_s3_errors_never_show_credentials(monkeypatch):
     text = str(info.value)
     assert "supersecretvalue" not in text and "AKIDSECRETID" not in text
     assert "s3://bucket/prefix/k" in text
+
+
+@pytest.mark.parametrize(
+    "uri, words",
+    [
+        ("", "the store URI is empty"),
+        ("s3://", "no bucket in the URI"),
+        ("s3://B", "is not an S3 bucket name"),
+        ("file://", "file URIs must be file:///absolute/dir"),
+        ("file:///", "file URIs must be file:///absolute/dir"),
+        ("file://relative/dir", "file URIs must be file:///absolute/dir"),
+        ("gs://bucket", "unsupported store scheme 'gs'"),
+        ("s3:/bucket", "not a store URI"),
+    ],
+)
+def test_malformed_store_roots_are_refused(uri: str, words: str) -> None:
+    with pytest.raises(StoreError, match=re.escape(words)):
+        check_root(uri)
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket", "s3://my.bucket-1/a/b", "file:///tmp/x", "file://localhost/tmp/x", "runs", "./a/b"])
+def test_plain_store_roots_are_accepted(uri: str) -> None:
+    assert check_root(uri) == uri
+
+
+@pytest.mark.parametrize("store", ["", "s3://", "file://", "file:///"])
+def test_epnas_search_refuses_a_malformed_store_before_writing_anything(store: str, tmp_path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from epnas.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    example = pathlib.Path(__file__).resolve().parents[2] / "examples" / "digits-quick.yaml"
+    result = CliRunner().invoke(main, ["search", str(example), "--store", store, "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert "--store / spec.store.uri" in result.output
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even ./s3:/…
