@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from epnas.checkpoint import SEARCH_FILE, SUMMARY
-from epnas.errors import SpecError
+from epnas.errors import CorruptState, SpecError
 from epnas.executors.local import LocalExecutor
 from epnas.search import SearchLoop, StepReport
 from epnas.spec import ArchitectureSearch, load_search
@@ -93,7 +93,12 @@ def search(file: str, store_uri: str | None, parallelism: int | None, trainer_co
             progress.update(task, completed=min(total, report.summary["children"]["total"]), description=progress_line(report))
 
         loop = SearchLoop(spec_doc, store=store, store_uri=search_uri, executor=executor, on_step=on_step)
-        summary = loop.run()
+        try:
+            summary = loop.run()
+        except CorruptState as err:
+            progress.stop()
+            errors.print(f"epnas: {err}", markup=False)
+            sys.exit(1)
         progress.update(task, completed=total, description=f"done: {summary['children']['total']} children")
     print_summary(summary)
 
@@ -132,6 +137,9 @@ class _NoProgress:
         return 0
 
     def update(self, *args, **kwargs) -> None:
+        return None
+
+    def stop(self) -> None:
         return None
 
 

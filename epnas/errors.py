@@ -1,4 +1,4 @@
-"""The one error type bad input turns into."""
+"""The error types bad input and damaged state turn into."""
 
 from __future__ import annotations
 
@@ -30,3 +30,8 @@ class SpecError(ValueError):
     @classmethod
     def one(cls, path: str, message: str) -> "SpecError":
         return cls([Problem(path, message)])
+
+
+class CorruptState(RuntimeError):
+    """A file the search wrote and reads back is damaged: the message names the file and what
+    the user can do.  Nothing is deleted or overwritten while it stands."""

@@ -46,6 +46,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from epnas.errors import CorruptState
 from epnas.store import Store, StoreError, StoreNotFound
 
 INDEX = "index.json"
@@ -183,27 +184,38 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}/{key}" if prefix else key
 
 
-def read_index(store: Store, prefix: str) -> tuple[dict[str, list[Entry]], list[str]]:
-    """The dictionary's index (empty when there is none) and warnings about unreadable parts."""
+def read_index(store: Store, prefix: str, *, strict: bool = False) -> tuple[dict[str, list[Entry]], list[str]]:
+    """The dictionary's index (empty when there is none) and warnings about unreadable parts.
+
+    A reader (``pull``) goes on without what it cannot read; with ``strict`` (``merge``, which
+    rewrites the index and deletes what it no longer references) any damage raises
+    ``CorruptState`` naming the file, so a damaged index never turns into lost weights.
+    """
+    where = f"{store.uri.rstrip('/')}/{_join(prefix, INDEX)}"
+    problems: list[str] = []
     try:
         raw = store.get_json(_join(prefix, INDEX))
     except StoreNotFound:
         return {}, []
     except StoreError as err:
-        if "not valid JSON" in str(err):
-            return {}, [f"weight index unreadable, starting fresh: {err}"]
-        raise
+        if "not valid JSON" not in str(err):
+            raise
+        raw, problems = None, [f"weight index unreadable: {err}"]
     index: dict[str, list[Entry]] = {}
-    warnings: list[str] = []
     tensors = raw.get("tensors") if isinstance(raw, dict) else None
-    if not isinstance(tensors, dict):
-        return {}, ["weight index has no 'tensors' mapping, starting fresh"]
-    for name, entries in tensors.items():
+    if raw is not None and not isinstance(tensors, dict):
+        problems.append("weight index has no 'tensors' mapping")
+    for name, entries in (tensors or {}).items():
         try:
             index[name] = [Entry(str(e["object"]), tuple(int(d) for d in e["shape"]), float(e["accuracy"]), str(e["child"])) for e in entries]
         except (KeyError, TypeError, ValueError):
-            warnings.append(f"weight index entry {name!r} malformed, skipped")
-    return index, warnings
+            problems.append(f"weight index entry {name!r} malformed")
+    if problems and strict:
+        raise CorruptState(
+            f"{where} is damaged ({problems[0]}); restore it from a backup, or delete the weights/ directory "
+            "to start the shared weights afresh (children then train from scratch); nothing was changed"
+        )
+    return index, [f"{p}, skipped" for p in problems]
 
 
 def _load_object(store: Store, key: str) -> dict[str, torch.Tensor]:
@@ -266,9 +278,10 @@ def push_child(store: Store, child_prefix: str, model: nn.Module, *, metadata: d
 def merge(store: Store, prefix: str, results: list[tuple[str, float, str]]) -> MergeReport:
     """Merge one step's children ``(weights key, accuracy, child id)`` into the dictionary at ``prefix``.
 
-    Objects first, ``index.json`` last, then unreferenced objects are deleted.
+    Objects first, ``index.json`` last, then unreferenced objects are deleted.  A damaged
+    index raises ``CorruptState`` before anything is written or deleted.
     """
-    index, warnings = read_index(store, prefix)
+    index, warnings = read_index(store, prefix, strict=True)
     report = MergeReport(warnings=warnings)
     loaded: list[dict[str, torch.Tensor] | None] = []
     for key, _, child in results:

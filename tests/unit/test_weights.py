@@ -11,6 +11,7 @@ import torch
 from epnas.arch import parse_arch
 from epnas.build import build_model
 from epnas.store import open_store
+from epnas.errors import CorruptState
 from epnas.weights import (
     Entry,
     closest_entry,
@@ -249,3 +250,18 @@ def test_cell_network_round_trip(store):
     torch.manual_seed(1)
     fresh = build_model(arch, (3, 8, 8), 10)
     assert pull(store, "weights", fresh).fraction == 1.0
+
+
+@pytest.mark.parametrize("damage", [b"{truncated", b"[]", b'{"tensors": {"x": [{"object": 1}]}}'])
+def test_a_damaged_index_stops_the_merge_and_loses_nothing(store, damage: bytes):
+    merge(store, "weights", [(push_child(store, "children/a", model_of(conv_arch())), 0.5, "a")])
+    before = {key: store.get_bytes(key) for key in store.list("weights/")}
+    store.put_bytes("weights/index.json", damage)
+    before["weights/index.json"] = damage
+    later = push_child(store, "children/b", model_of(conv_arch(32)))
+    with pytest.raises(CorruptState, match=r"weights/index\.json is damaged.*nothing was changed"):
+        merge(store, "weights", [(later, 0.9, "b")])
+    assert {key: store.get_bytes(key) for key in store.list("weights/")} == before  # byte for byte: nothing deleted
+    # a trainer reading the damaged index still trains, from scratch where it cannot read
+    report = pull(store, "weights", model_of(conv_arch(), seed=3))
+    assert report.warnings and report.inherited == 0
