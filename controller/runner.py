@@ -28,7 +28,7 @@ from typing import Any
 from epnas.checkpoint import SEARCH_FILE
 from epnas.errors import SpecError
 from epnas.executors.base import ChildOutcome
-from epnas.search import SearchLoop, SearchStopped, StepReport
+from epnas.search import SearchFailed, SearchLoop, SearchStopped, StepReport
 from epnas.spec import ArchitectureSearch, parse_search
 from epnas.store import Store, StoreError, StoreNotFound, join_uri, open_store
 
@@ -163,6 +163,9 @@ class SearchRunner:
         except StoreError as err:
             self.metrics.store_errors.labels(op="loop").inc()
             return self._fail(st.Reason.STORE_UNAVAILABLE, str(err))
+        except SearchFailed as err:
+            self._policy_metrics(loop)
+            return self._fail(st.Reason.TOO_MANY_FAILURES, str(err))
         self._policy_metrics(loop)
         with self.lock:
             best = summary.get("bestFeasible") or summary.get("best") or {}

@@ -30,6 +30,7 @@ class Reason(str, Enum):
     SPEC_CHANGED = "SpecChanged"
     SPEC_UNCHANGED = "SpecUnchanged"
     CHILD_FAILED = "ChildFailed"
+    TOO_MANY_FAILURES = "TooManyFailures"
 
 
 class Condition(TypedDict):

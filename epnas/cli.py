@@ -19,7 +19,7 @@ from rich.table import Table
 from epnas.checkpoint import SEARCH_FILE, SUMMARY
 from epnas.errors import CorruptState, SpecError
 from epnas.executors.local import LocalExecutor
-from epnas.search import SearchLoop, StepReport
+from epnas.search import SearchFailed, SearchLoop, StepReport
 from epnas.spec import ArchitectureSearch, load_search
 from epnas.store import StoreError, StoreNotFound, check_root, join_uri, open_store
 
@@ -98,6 +98,11 @@ def search(file: str, store_uri: str | None, parallelism: int | None, trainer_co
         except CorruptState as err:
             progress.stop()
             errors.print(f"epnas: {err}", markup=False)
+            sys.exit(1)
+        except SearchFailed as err:
+            progress.stop()
+            print_summary(open_store(search_uri, endpoint=spec_doc.spec.store.endpoint, region=spec_doc.spec.store.region).get_json(SUMMARY))
+            errors.print(f"epnas: search {spec_doc.name} failed: {err}", markup=False)
             sys.exit(1)
         progress.update(task, completed=total, description=f"done: {summary['children']['total']} children")
     print_summary(summary)

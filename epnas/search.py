@@ -47,7 +47,7 @@ from epnas.weights import merge
 
 WEIGHTS_PREFIX = "weights/"
 
-__all__ = ["SearchLoop", "SearchStopped", "StepReport", "ChildRecord", "child_id", "summarize", "single_thread", "top_k"]
+__all__ = ["SearchLoop", "SearchFailed", "SearchStopped", "StepReport", "ChildRecord", "child_id", "summarize", "single_thread", "top_k"]
 
 
 def child_id(episode: int, step: int, index: int) -> str:
@@ -56,6 +56,12 @@ def child_id(episode: int, step: int, index: int) -> str:
 
 
 top_k = top_k_by_reward
+
+
+class SearchFailed(Exception):
+    """The failure budget is spent (``budget.maxFailedChildren``, or every child of a step
+    failed): the step is committed, the summary reads ``Failed`` with this reason, and a
+    rerun with a larger budget continues from the checkpoint."""
 
 
 class SearchStopped(Exception):
@@ -128,12 +134,16 @@ class SearchLoop:
         except StoreNotFound:
             return default
 
-    def _commit(self, state: LoopState, history: list[ChildRecord], phase: str, step_records: list[ChildRecord] = ()) -> dict:
+    def _commit(
+        self, state: LoopState, history: list[ChildRecord], phase: str, step_records: list[ChildRecord] = (), reason: str | None = None
+    ) -> dict:
         """The step's history and the summary first, the checkpoint last: its presence commits the step."""
         if step_records:
             self.store.put_json(history_key(step_records[0].episode, step_records[0].step), [asdict(r) for r in step_records])
         state.history_count = len(history)
         summary = summarize(self.search, state, history, phase, self.steps, self.store_uri)
+        if reason:
+            summary["reason"] = reason
         self.store.put_json(SUMMARY, summary)
         self.store.put_json(CHECKPOINT, state.to_json())
         return summary
@@ -155,13 +165,26 @@ class SearchLoop:
                 if self.should_stop():
                     raise SearchStopped(self.search.name)
                 records = self._run_step(state, history)
-                summary = self._commit(state, history, "Running", records)
+                failure = self._failure(records, history)
+                summary = self._commit(state, history, "Failed" if failure else "Running", records, reason=failure)
                 self.on_step(StepReport(state.episode, state.step - 1, records, summary))
+                if failure:
+                    raise SearchFailed(failure)
             if self._spent(history):
                 break
             self._end_episode(state, history)
             self._commit(state, history, "Running")
         return self._commit(state, history, "Succeeded")
+
+    def _failure(self, records: list[ChildRecord], history: list[ChildRecord]) -> str | None:
+        """Why the search must end Failed after this step, or ``None``."""
+        limit = self.spec.budget.max_failed_children
+        failed = [r for r in history if r.status == "failed"]
+        if limit is not None and len(failed) > limit:
+            return f"{len(failed)} children failed, more than budget.maxFailedChildren ({limit}); last: {failed[-1].child}: {failed[-1].reason}"
+        if limit is None and records and all(r.status == "failed" for r in records):
+            return f"every child of episode {records[0].episode} step {records[0].step} failed; first: {records[0].child}: {records[0].reason}"
+        return None
 
     def _spent(self, history: list[ChildRecord]) -> bool:
         """``budget.maxChildren`` children trained (succeeded or failed; cached ones are free)."""

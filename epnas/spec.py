@@ -113,6 +113,9 @@ class Budget(_Model):
     max_children: Int | None = Field(
         None, ge=1, description="stop once this many children were trained (served from cache is free); checked between steps"
     )
+    max_failed_children: Int | None = Field(
+        None, ge=0, description="end the search Failed once more children than this failed (default: only when every child of a step failed)"
+    )
 
 
 class PolicySpec(_Model):

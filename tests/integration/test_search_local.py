@@ -82,3 +82,19 @@ def test_a_bad_search_file_exits_2_listing_every_problem(tmp_path) -> None:
     for path in ("spec.budget.episodes", "spec.constraints[0].max", "spec.searchSpace"):
         assert path in done.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_a_search_whose_children_all_fail_exits_1_and_says_why(tmp_path) -> None:
+    """Warm workers and the real trainer: every child needs a dataset file that is not there."""
+    broken = tmp_path / "broken.yaml"
+    missing = tmp_path / "no-such-data.npz"
+    broken.write_text(TINY.read_text().replace("kind: synthetic", f"kind: npz\n    uri: {missing}").replace("    options: {samples: 256}\n", ""))
+    store = tmp_path / "store"
+    done = subprocess.run([*EPNAS, "search", str(broken), "--store", store.as_uri(), "--parallelism", "2", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "search tiny-synthetic failed: every child of episode 0 step 0 failed" in done.stderr
+    assert "InvalidInput" in done.stderr and "no-such-data.npz" in done.stderr
+    summary = json.loads((store / "tiny-synthetic" / "state" / "summary.json").read_text())
+    assert summary["phase"] == "Failed" and summary["children"] == {"total": 3, "succeeded": 0, "cached": 0, "failed": 3, "trained": 3}
+    assert "Succeeded" not in done.stdout

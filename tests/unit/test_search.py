@@ -12,7 +12,7 @@ import yaml
 from epnas.arch import parse_arch
 from epnas.checkpoint import CHECKPOINT, SUMMARY, read_history
 from epnas.executors.base import ChildOutcome, ChildRun
-from epnas.search import SearchLoop
+from epnas.search import SearchFailed, SearchLoop
 from epnas.spec import parse_search
 from epnas.store import open_store, split_uri
 from epnas.task import ChildResult, load_result, load_task
@@ -176,3 +176,28 @@ def test_a_crash_mid_step_resumes_with_no_child_trained_twice(tmp_path) -> None:
     assert not set(first.trained) & set(second.trained)
     strip = lambda rs: [(r["child"], r["hash"], r["reward"]) for r in rs]
     assert strip(read_history(store, 10**6)) == strip(read_history(ref_store, 10**6))
+
+
+def test_a_step_where_every_child_failed_ends_the_search_failed(tmp_path) -> None:
+    executor = ToyExecutor(fail={f"e000-s00-c{c:02d}" for c in range(3)})
+    uri = (tmp_path / "store").as_uri()
+    store = open_store(uri)
+    with pytest.raises(SearchFailed, match="every child of episode 0 step 0 failed; first: e000-s00-c00: Error: RuntimeError: boom"):
+        SearchLoop(search_doc(), store=store, store_uri=uri, executor=executor).run()
+    summary = store.get_json(SUMMARY)
+    assert summary["phase"] == "Failed" and "every child" in summary["reason"]
+    assert store.get_json(CHECKPOINT)["step"] == 1  # the failed step is committed: a rerun goes on after it
+
+
+def test_the_failure_budget(tmp_path) -> None:
+    doc = search_doc()
+    spec = doc.spec.model_copy(update={"budget": doc.spec.budget.model_copy(update={"max_failed_children": 1})})
+    doc = doc.model_copy(update={"spec": spec})
+    executor = ToyExecutor(fail={"e000-s00-c01", "e000-s01-c02"})
+    uri = (tmp_path / "store").as_uri()
+    with pytest.raises(SearchFailed, match=r"2 children failed, more than budget.maxFailedChildren \(1\); last: e000-s01-c02"):
+        SearchLoop(doc, store=open_store(uri), store_uri=uri, executor=executor).run()
+    assert len(executor.trained) == 4  # two steps of three, two failed; nothing after
+    # one failure is within the budget
+    _, summary = run(tmp_path / "one", ToyExecutor(fail={"e000-s00-c01"}), doc)
+    assert summary["phase"] == "Succeeded" and summary["children"]["failed"] == 1
