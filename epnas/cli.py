@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from epnas.checkpoint import SEARCH_FILE, SUMMARY
+from epnas.checkpoint import SEARCH_FILE, SUMMARY, read_history
+from epnas.records import ChildRecord
 from epnas.errors import CorruptState, SpecError
 from epnas.executors.local import LocalExecutor
 from epnas.search import SearchFailed, SearchLoop, StepReport
@@ -25,7 +26,7 @@ from epnas.store import StoreError, StoreNotFound, check_root, join_uri, open_st
 
 INVALID_INPUT = 2
 console = Console(stderr=False)
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)  # messages name files and fields: never cut them
 
 
 def read_search(path: str) -> ArchitectureSearch:
@@ -159,20 +160,69 @@ def _progress(quiet: bool):
 @main.command()
 @click.argument("target")
 @click.option("--store", "store_uri", help="Store root, when TARGET is a search file.")
-def status(target: str, store_uri: str | None) -> None:
-    """Summarise a running or finished local search (TARGET: its search file or its directory)."""
+@click.option("--top", "top", type=click.IntRange(min=0), default=5, show_default=True, help="How many of the best children to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary, the top children and the failed ones as JSON.")
+def status(target: str, store_uri: str | None, top: int, as_json: bool) -> None:
+    """Summarise a running or finished search (TARGET: its search file, its directory or its URI):
+    the best feasible child, the top children, children by status and why the failed ones failed."""
     path = pathlib.Path(target)
     if path.is_file():
         search = read_search(target)
         search_uri = join_uri(store_root(search, store_uri), search.name)
     else:
         search_uri = path.resolve().as_uri() if "://" not in target else target
+    store = open_store(search_uri)
     try:
-        summary = open_store(search_uri).get_json(SUMMARY)
-    except StoreError:
-        errors.print(f"epnas: no search state under {search_uri}")
+        summary = store.get_json(SUMMARY)
+    except StoreNotFound:
+        errors.print(f"epnas: no search state under {search_uri} (no {SUMMARY})", markup=False)
         sys.exit(1)
+    except StoreError as err:
+        errors.print(f"epnas: {join_uri(search_uri, SUMMARY)} is damaged: {err}", markup=False)
+        sys.exit(1)
+    records = [ChildRecord.from_json(r) for r in read_history(store, 10**9)]
+    ranked = ranked_children(records)[:top]
+    failed = [r for r in records if r.status == "failed"]
+    if as_json:
+        brief = lambda r: {"child": r.child, "status": r.status, "feasible": r.feasible, "valAccuracy": r.val_accuracy,  # noqa: E731
+                           "testAccuracy": r.test_accuracy, "reward": r.reward, "metrics": r.metrics, "hash": r.hash}
+        click.echo(json.dumps({"summary": summary, "top": [brief(r) for r in ranked],
+                               "failed": [{"child": r.child, "exitCode": r.exit_code, "reason": r.reason} for r in failed]}, indent=2))
+        return
     print_summary(summary)
+    if ranked:
+        console.print(top_table(ranked))
+    for r in failed[:10]:
+        console.print(f"[red]failed[/red] {r.child}: exit code {r.exit_code}, {r.reason}", highlight=False)
+    if len(failed) > 10:
+        console.print(f"… and {len(failed) - 10} more failed children (epnas status --json lists them all)")
+
+
+def ranked_children(records: list[ChildRecord]) -> list[ChildRecord]:
+    """Evaluated children, each network once: feasible ones by validation accuracy, then the rest by reward."""
+    best: dict[str, ChildRecord] = {}
+    for r in sorted((r for r in records if r.status != "failed"), key=lambda r: (not r.feasible, -(r.val_accuracy if r.feasible else r.reward), r.child)):
+        best.setdefault(r.hash, r)
+    return list(best.values())
+
+
+def top_table(records: list[ChildRecord]) -> Table:
+    table = Table(title="Top children (feasible first)", show_header=True, header_style="bold")
+    for column in ("#", "child", "feasible", "val acc", "test acc", "params", "FLOPs", "FLOPs/B"):
+        table.add_column(column, justify="left" if column in ("child", "feasible") else "right", no_wrap=True)
+    for i, r in enumerate(records, 1):
+        m = r.metrics
+        table.add_row(str(i), r.child, "yes" if r.feasible else "no", f"{r.val_accuracy:.4f}", f"{r.test_accuracy:.4f}",
+                      f"{m.get('params', 0):,}", _si(m.get("flops", 0)), f"{m.get('compute_intensity', 0):.2f}")
+    return table
+
+
+def _si(value: float) -> str:
+    """``2649354`` → ``2.65M``."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:g}"
 
 
 def print_summary(summary: dict) -> None:
