@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from epnas.checkpoint import SEARCH_FILE, SUMMARY, read_history
+from epnas.pinning import spec_changes
 from epnas.records import ChildRecord
 from epnas.errors import CorruptState, SpecError
 from epnas.executors.local import LocalExecutor
@@ -120,16 +121,33 @@ def progress_line(report: StepReport) -> str:
 
 
 def _write_search_file(store, search: ArchitectureSearch) -> None:
-    """The resolved spec, written once; a later run with a different spec is refused."""
-    resolved = json.dumps(search.model_dump(mode="json", by_alias=True, exclude={"status"}), sort_keys=True, indent=2)
+    """The resolved spec, written once.  A rerun whose spec only raises the budget
+    (``epnas.pinning.EXTENDABLE``) extends the search and rewrites it; any other difference
+    is refused, naming every differing field."""
+    document = search.model_dump(mode="json", by_alias=True, exclude={"status"})
+    resolved = json.dumps(document, sort_keys=True, indent=2)
     try:
         existing = store.get_bytes(SEARCH_FILE).decode()
     except StoreNotFound:
         store.put_bytes(SEARCH_FILE, resolved.encode())
         return
-    if existing != resolved:
-        errors.print(f"epnas: {store.uri} already holds search {search.name!r} with a different spec; use another name or store")
+    if existing == resolved:
+        return
+    try:
+        stored = json.loads(existing)
+        extensions, refused = spec_changes(stored, document)
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        errors.print(f"epnas: {join_uri(store.uri, SEARCH_FILE)} is damaged ({err}); restore it, or use another name or store", markup=False)
+        sys.exit(1)
+    if refused:
+        errors.print(
+            f"epnas: {store.uri} already holds search {search.name!r} with a different spec; these fields differ: {', '.join(refused)}. "
+            "Only budget.episodes (up), budget.maxChildren, budget.maxFailedChildren and parallelism may change; use another name or store",
+            markup=False,
+        )
         sys.exit(INVALID_INPUT)
+    errors.print(f"epnas: extending search {search.name!r}: {', '.join(extensions)} changed; continuing from its checkpoint", markup=False)
+    store.put_bytes(SEARCH_FILE, resolved.encode())
 
 
 class _NoProgress:

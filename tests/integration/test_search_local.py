@@ -98,3 +98,25 @@ def test_a_search_whose_children_all_fail_exits_1_and_says_why(tmp_path) -> None
     summary = json.loads((store / "tiny-synthetic" / "state" / "summary.json").read_text())
     assert summary["phase"] == "Failed" and summary["children"] == {"total": 3, "succeeded": 0, "cached": 0, "failed": 3, "trained": 3}
     assert "Succeeded" not in done.stdout
+
+
+def test_raising_the_budget_extends_a_finished_search_and_other_changes_are_named(tmp_path) -> None:
+    store = tmp_path / "store"
+    one = tmp_path / "one.yaml"
+    one.write_text(TINY.read_text().replace("episodes: 2", "episodes: 1"))
+    cmd = lambda path: [*EPNAS, "search", str(path), "--store", store.as_uri(), "--parallelism", "2", "--quiet"]  # noqa: E731
+    first = subprocess.run(cmd(one), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    done = {p.parent.name: p.stat().st_mtime_ns for p in results(store)}
+    assert len(done) == 6
+    again = subprocess.run(cmd(TINY), capture_output=True, text=True, timeout=300)  # episodes 1 → 2
+    assert again.returncode == 0, again.stderr
+    assert "extending search 'tiny-synthetic': spec.budget.episodes changed" in again.stderr
+    summary = json.loads((store / "tiny-synthetic" / "state" / "summary.json").read_text())
+    assert summary["phase"] == "Succeeded" and summary["children"]["total"] == CHILDREN and summary["episode"] == 2
+    assert {p.parent.name: p.stat().st_mtime_ns for p in results(store) if p.parent.name in done} == done  # nothing retrained
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(TINY.read_text().replace("seed: 4", "seed: 5").replace("max: 20000", "max: 30000"))
+    refused = subprocess.run(cmd(changed), capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2
+    assert "these fields differ: spec.constraints[0].max, spec.seed" in refused.stderr
