@@ -22,7 +22,7 @@ from typing import Any
 from pydantic.alias_generators import to_camel
 
 from epnas.arch import with_channel_factor
-from epnas.errors import SpecError
+from epnas.errors import INVALID_INPUT, SpecError
 from epnas.store import StoreError, StoreNotFound, join_uri, open_store, split_uri
 from epnas.task import CHILD_ID, ChildResult, ChildTask, load_task
 
@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         return summary["exitCode"]
     except InvalidInput as err:
         message = _one_line(str(err))
-        summary.update(exitCode=2, reason="InvalidInput", message=message)
+        summary.update(exitCode=INVALID_INPUT, reason="InvalidInput", message=message)
         print(f"{PROG}: invalid input: {message}", file=sys.stderr)
-        return 2
+        return INVALID_INPUT
     except StoreError as err:
         message = _one_line(str(err))
         summary.update(exitCode=1, reason="StoreError", message=message)

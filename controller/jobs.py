@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from epnas.errors import INVALID_INPUT
 from epnas.executors.base import ChildOutcome, ChildRun
 from epnas.search import SearchStopped
 from epnas.spec import API_VERSION, KIND, SearchSpec
@@ -30,7 +31,6 @@ LABEL_STEP = "epnas.io/step"
 LABEL_CHILD = "epnas.io/child"
 TERMINATION_LOG = "/dev/termination-log"
 TRAINER_COMMAND = ["python", "-m", "child_trainer"]
-INVALID_INPUT = 2
 RUN_AS_USER = 65532
 CREATE_WORKERS = 8
 WATCH_WINDOW_S = 10

@@ -29,7 +29,6 @@ class Reason(str, Enum):
     LOOP_ERROR = "LoopError"
     SPEC_CHANGED = "SpecChanged"
     SPEC_UNCHANGED = "SpecUnchanged"
-    CHILD_FAILED = "ChildFailed"
     TOO_MANY_FAILURES = "TooManyFailures"
 
 

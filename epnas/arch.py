@@ -41,7 +41,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from epnas.errors import Problem, SpecError
-from epnas.space import CONV_OPS, POOL_OPS, LayerSpace, ModuleSpace, get_space
+from epnas.space import POOL_OPS, LayerSpace, ModuleSpace, get_space
 
 Shape = tuple[int, int, int]
 

@@ -19,13 +19,12 @@ from rich.table import Table
 from epnas.checkpoint import SEARCH_FILE, SUMMARY, read_history
 from epnas.pinning import spec_changes
 from epnas.records import ChildRecord
-from epnas.errors import CorruptState, SpecError
+from epnas.errors import INVALID_INPUT, CorruptState, SpecError
 from epnas.executors.local import LocalExecutor
 from epnas.search import SearchFailed, SearchLoop, StepReport
 from epnas.spec import ArchitectureSearch, load_search
 from epnas.store import StoreError, StoreNotFound, check_root, join_uri, open_store
 
-INVALID_INPUT = 2
 console = Console(stderr=False)
 errors = Console(stderr=True, soft_wrap=True)  # messages name files and fields: never cut them
 

@@ -1,8 +1,11 @@
-"""The error types bad input and damaged state turn into."""
+"""The error types bad input and damaged state turn into, and the exit codes they map to."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+INVALID_INPUT = 2
+"""Exit code of every entry point (``epnas``, the trainer) for input that can never succeed: never retried."""
 
 
 @dataclass(frozen=True)

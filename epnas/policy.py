@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from epnas.arch import Arch, Branch, Layer
 from epnas.morph import EXTRA_POSITIONS, Action, insert_fields, max_positions
-from epnas.space import POOL_OPS, LayerSpace, ModuleSpace
+from epnas.space import POOL_OPS, LayerSpace, ModuleSpace, nearest_index
 from epnas.spec import PolicySpec
 
 INSERT, KEEP, REMOVE = 0, 1, 2
@@ -59,12 +59,6 @@ class Sampled:
 
 
 # ---------------------------------------------------------------- layer features
-
-
-def nearest_index(values: Sequence, current) -> int:
-    """Index of the entry of ``values`` nearest to ``current`` (ties: the lower index),
-    the same snapping rule as ``epnas.space.step_along``."""
-    return min(range(len(values)), key=lambda i: abs(values[i] - current))
 
 
 def _numeric(values: Sequence, pick: Callable[[Any], Any]) -> Callable[[Any], int]:

@@ -39,10 +39,6 @@ class MovingBaseline:
         self.decay = decay
         self.values: list[float] = [float(v) for v in values]
 
-    @classmethod
-    def from_values(cls, decay: float, values: Iterable[float]) -> "MovingBaseline":
-        return cls(decay, values)
-
     def update(self, returns: Tensor) -> Tensor:
         """Fold ``returns [N, T]`` into the averages; returns the updated baseline ``[T]``."""
         step_means = returns.detach().double().mean(dim=0).tolist()

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 SpaceName = Literal["image-layer", "image-module", "kws-layer"]
-SPACE_NAMES: tuple[SpaceName, ...] = ("image-layer", "image-module", "kws-layer")
 
 ACTIVATIONS: tuple[str, ...] = ("relu", "crelu", "elu", "selu", "swish")
 
@@ -42,10 +41,6 @@ class LayerSpace:
     keep_probs: tuple[float, ...] = ()
     repeats: tuple[int, ...] = ()
 
-    @property
-    def kind(self) -> Literal["layer"]:
-        return "layer"
-
 
 @dataclass(frozen=True)
 class ModuleSpace:
@@ -64,10 +59,6 @@ class ModuleSpace:
     input_shape: tuple[int, int, int]
     max_branches: int = 5
     propagate: tuple[int, ...] = (0, 1)
-
-    @property
-    def kind(self) -> Literal["module"]:
-        return "module"
 
 
 IMAGE_LAYER = LayerSpace(
@@ -117,7 +108,6 @@ SPACES: dict[str, LayerSpace | ModuleSpace] = {
     s.name: s for s in (IMAGE_LAYER, IMAGE_MODULE, KWS_LAYER)
 }
 
-CONV_OPS = frozenset({"conv2d", "dep-sep-conv2d", "dilated-conv2d"})
 POOL_OPS = frozenset({"maxpool", "avgpool"})
 
 
@@ -139,5 +129,10 @@ def step_along(values: tuple, current, direction: int):
     """
     if not values:
         return current
-    index = min(range(len(values)), key=lambda i: abs(values[i] - current))
+    index = nearest_index(values, current)
     return values[max(0, min(len(values) - 1, index + direction))]
+
+
+def nearest_index(values: tuple, current) -> int:
+    """Index of the entry of ``values`` nearest to ``current`` (ties: the lower index)."""
+    return min(range(len(values)), key=lambda i: abs(values[i] - current))

@@ -44,9 +44,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
+from epnas.errors import INVALID_INPUT
 from epnas.executors.base import ChildOutcome, ChildRun
 
-INVALID_INPUT = 2
 STDERR_TAIL_CHARS = 2000
 WORKER_MODULE = "child_trainer.worker"
 STOP_GRACE_S = 3.0  # close(): how long workers get to exit on end of input before they are killed

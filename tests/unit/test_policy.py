@@ -13,7 +13,8 @@ import torch
 from epnas import reinforce
 from epnas.arch import Arch, Layer, parse_arch, random_arch
 from epnas.morph import Action, apply_action, insert_fields, max_positions, random_action
-from epnas.policy import Policy, choose, make_optimizer, nearest_index
+from epnas.policy import Policy, choose, make_optimizer
+from epnas.space import nearest_index
 from epnas.space import SPACES, LayerSpace
 from epnas.spec import PolicySpec
 

@@ -27,7 +27,7 @@ def test_moving_baseline_by_hand():
     # a longer episode starts the new step at its mean
     third = baseline.update(torch.tensor([[0.0, 0.0, 8.0]]))
     assert third.tolist() == pytest.approx([0.9 * 2.2, 0.9 * 2.7, 8.0])
-    restored = MovingBaseline.from_values(0.9, json.loads(json.dumps(baseline.values)))
+    restored = MovingBaseline(0.9, json.loads(json.dumps(baseline.values)))
     assert restored.values == baseline.values
     assert restored.tensor(2).tolist() == pytest.approx([0.9 * 2.2, 0.9 * 2.7])
 
