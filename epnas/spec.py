@@ -381,6 +381,19 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             node["nullable"] = True
     if "const" in node:
         node["enum"] = [node.pop("const")]
+    # pydantic leaves a constraint on an Annotated type inside ``X | None`` as a raw ``ge``/``gt``/``le``/``lt``
+    for raw, bound, exclusive in (("ge", "minimum", None), ("gt", "minimum", "exclusiveMinimum"),
+                                  ("le", "maximum", None), ("lt", "maximum", "exclusiveMaximum")):
+        if raw in node:
+            value = node.pop(raw)
+            tighter = max if bound == "minimum" else min
+            if bound in node and node[bound] != value:
+                value = tighter(value, node[bound])
+            node[bound] = value
+            if exclusive:
+                node[exclusive] = True
+    if node.get("type") == "integer" and node.get("maximum") == INT64_MAX:
+        node.pop("maximum")  # the API server's integers are int64 already
     for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
         if isinstance(node.get(exclusive), (int, float)) and not isinstance(node[exclusive], bool):
             # JSON Schema 2020 writes `exclusiveMinimum: 0`; OpenAPI v3.0 (the CRD's dialect) `minimum: 0, exclusiveMinimum: true`
