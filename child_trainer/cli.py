@@ -6,7 +6,9 @@ push ``weights.safetensors`` → write ``result.json`` LAST → termination summ
 
 Exit codes (DESIGN.md): 0 done; 2 invalid input (bad JSON, unknown op, missing
 dataset, input shape mismatch, bad flags), one stderr line starting with
-``epnas-trainer: invalid input:`` and no result written; 1 any other fault.
+``epnas-trainer: invalid input:`` and no result written; 3 training diverged (a
+non-finite loss), one line ``epnas-trainer: diverged: ...``, nothing written; 1 any
+other fault.  2 and 3 are never retried.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 from pydantic.alias_generators import to_camel
 
 from epnas.arch import with_channel_factor
-from epnas.errors import INVALID_INPUT, SpecError
+from epnas.errors import DIVERGED, INVALID_INPUT, SpecError
 from epnas.store import StoreError, StoreNotFound, join_uri, open_store, split_uri
 from epnas.task import CHILD_ID, ChildResult, ChildTask, load_task
 
@@ -33,6 +35,10 @@ RESULT_FILE = "result.json"
 
 class InvalidInput(Exception):
     """Input the trainer can never succeed on: exit 2, never retried."""
+
+
+class Diverged(Exception):
+    """Training diverged (``TrainOutcome.diverged``): exit 3, never retried, nothing written."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -105,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         summary.update(exitCode=INVALID_INPUT, reason="InvalidInput", message=message)
         print(f"{PROG}: invalid input: {message}", file=sys.stderr)
         return INVALID_INPUT
+    except Diverged as err:
+        message = _one_line(str(err))
+        summary.update(exitCode=DIVERGED, reason="Diverged", message=message)
+        print(f"{PROG}: diverged: {message}", file=sys.stderr)
+        return DIVERGED
     except StoreError as err:
         message = _one_line(str(err))
         summary.update(exitCode=1, reason="StoreError", message=message)
@@ -262,6 +273,8 @@ def _run(job: Job) -> ChildResult:
         inherited = report.fraction
     model.to(device)
     outcome = train_child(model, splits, training, seed=task.seed, device=device, patience=job.patience, deadline_s=float(training.timeout_seconds))
+    if outcome.diverged:
+        raise Diverged(outcome.diverged)
     out = open_store(job.out_uri, endpoint=job.endpoint)
     model.to("cpu")
     weights_key = push_child(out, "", model, metadata={"child": task.child, "arch_hash": task.arch.hash, "val_accuracy": repr(outcome.val_accuracy)})

@@ -35,11 +35,14 @@ CLIP_NORM = 5.0
 WARMUP_STEPS = 5
 EVAL_BATCH = 1024
 RECALIBRATE_SAMPLES = 2048
+DIVERGENCE_FACTOR = 10.0
+"""Training diverged when an epoch's mean loss exceeds this many times ``ln K``, the loss of a uniform guess over K classes."""
 
 
 @dataclass
 class TrainOutcome:
-    """Final validation and test accuracy, per-epoch history, epochs run, seconds, warnings."""
+    """Final validation and test accuracy, per-epoch history, epochs run, seconds, warnings;
+    ``diverged`` says why training diverged (``None`` when it did not)."""
 
     val_accuracy: float
     test_accuracy: float
@@ -47,6 +50,7 @@ class TrainOutcome:
     epochs_run: int
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    diverged: str | None = None
 
 
 def lr_at(training: ChildTraining, epoch_progress: float, steps_done: int, steps_per_epoch: int) -> float:
@@ -136,6 +140,7 @@ def train_child(
     history: dict[str, list[float]] = {k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr")}
     warnings: list[str] = []
     best_val, stale, steps_done, epochs_run = -1.0, 0, 0, 0
+    divergence: str | None = None
     rate = training.lr
     for epoch in range(training.epochs):
         model.train()
@@ -171,8 +176,13 @@ def train_child(
         val_loss, val_acc = evaluate(model, splits.val, device)
         for key, value in (("train_loss", loss_sum / max(seen, 1)), ("train_acc", correct / max(seen, 1)), ("val_loss", val_loss), ("val_acc", val_acc), ("lr", rate)):
             history[key].append(float(value))
+        guess = math.log(max(splits.num_classes, 2))
         if diverged:
-            warnings.append(f"loss became non-finite in epoch {epoch + 1}; training stopped")
+            divergence = f"training loss became non-finite in epoch {epoch + 1} (lr {rate:g})"
+            break
+        if seen and loss_sum / seen > DIVERGENCE_FACTOR * guess:
+            divergence = (f"training loss {loss_sum / seen:.4g} in epoch {epoch + 1} is over {DIVERGENCE_FACTOR:g}× "
+                          f"that of a uniform guess (ln {splits.num_classes} = {guess:.3f}; lr {rate:g})")
             break
         if deadline_s is not None and time.monotonic() - started > deadline_s:
             warnings.append(f"time limit of {deadline_s:.0f} s reached after {epochs_run} epochs")
@@ -184,6 +194,6 @@ def train_child(
                 break
     val_loss, val_acc = evaluate(model, splits.val, device)
     _, test_acc = evaluate(model, splits.test, device)
-    if not math.isfinite(val_loss):
-        warnings.append("validation loss is not finite")
-    return TrainOutcome(val_acc, test_acc, history, epochs_run, time.monotonic() - started, warnings)
+    if divergence is None and not math.isfinite(val_loss):
+        divergence = f"validation loss is {val_loss} after {epochs_run} epochs"
+    return TrainOutcome(val_acc, test_acc, history, epochs_run, time.monotonic() - started, warnings, divergence)

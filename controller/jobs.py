@@ -2,7 +2,7 @@
 
 ``job_manifest`` decides what a child's Job looks like; ``JobExecutor.submit`` creates the
 Jobs of a step and waits for them with a watch.  Trainer exit codes (DESIGN.md): 0 done,
-2 invalid input (``podFailurePolicy`` fails the Job at once), anything else is retried by
+2 invalid input and 3 diverged (``podFailurePolicy`` fails the Job at once), anything else is retried by
 the Job's ``backoffLimit``.
 """
 
@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from epnas.errors import INVALID_INPUT
+from epnas.errors import NOT_RETRIED
 from epnas.executors.base import ChildOutcome, ChildRun
 from epnas.search import SearchStopped
 from epnas.spec import API_VERSION, KIND, SearchSpec
@@ -139,7 +139,7 @@ def job_manifest(run: ChildRun, *, spec: SearchSpec, owner: Owner, command: list
             "ttlSecondsAfterFinished": trainer.ttl_seconds_after_finished,
             "podFailurePolicy": {
                 "rules": [
-                    {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [INVALID_INPUT]}},
+                    {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": list(NOT_RETRIED)}},
                     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
                 ]
             },

@@ -7,6 +7,14 @@ from dataclasses import dataclass
 INVALID_INPUT = 2
 """Exit code of every entry point (``epnas``, the trainer) for input that can never succeed: never retried."""
 
+DIVERGED = 3
+"""Exit code of the trainer for a child whose training diverged (a non-finite loss, or validation
+loss at the end): a failed child with that reason, never retried (training is seeded, a retry
+diverges again), and no weights pushed, so NaN never reaches the shared dictionary."""
+
+NOT_RETRIED = (INVALID_INPUT, DIVERGED)
+"""Exit codes an executor fails at once (the Job's ``podFailurePolicy`` ``FailJob``; no local retry)."""
+
 
 @dataclass(frozen=True)
 class Problem:

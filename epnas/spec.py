@@ -16,7 +16,7 @@ from typing import Annotated
 import annotated_types
 import pydantic
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from epnas.arch import Arch, parse_arch, pydantic_problems
@@ -37,7 +37,7 @@ def _not_a_boolean(value: Any) -> Any:
 
 
 Int = Annotated[int, BeforeValidator(_not_a_boolean), annotated_types.Le(INT64_MAX)]
-Float = Annotated[float, BeforeValidator(_not_a_boolean)]
+Float = Annotated[float, BeforeValidator(_not_a_boolean), AllowInfNan(False)]
 
 
 class _Model(BaseModel):

@@ -14,7 +14,7 @@ Two ways to run a child:
   way: it need not speak the worker protocol.
 
 Either way: one ``ChildOutcome`` per run, in order.  A child that exits 2
-(invalid input) is never retried; any other failure (non-zero exit, signal,
+(invalid input) or 3 (diverged) is never retried; any other failure (non-zero exit, signal,
 timeout, a worker that died) is retried ``retries`` times.  A timed-out child is
 killed (in warm mode its worker is killed and a fresh one takes its place);
 a worker that dies mid-child (signal, OOM) fails that attempt with a reason such
@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
-from epnas.errors import INVALID_INPUT
+from epnas.errors import DIVERGED, INVALID_INPUT, NOT_RETRIED
 from epnas.executors.base import ChildOutcome, ChildRun
 
 STDERR_TAIL_CHARS = 2000
@@ -147,7 +147,7 @@ class LocalExecutor:
         try:
             for attempt in range(1, self.retries + 2):
                 outcome = self._run_warm(run, attempt, slot) if slot is not None else self._run_once(run, attempt)
-                if outcome.succeeded or outcome.exit_code == INVALID_INPUT or self._stopping.is_set():
+                if outcome.succeeded or outcome.exit_code in NOT_RETRIED or self._stopping.is_set():
                     break
                 log.info("child %s: attempt %d failed: %s", run.child, attempt, outcome.reason)
         finally:
@@ -230,7 +230,7 @@ class LocalExecutor:
 
 
 def _reason(code: int) -> str:
-    return "Completed" if code == 0 else ("InvalidInput" if code == INVALID_INPUT else "Error")
+    return "Completed" if code == 0 else {INVALID_INPUT: "InvalidInput", DIVERGED: "Diverged"}.get(code, "Error")
 
 
 def _exit_description(returncode: int | None) -> str:

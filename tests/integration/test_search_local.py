@@ -120,3 +120,20 @@ def test_raising_the_budget_extends_a_finished_search_and_other_changes_are_name
     refused = subprocess.run(cmd(changed), capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2
     assert "these fields differ: spec.constraints[0].max, spec.seed" in refused.stderr
+
+
+def test_a_search_whose_training_diverges_fails_with_that_reason(tmp_path) -> None:
+    """A learning rate that blows the loss up: each child is a failed child (Diverged), not a
+    chance-level success, and the search ends Failed saying so."""
+    diverging = tmp_path / "diverging.yaml"
+    diverging.write_text(TINY.read_text().replace("lr: 0.1}", "lr: 1.0e+30}"))
+    assert "lr: 1.0e+30" in diverging.read_text()
+    store = tmp_path / "store"
+    done = subprocess.run([*EPNAS, "search", str(diverging), "--store", store.as_uri(), "--parallelism", "2", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "every child of episode 0 step 0 failed" in done.stderr and "Diverged" in done.stderr
+    assert "diverged: training loss" in done.stderr
+    children = store / "tiny-synthetic" / "children"
+    assert not list(children.glob("*/result.json")) and not list(children.glob("*/weights.safetensors"))
+    assert not (store / "tiny-synthetic" / "weights" / "index.json").exists()

@@ -38,7 +38,7 @@ def test_name_labels_owner_and_job_spec() -> None:
     s = job["spec"]
     assert (s["backoffLimit"], s["activeDeadlineSeconds"], s["ttlSecondsAfterFinished"]) == (3, 900, 120)
     assert s["podFailurePolicy"]["rules"] == [
-        {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2]}},
+        {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2, 3]}},
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
     ]
     assert step_selector("digits-quick", 0, 1) == "epnas.io/search=digits-quick,epnas.io/episode=0,epnas.io/step=1"

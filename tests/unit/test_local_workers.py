@@ -208,3 +208,17 @@ def test_an_exception_escaping_main_is_exit_1_with_its_traceback(tmp_path, monke
     text = err.read_text()
     assert "Traceback" in text and "RuntimeError: boom" in text and "a print in the child" in text
     assert "EPNAS_TERMINATION_LOG" not in os.environ or os.environ["EPNAS_TERMINATION_LOG"] != str(tmp_path / "t")
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "process-per-child"])
+def test_a_diverging_child_fails_once_with_its_reason(tmp_path, warm):
+    """Exit 3 (training diverged) is a failed child, never retried: a seeded retry diverges again."""
+    run = child(tmp_path, "e000-s00-c00")
+    task = json.loads(pathlib.Path(run.arch_uri.removeprefix("file://")).read_text())
+    task["training"]["lr"] = 1e30
+    pathlib.Path(run.arch_uri.removeprefix("file://")).write_text(json.dumps(task))
+    with executor(parallelism=1, retries=3, warm=warm) as ex:
+        [outcome] = ex.submit([run])
+    assert outcome.exit_code == 3 and outcome.attempts == 1 and outcome.reason == "Diverged", outcome
+    assert "epnas-trainer: diverged: training loss" in outcome.stderr_tail
+    assert result_of(run) is None

@@ -133,12 +133,22 @@ def test_hostile_documents_get_one_clear_error(name: str, text, words: str) -> N
         ({"seed": -1}, "spec.seed", "greater than or equal to 0"),
         ({"seed": 2**64}, "spec.seed", "less than or equal to 9223372036854775807"),
         ({"budget": {"branches": 2**70}}, "spec.budget.branches", "less than or equal to"),
+        ({"childTraining": {"lr": float("inf")}}, "spec.childTraining.lr", "finite number"),
+        ({"policy": {"learningRate": float("nan")}}, "spec.policy.learningRate", "greater than 0"),
+        ({"childTraining": {"weightDecay": float("nan")}}, "spec.childTraining.weightDecay", ""),
+        ({"constraints": [{"metric": "modelSize", "max": float("inf")}]}, "spec.constraints[0].max", "finite number"),
     ],
 )
 def test_numbers_are_numbers_in_range(spec: dict, path: str, words: str) -> None:
     with pytest.raises(SpecError) as err:
         parse_search({"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch", "metadata": {"name": "x"}, "spec": spec})
     assert [(p.path, words in p.message) for p in err.value.problems] == [(path, True)]
+
+
+def test_yaml_infinity_is_refused_by_name() -> None:
+    with pytest.raises(SpecError) as err:
+        load_search(HEAD + "spec: {childTraining: {lr: .inf}}\n")
+    assert [p.path for p in err.value.problems] == ["spec.childTraining.lr"] and "finite" in str(err.value)
 
 
 def test_a_float_written_without_a_dot_still_reads_as_a_number() -> None:

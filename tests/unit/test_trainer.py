@@ -219,3 +219,17 @@ def test_missing_arch_is_invalid_and_store_fault_is_1(tmp_path, capsys):
 def test_unsupported_uri_scheme_is_invalid_input(tmp_path, capsys):
     assert main(["--arch", "gs://bucket/arch.json", "--out", tmp_path.as_uri()]) == 2
     assert "bad flags" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("lr", ["1e3", "1e30"])
+def test_a_diverging_child_exits_3_with_the_reason_and_writes_nothing(lr, tmp_path, capsys):
+    """A non-finite loss is a failed child (exit 3, never retried), not a chance-level result;
+    its NaN weights never reach the store, so they never reach the shared dictionary."""
+    child_dir = write_task(tmp_path, ARCHS["image-layer"])
+    term = tmp_path / "termination-log"
+    code = main(argv_for(child_dir, "--lr", lr, "--termination-log", str(term)))
+    err = capsys.readouterr().err.strip()
+    assert code == 3, err
+    assert err.startswith("epnas-trainer: diverged: ") and "training loss" in err and len(err.splitlines()) == 1
+    assert json.loads(term.read_text())["reason"] == "Diverged"
+    assert not (child_dir / "result.json").exists() and not (child_dir / "weights.safetensors").exists()
