@@ -111,8 +111,8 @@ class Merge(nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         if b is None:
             return a
-        if b.shape[-2:] != a.shape[-2:]:
-            b = F.adaptive_avg_pool2d(b, a.shape[-2:])
+        if b.shape[-2:] != a.shape[-2:]:  # sizes as ints: a network's input size is fixed, so exports see constants
+            b = F.adaptive_avg_pool2d(b, (int(a.shape[-2]), int(a.shape[-1])))
         if self.mode == "concat":
             return torch.cat([a, b], dim=1)
         gap = a.shape[1] - b.shape[1]

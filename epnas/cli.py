@@ -18,7 +18,7 @@ from rich.table import Table
 
 from epnas.checkpoint import SEARCH_FILE, SUMMARY, read_history
 from epnas.pinning import spec_changes
-from epnas.records import ChildRecord
+from epnas.records import ChildRecord, ranked_children
 from epnas.errors import INVALID_INPUT, CorruptState, SpecError
 from epnas.executors.local import LocalExecutor
 from epnas.search import SearchFailed, SearchLoop, StepReport
@@ -174,6 +174,44 @@ def _progress(quiet: bool):
     )
 
 
+def search_root(target: str, store_uri: str | None) -> str:
+    """The URI of a search's root from TARGET: its search file (with ``--store``), its directory or its URI."""
+    path = pathlib.Path(target)
+    if path.is_file():
+        search = read_search(target)
+        return join_uri(store_root(search, store_uri), search.name)
+    return path.resolve().as_uri() if "://" not in target else target
+
+
+@main.command()
+@click.argument("target")
+@click.option("--store", "store_uri", help="Store root, when TARGET is a search file.")
+@click.option("--child", help="The child to export (default: the best feasible child).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Directory to write (default: export/<search>-<child>).")
+@click.option("--no-onnx", is_flag=True, help="Skip model.onnx (it needs the [export] extra).")
+@click.option("--allow-infeasible", is_flag=True, help="Export the best child even when no child satisfies the constraints.")
+def export(target: str, store_uri: str | None, child: str | None, out_dir: str | None, no_onnx: bool, allow_infeasible: bool) -> None:
+    """Export a trained child of a search (TARGET: its search file, directory or URI) as TorchScript,
+    ONNX (checked with onnxruntime), safetensors + arch.json and a model card."""
+    from epnas.export import ExportError, choose_child, export_child
+
+    uri = search_root(target, store_uri)
+    store = open_store(uri)
+    try:
+        if out_dir is None:
+            chosen = choose_child([ChildRecord.from_json(r) for r in read_history(store, 10**9)], child, allow_infeasible)
+            out_dir = str(pathlib.Path("export") / f"{uri.rstrip('/').rsplit('/', 1)[-1]}-{chosen.child}")
+        done = export_child(store, pathlib.Path(out_dir), child, onnx=not no_onnx, allow_infeasible=allow_infeasible)
+    except (ExportError, CorruptState, StoreError) as err:
+        errors.print(f"epnas export: {err}", markup=False)
+        sys.exit(1)
+    card = done.card
+    console.print(f"exported {card['search']}/{done.child} (val {card['valAccuracy']:.4f}, test {card['testAccuracy']:.4f}, "
+                  f"{'feasible' if card['feasible'] else 'INFEASIBLE'}) to {done.out}: {', '.join(done.files)}", highlight=False)
+    if done.onnx_max_abs_diff is not None:
+        console.print(f"onnxruntime agrees with torch to {done.onnx_max_abs_diff:.2g}", highlight=False)
+
+
 @main.command()
 @click.argument("target")
 @click.option("--store", "store_uri", help="Store root, when TARGET is a search file.")
@@ -182,12 +220,7 @@ def _progress(quiet: bool):
 def status(target: str, store_uri: str | None, top: int, as_json: bool) -> None:
     """Summarise a running or finished search (TARGET: its search file, its directory or its URI):
     the best feasible child, the top children, children by status and why the failed ones failed."""
-    path = pathlib.Path(target)
-    if path.is_file():
-        search = read_search(target)
-        search_uri = join_uri(store_root(search, store_uri), search.name)
-    else:
-        search_uri = path.resolve().as_uri() if "://" not in target else target
+    search_uri = search_root(target, store_uri)
     store = open_store(search_uri)
     try:
         summary = store.get_json(SUMMARY)
@@ -213,14 +246,6 @@ def status(target: str, store_uri: str | None, top: int, as_json: bool) -> None:
         console.print(f"[red]failed[/red] {r.child}: exit code {r.exit_code}, {r.reason}", highlight=False)
     if len(failed) > 10:
         console.print(f"… and {len(failed) - 10} more failed children (epnas status --json lists them all)")
-
-
-def ranked_children(records: list[ChildRecord]) -> list[ChildRecord]:
-    """Evaluated children, each network once: feasible ones by validation accuracy, then the rest by reward."""
-    best: dict[str, ChildRecord] = {}
-    for r in sorted((r for r in records if r.status != "failed"), key=lambda r: (not r.feasible, -(r.val_accuracy if r.feasible else r.reward), r.child)):
-        best.setdefault(r.hash, r)
-    return list(best.values())
 
 
 def top_table(records: list[ChildRecord]) -> Table:

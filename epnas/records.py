@@ -51,6 +51,16 @@ class ChildRecord:
         return cls(**data)
 
 
+def ranked_children(records: list[ChildRecord]) -> list[ChildRecord]:
+    """Evaluated children, each network once: feasible ones by validation accuracy, then the rest
+    by reward (ties: the earlier child)."""
+    best: dict[str, ChildRecord] = {}
+    key = lambda r: (not r.feasible, -(r.val_accuracy if r.feasible else r.reward), r.child)  # noqa: E731
+    for r in sorted((r for r in records if r.status != "failed"), key=key):
+        best.setdefault(r.hash, r)
+    return list(best.values())
+
+
 @dataclass(frozen=True)
 class Move:
     """One morph: ``action`` applied to ``arch`` (the network before it, as JSON)."""

@@ -244,16 +244,19 @@ def dataset_geometry(spec: SearchSpec) -> tuple[tuple[int, int, int], int]:
     shape (or ``inputShape``) and ``numClasses`` (default 10); npz → as declared.
     ``childTraining.resolution`` (EcoNAS) replaces H and W.
     """
-    ds = spec.dataset
+    return geometry_of(spec.dataset, spec.search_space, spec.child_training.resolution)
+
+
+def geometry_of(ds: "Dataset", space: str, res: int | None = None) -> tuple[tuple[int, int, int], int]:
+    """``dataset_geometry`` from its parts: a dataset, a search space's name, a resolution."""
     shape, classes = {
         "digits": ((1, 8, 8), 10),
         "cifar10": ((3, 32, 32), 10),
-        "synthetic": (SPACES[spec.search_space].input_shape, 10),
+        "synthetic": (SPACES[space].input_shape, 10),
         "npz": (None, None),
     }[ds.kind]
     shape = tuple(ds.input_shape) if ds.input_shape else shape
     classes = ds.num_classes or classes
-    res = spec.child_training.resolution
     if res is not None:
         shape = (shape[0], res, res)
     return tuple(shape), classes

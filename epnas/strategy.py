@@ -307,7 +307,8 @@ class EpnasStrategy(PaperStrategy):
     def propose(self, parents: Sequence[Arch], context: ProposalContext) -> list[Proposal]:
         count, max_morphs = self.spec.screening.candidates, self.spec.screening.max_morphs
         taken = set(context.seen)
-        posterior = fit_history(context.history)
+        encoder = surrogate.Encoder.for_space(self.policy.space)
+        posterior = fit_history(context.history, encoder)
         walks: list[list[Morph]] = [[] for _ in parents]
         current = list(parents)
         open_walks = list(range(len(parents)))
@@ -325,7 +326,8 @@ class EpnasStrategy(PaperStrategy):
                 for action in actions[j * count : (j + 1) * count]:
                     result = apply_action(current[b], action)
                     factor, feasible, metrics = context.screen.assess(result.arch)
-                    score = float(torch.tensor(surrogate.features(metrics.params, metrics.flops, result.arch.depth, metrics.compute_intensity), dtype=torch.float64) @ weights)
+                    phi = encoder.encode(result.arch, metrics.params, metrics.flops, metrics.compute_intensity)
+                    score = float(torch.tensor(phi, dtype=torch.float64) @ weights)
                     candidates.append(Candidate(action, result, factor, feasible, result.arch.hash not in taken, score))
                 index, done = pick(candidates)
                 chosen = candidates[index]
@@ -343,18 +345,14 @@ class EpnasStrategy(PaperStrategy):
         return top_k_feasible_first(_trained(history), k, fallback)
 
 
-def fit_history(history: Sequence[ChildRecord]) -> surrogate.Posterior:
+def fit_history(history: Sequence[ChildRecord], encoder: surrogate.Encoder) -> surrogate.Posterior:
     """The surrogate's posterior given every trained (not failed) child of the search."""
     trained = [r for r in history if r.status != "failed" and r.metrics]
     phi = [
-        surrogate.features(r.metrics["params"], r.metrics["flops"], _depth(r.arch), r.metrics["compute_intensity"])
+        encoder.encode(parse_arch(r.arch), r.metrics["params"], r.metrics["flops"], r.metrics["compute_intensity"])
         for r in trained
     ]
-    return surrogate.fit(phi, [r.val_accuracy for r in trained])
-
-
-def _depth(arch: dict) -> int:
-    return len(arch["layers"]) if "layers" in arch else len(arch["cell"]["branches"])
+    return encoder.fit(phi, [r.val_accuracy for r in trained])
 
 
 @contextlib.contextmanager

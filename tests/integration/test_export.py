@@ -1,0 +1,90 @@
+"""``epnas export`` on a real search: the best feasible child comes out as TorchScript that runs
+without ``epnas``, ONNX that onnxruntime agrees with, safetensors + arch.json and a model card."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+HERE = pathlib.Path(__file__).parent
+TINY = HERE / "searches" / "tiny-synthetic.yaml"
+EPNAS = [sys.executable, "-m", "epnas.cli"]
+
+# Runs in a fresh interpreter where importing epnas (or child_trainer) fails: the TorchScript
+# file must need nothing but torch.
+WITHOUT_EPNAS = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('epnas', 'child_trainer', 'controller'):
+            raise ImportError('epnas is not installed here')
+sys.meta_path.insert(0, Block())
+import torch
+model = torch.jit.load(sys.argv[1])
+x = torch.load(sys.argv[2])
+print(repr(model(x).tolist()))
+assert 'epnas' not in sys.modules
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory) -> pathlib.Path:
+    store = tmp_path_factory.mktemp("export") / "store"
+    done = subprocess.run([*EPNAS, "search", str(TINY), "--store", store.as_uri(), "--parallelism", "2", "--quiet"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return store / "tiny-synthetic"
+
+
+def test_export_of_the_best_feasible_child_runs_without_epnas_and_in_onnxruntime(finished_search, tmp_path) -> None:
+    out = tmp_path / "model"
+    done = subprocess.run([*EPNAS, "export", str(finished_search), "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "arch.json", "model.json", "model.onnx", "model.pt", "weights.safetensors"]
+    card = json.loads((out / "model.json").read_text())
+    status = json.loads(subprocess.run([*EPNAS, "status", str(finished_search), "--json", "--top", "1"],
+                                       capture_output=True, text=True, timeout=120, check=True).stdout)
+    best = status["top"][0]
+    assert card["child"] == best["child"] and card["valAccuracy"] == best["valAccuracy"] and best["feasible"]
+    assert card["feasible"] is True and card["constraints"] == [
+        {"metric": "modelSize", "min": None, "max": 20000.0, "value": best["metrics"]["params"], "holds": True}]
+    assert card["inputShape"] == [1, 8, 8] and card["classes"] == 4
+    assert f"children/{card['child']}" in card["source"] and "val" in done.stdout
+
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(7))
+    torch.save(x, tmp_path / "x.pt")
+    fresh = subprocess.run([sys.executable, "-c", WITHOUT_EPNAS, str(out / "model.pt"), str(tmp_path / "x.pt")],
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stderr
+    scripted = torch.tensor(eval(fresh.stdout))
+    assert scripted.shape == (5, 4)
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    (onnx_logits,) = session.run(None, {"input": x.numpy()})
+    assert np.abs(onnx_logits - scripted.numpy()).max() < 1e-4
+    # the exported weights are the child's trained weights, not a fresh initialisation
+    from safetensors.torch import load_file
+    trained = load_file(str(finished_search / "children" / card["child"] / "weights.safetensors"))
+    exported = load_file(str(out / "weights.safetensors"))
+    assert trained and trained.keys() <= exported.keys() and all(torch.equal(trained[k], exported[k]) for k in trained)
+
+
+def test_export_names_a_missing_child_and_a_damaged_weights_file(finished_search, tmp_path) -> None:
+    missing = subprocess.run([*EPNAS, "export", str(finished_search), "--child", "e009-s09-c09", "--out", str(tmp_path / "a")],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "no child 'e009-s09-c09'" in missing.stderr
+    damaged = tmp_path / "damaged"
+    subprocess.run(["cp", "-r", str(finished_search), str(damaged)], check=True)
+    child = json.loads(subprocess.run([*EPNAS, "status", str(damaged), "--json", "--top", "1"], capture_output=True, text=True,
+                                      timeout=120, check=True).stdout)["top"][0]["child"]
+    weights = damaged / "children" / child / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    done = subprocess.run([*EPNAS, "export", str(damaged), "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and f"children/{child}/weights.safetensors is damaged" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
