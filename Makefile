@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The search, then its best feasible model exported and its report written.
 demo: install
 	$(VENV)/bin/epnas search examples/digits-quick.yaml --store file://$(CURDIR)/runs
+	$(VENV)/bin/epnas export runs/digits-quick --out runs/digits-quick-model
+	$(VENV)/bin/epnas report runs/digits-quick --out runs/digits-quick-report
 
 test: install testbin
 	$(PY) -m pytest tests

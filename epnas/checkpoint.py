@@ -23,6 +23,7 @@ HISTORY_PREFIX = "state/history/"
 SUMMARY = "state/summary.json"
 PENDING = "state/pending-step.json"
 SEARCH_FILE = "search.yaml"
+UPDATES_PREFIX = "state/updates/"  # one JSON per episode: the policy update's loss, entropy, grad_norm
 
 
 @dataclass

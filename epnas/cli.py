@@ -215,6 +215,29 @@ def export(target: str, store_uri: str | None, child: str | None, out_dir: str |
 @main.command()
 @click.argument("target")
 @click.option("--store", "store_uri", help="Store root, when TARGET is a search file.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Directory to write (default: report/<search>).")
+def report(target: str, store_uri: str | None, out_dir: str | None) -> None:
+    """Write report.html (self-contained) and its PNGs for a search (TARGET: its search file, directory or URI):
+    every child's accuracy and reward, feasible children per episode, Pareto fronts with the constraints,
+    the top children, the best network drawn, policy loss and entropy."""
+    try:
+        from epnas.report import ReportError, write_report
+    except ImportError as err:
+        errors.print(f"epnas report needs the [report] extra ({err.name} is missing): pip install 'epnas[report]'", markup=False)
+        sys.exit(1)
+    uri = search_root(target, store_uri)
+    out = pathlib.Path(out_dir) if out_dir else pathlib.Path("report") / uri.rstrip("/").rsplit("/", 1)[-1]
+    try:
+        done = write_report(open_store(uri), out)
+    except (ReportError, CorruptState, StoreError) as err:
+        errors.print(f"epnas report: {err}", markup=False)
+        sys.exit(1)
+    console.print(f"report: {done.html} ({len(done.images)} plots)", highlight=False)
+
+
+@main.command()
+@click.argument("target")
+@click.option("--store", "store_uri", help="Store root, when TARGET is a search file.")
 @click.option("--top", "top", type=click.IntRange(min=0), default=5, show_default=True, help="How many of the best children to list.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary, the top children and the failed ones as JSON.")
 def status(target: str, store_uri: str | None, top: int, as_json: bool) -> None:

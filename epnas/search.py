@@ -27,6 +27,7 @@ from epnas.checkpoint import (
     CHECKPOINT,
     PENDING,
     SUMMARY,
+    UPDATES_PREFIX,
     LoopState,
     decode_python_rng,
     decode_torch_rng,
@@ -373,6 +374,7 @@ class SearchLoop:
     def _save_learning(self, state: LoopState, learning: Learning) -> None:
         self.last_update = learning.update
         state.baselines = learning.baselines
+        self.store.put_json(f"{UPDATES_PREFIX}e{state.episode:03d}.json", {"episode": state.episode, **learning.update})
         key = f"state/policy-e{state.episode:03d}.safetensors"
         if self.strategy.save(self.store, key):
             state.policy_file = key

@@ -1,5 +1,6 @@
-"""``epnas export`` on a real search: the best feasible child comes out as TorchScript that runs
-without ``epnas``, ONNX that onnxruntime agrees with, safetensors + arch.json and a model card."""
+"""A model out of a real search: ``epnas export`` writes the best feasible child as TorchScript that
+runs without ``epnas``, ONNX that onnxruntime agrees with, safetensors + arch.json and a model card;
+``epnas report`` writes an HTML page that a real headless Chromium renders with every plot."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import json
 import pathlib
 import subprocess
 import sys
+
+import re
+import shutil
 
 import numpy as np
 import onnxruntime
@@ -88,3 +92,32 @@ def test_export_names_a_missing_child_and_a_damaged_weights_file(finished_search
     done = subprocess.run([*EPNAS, "export", str(damaged), "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and f"children/{child}/weights.safetensors is damaged" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.fail("the report test needs a headless Chromium: apt-get install chromium (scripts/test-deps installs it)")
+
+
+def test_report_renders_every_plot_in_a_real_browser(finished_search, tmp_path) -> None:
+    out = tmp_path / "report"
+    done = subprocess.run([*EPNAS, "report", str(finished_search), "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    pngs = ["children.png", "feasible.png", "pareto.png", "best.png", "policy.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*pngs, "report.html"])
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(pngs) and "src=\"http" not in page and "<link" not in page
+    status = json.loads(subprocess.run([*EPNAS, "status", str(finished_search), "--json", "--top", "10"],
+                                       capture_output=True, text=True, timeout=120, check=True).stdout)
+    table = re.findall(r"<tr><td>(\d+)</td><td>([a-z0-9-]+)</td>", page)
+    assert [child for _, child in table] == [r["child"] for r in status["top"]]
+    assert "modelSize ≤ 20000" in page and "Succeeded" in page
+    browser = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000"]
+    dom = subprocess.run([*browser, "--dump-dom", (out / "report.html").as_uri()], capture_output=True, text=True, timeout=120)
+    assert f'<body data-rendered="{len(pngs)}">' in dom.stdout, dom.stderr[-2000:]
+    shot = tmp_path / "screenshot.png"
+    subprocess.run([*browser, "--window-size=1100,3000", f"--screenshot={shot}", (out / "report.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    assert shot.stat().st_size > 50_000  # a page of plots, not a blank one (blank: about 10 kB)
