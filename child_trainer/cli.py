@@ -290,7 +290,7 @@ def _run(job: Job) -> ChildResult:
         inherited_fraction=inherited,
         device=str(device),
         warnings=warnings + outcome.warnings,
-        weights_key=f"children/{task.child}/{weights_key}",
+        weights_key=f"{task.out_dir or 'children/' + task.child}/{weights_key}",
         weights_uri=join_uri(job.out_uri, weights_key),
     )
     out.put_bytes(RESULT_FILE, result.to_json().encode())

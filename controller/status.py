@@ -85,6 +85,10 @@ def from_summary(summary: dict[str, Any]) -> dict[str, Any]:
     if feasible:
         out.update(bestFeasibleChild=feasible["child"], bestFeasibleHash=feasible["hash"],
                    bestFeasibleAccuracy=feasible["valAccuracy"], bestFeasibleReward=feasible["reward"])
+    final = summary.get("finalModel")
+    if final:  # finalTraining's best model: what `epnas export` takes by default
+        out["finalModel"] = {"child": final["child"], "uri": final["uri"], "valAccuracy": final["valAccuracy"],
+                             "testAccuracy": final["testAccuracy"], "metrics": final.get("metrics", {})}
     return out
 
 

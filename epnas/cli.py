@@ -316,7 +316,14 @@ def print_summary(summary: dict) -> None:
         f"  params {m['params']:,} ({m['size_bytes'] / 1024:.1f} KiB)  FLOPs {m['flops']:,}  compute intensity {m['compute_intensity']:.2f} FLOPs/byte"
     )
     console.print(arch_table(best["arch"]))
-    console.print(f"Artifacts: {summary['store']}  (children/, weights/, state/)")
+    for final in summary.get("final") or []:
+        if final["status"] == "succeeded":
+            console.print(f"[bold green]Final training[/bold green] of {final['child']}: val acc {final['valAccuracy']:.4f}  "
+                          f"test acc {final['testAccuracy']:.4f} after {final['epochsRun']} epochs ({final['dir']}/)", highlight=False,
+                          soft_wrap=True)
+        else:
+            console.print(f"[red]Final training of {final['child']} failed[/red]: {final['reason']}", highlight=False, soft_wrap=True)
+    console.print(f"Artifacts: {summary['store']}  (children/, weights/, state/{', final/' if summary.get('final') else ''})")
 
 
 def arch_table(arch: dict) -> Table:

@@ -1,6 +1,7 @@
 """``epnas export``: a trained child of a search, out of the store, as a model a user can ship.
 
-From a search root (``file://`` or ``s3://``) and a child (default: the best feasible one,
+From a search root (``file://`` or ``s3://``) and a child (default: the search's final model,
+``summary.finalModel``, when ``finalTraining`` ran; else the best feasible child,
 ``epnas.records.ranked_children``), ``export_child`` writes into a directory:
 
 * ``model.pt``           TorchScript (``torch.jit.trace``, eval mode): loads with plain
@@ -33,7 +34,7 @@ from safetensors.torch import save_file
 
 from epnas.arch import with_channel_factor
 from epnas.build import build_model
-from epnas.checkpoint import SEARCH_FILE, read_history
+from epnas.checkpoint import SEARCH_FILE, SUMMARY, read_history
 from epnas.errors import CorruptState
 from epnas.metrics import compute_metrics
 from epnas.records import ChildRecord, ranked_children
@@ -91,8 +92,10 @@ def export_child(store: Store, out: pathlib.Path, child: str | None = None, *, o
     records = [ChildRecord.from_json(r) for r in read_history(store, 10**9)]
     if not records:
         raise ExportError(f"no search history under {store.uri}")
-    record = choose_child(records, child, allow_infeasible)
-    task, result, state = _child_files(store, record.child)
+    final = final_model(store) if child is None else None
+    record = choose_child(records, final["child"] if final else child, allow_infeasible)
+    directory = final["dir"] if final else f"children/{record.child}"
+    task, result, state = _child_files(store, directory)
     arch = with_channel_factor(task.arch, task.training.channel_factor)
     shape, classes = geometry_of(task.dataset, task.arch.space, task.training.resolution)
     if shape is None or classes is None:
@@ -101,19 +104,20 @@ def export_child(store: Store, out: pathlib.Path, child: str | None = None, *, o
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise CorruptState(f"{join_uri(store.uri, f'children/{record.child}/weights.safetensors')} does not fit "
+        raise CorruptState(f"{join_uri(store.uri, f'{directory}/weights.safetensors')} does not fit "
                            f"its architecture: {str(err).splitlines()[0]}") from None
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     example = torch.randn(CHECK_BATCH, *shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # a network's shapes are fixed by its input size: the tracer's "treated as a constant" is what we want,
+        # and TorchScript is what plain torch loads anywhere (torch.export needs the same torch version)
+        warnings.simplefilter("ignore")
         expected = model(example)
-        traced = torch.jit.trace(model, example[:1], check_trace=False)
-    traced = torch.jit.freeze(traced)
-    torch.jit.save(traced, str(out / "model.pt"))
-    files = ["model.pt"]
-    with torch.no_grad():
+        traced = torch.jit.freeze(torch.jit.trace(model, example[:1], check_trace=False))
+        torch.jit.save(traced, str(out / "model.pt"))
         scripted_diff = (torch.jit.load(str(out / "model.pt"))(example) - expected).abs().max().item()
+    files = ["model.pt"]
     if scripted_diff > ONNX_TOLERANCE:
         raise ExportError(f"the TorchScript model differs from the torch model by {scripted_diff:.3g}")
     onnx_diff = None
@@ -123,15 +127,27 @@ def export_child(store: Store, out: pathlib.Path, child: str | None = None, *, o
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "weights.safetensors"),
               metadata={"child": record.child, "arch_hash": task.arch.hash})
     (out / "arch.json").write_text(arch.to_json() + "\n")
-    card = model_card(store, record, task, result, shape, classes, onnx_diff)
+    card = model_card(store, record, task, result, shape, classes, onnx_diff, directory)
     (out / "model.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     (out / "README.md").write_text(card_markdown(card))
     files += ["weights.safetensors", "arch.json", "model.json", "README.md"]
     return Exported(out, record.child, files, onnx_diff, card)
 
 
-def _child_files(store: Store, child: str) -> tuple[ChildTask, ChildResult, dict[str, torch.Tensor]]:
-    paths = [f"children/{child}/{name}" for name in ("arch.json", "result.json", "weights.safetensors")]
+def final_model(store: Store) -> dict[str, Any] | None:
+    """The summary's ``finalModel`` (the best final-trained child), if final training ran."""
+    try:
+        summary = store.get_json(SUMMARY)
+    except StoreNotFound:
+        return None
+    except StoreError as err:
+        raise CorruptState(f"{join_uri(store.uri, SUMMARY)} is damaged: {err}") from None
+    final = summary.get("finalModel") if isinstance(summary, dict) else None
+    return final if isinstance(final, dict) and "dir" in final and "child" in final else None
+
+
+def _child_files(store: Store, directory: str) -> tuple[ChildTask, ChildResult, dict[str, torch.Tensor]]:
+    paths = [f"{directory}/{name}" for name in ("arch.json", "result.json", "weights.safetensors")]
     raw = []
     for key in paths:
         try:
@@ -172,7 +188,7 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, expected: torch.
 
 
 def model_card(store: Store, record: ChildRecord, task: ChildTask, result: ChildResult, shape: tuple[int, int, int],
-               classes: int, onnx_diff: float | None) -> dict[str, Any]:
+               classes: int, onnx_diff: float | None, directory: str) -> dict[str, Any]:
     """The card's facts: source, input, metrics, constraints (each with whether it holds), accuracies, regime."""
     metrics = compute_metrics(with_channel_factor(task.arch, task.training.channel_factor), shape, classes)
     constraints: list[dict[str, Any]] = []
@@ -185,7 +201,8 @@ def model_card(store: Store, record: ChildRecord, task: ChildTask, result: Child
     return {
         "search": task.search,
         "child": record.child,
-        "source": join_uri(store.uri, f"children/{record.child}"),
+        "source": join_uri(store.uri, directory),
+        "finalTraining": directory.startswith("final/"),
         "archHash": task.arch.hash,
         "space": task.arch.space,
         "inputShape": list(shape),

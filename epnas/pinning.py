@@ -1,7 +1,8 @@
 """Which changes a search may take after it started: the rule for pinning ``search.yaml``.
 
 A search's spec is written once to ``<store>/<name>/search.yaml``.  Running the same name
-again with a different spec is either an *extension* — only fields in ``EXTENDABLE`` differ,
+again with a different spec is either an *extension* — only fields in ``EXTENDABLE`` (or under
+``EXTENDABLE_SECTIONS``) differ,
 and ``budget.episodes`` did not shrink — and the search continues from its checkpoint under
 the new budget, or it is refused with every differing field named by its path
 (``spec.constraints[0].max``).  Pure: no I/O.
@@ -12,6 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 EXTENDABLE = frozenset({"spec.budget.episodes", "spec.budget.maxChildren", "spec.budget.maxFailedChildren", "spec.parallelism"})
+EXTENDABLE_SECTIONS = ("spec.finalTraining.",)
+"""Every field under these may change: final training runs after the search and changes nothing in it."""
+
+
+def extendable(field: str) -> bool:
+    """``field`` may change: listed, under an extendable section, or the whole section (absent from an older search.yaml)."""
+    return field in EXTENDABLE or field.startswith(EXTENDABLE_SECTIONS) or f"{field}." in EXTENDABLE_SECTIONS
 
 
 def differing_fields(old: Any, new: Any, path: str = "") -> list[str]:
@@ -34,8 +42,8 @@ def spec_changes(stored: dict[str, Any], new: dict[str, Any]) -> tuple[list[str]
     old_episodes = (stored["spec"].get("budget") or {}).get("episodes")
     new_episodes = (new["spec"].get("budget") or {}).get("episodes")
     shrunk = "spec.budget.episodes" in fields and old_episodes is not None and new_episodes is not None and new_episodes < old_episodes
-    refused = [f for f in fields if f not in EXTENDABLE]
+    refused = [f for f in fields if not extendable(f)]
     if shrunk:
         refused.append(f"spec.budget.episodes (cannot shrink from {old_episodes} to {new_episodes})")
-    extensions = [f for f in fields if f in EXTENDABLE and not (shrunk and f == "spec.budget.episodes")]
+    extensions = [f for f in fields if extendable(f) and not (shrunk and f == "spec.budget.episodes")]
     return extensions, sorted(refused)

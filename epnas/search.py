@@ -38,7 +38,7 @@ from epnas.checkpoint import (
 )
 from epnas.executors.base import ChildOutcome, ChildRun, Executor
 from epnas.metrics import compute_metrics
-from epnas.records import ChildRecord, Move, TrajectoryStep
+from epnas.records import ChildRecord, Move, TrajectoryStep, ranked_children
 from epnas.reward import compute_reward
 from epnas.spec import ArchitectureSearch, dataset_geometry, initial_arch
 from epnas.store import Store, StoreNotFound, join_uri
@@ -47,6 +47,7 @@ from epnas.task import ChildResult, ChildTask, load_result
 from epnas.weights import merge
 
 WEIGHTS_PREFIX = "weights/"
+FINAL_PREFIX = "final/"  # final/<child>/{arch.json,result.json,weights.safetensors}: the winners trained again
 
 __all__ = ["SearchLoop", "SearchFailed", "SearchStopped", "StepReport", "ChildRecord", "child_id", "summarize", "single_thread", "top_k"]
 
@@ -136,7 +137,8 @@ class SearchLoop:
             return default
 
     def _commit(
-        self, state: LoopState, history: list[ChildRecord], phase: str, step_records: list[ChildRecord] = (), reason: str | None = None
+        self, state: LoopState, history: list[ChildRecord], phase: str, step_records: list[ChildRecord] = (), reason: str | None = None,
+        final: list[dict] | None = None,
     ) -> dict:
         """The step's history and the summary first, the checkpoint last: its presence commits the step."""
         if step_records:
@@ -145,6 +147,10 @@ class SearchLoop:
         summary = summarize(self.search, state, history, phase, self.steps, self.store_uri)
         if reason:
             summary["reason"] = reason
+        if final:
+            summary["final"] = final
+            done = [f for f in final if f["status"] == "succeeded"]
+            summary["finalModel"] = max(done, key=lambda f: f["valAccuracy"], default=None)
         self.store.put_json(SUMMARY, summary)
         self.store.put_json(CHECKPOINT, state.to_json())
         return summary
@@ -175,7 +181,58 @@ class SearchLoop:
                 break
             self._end_episode(state, history)
             self._commit(state, history, "Running")
-        return self._commit(state, history, "Succeeded")
+        final = self._final_training(history)
+        failed = [f for f in final if f["status"] == "failed"]
+        if final and len(failed) == len(final):
+            reason = f"final training failed for every child; first: {failed[0]['child']}: {failed[0]['reason']}"
+            self._commit(state, history, "Failed", reason=reason, final=final)
+            raise SearchFailed(reason)
+        return self._commit(state, history, "Succeeded", final=final)
+
+    # ------------------------------------------------------------ final training
+
+    def _final_training(self, history: list[ChildRecord]) -> list[dict]:
+        """Train the ``finalTraining.top`` best feasible children again from scratch under
+        ``finalTraining``'s regime, into ``final/<child>/``; a result already there (same
+        architecture) is kept, so a resumed search trains none twice.  One entry per winner."""
+        final = self.spec.final_training
+        if not final.top:
+            return []
+        training = final.child_training()
+        winners = [r for r in ranked_children(history) if r.feasible][: final.top]
+        runs, entries = [], []
+        for index, record in enumerate(winners):
+            arch = parse_arch(record.arch)
+            out_dir = f"{FINAL_PREFIX}{record.child}"
+            task = ChildTask(search=self.search.name, child=f"final-{record.child}", arch=arch, dataset=self.spec.dataset,
+                             training=training, seed=self.spec.seed, weights=None, parent=record.child, out_dir=out_dir)
+            if not self.store.exists(f"{out_dir}/arch.json"):
+                self.store.put_bytes(f"{out_dir}/arch.json", task.to_json().encode())
+            entries.append((record, out_dir))
+            if self._final_result(out_dir, arch.hash) is None:
+                base = join_uri(self.store_uri, out_dir)
+                runs.append(ChildRun(self.search.name, task.child, f"{base}/arch.json", base, None, float(training.timeout_seconds),
+                                     self.spec.budget.episodes, 0, index))
+        outcomes = {o.child: o for o in self.executor.submit(runs)} if runs else {}
+        out = []
+        for record, out_dir in entries:
+            result = self._final_result(out_dir, parse_arch(record.arch).hash)
+            entry: dict[str, Any] = {"child": record.child, "dir": out_dir, "uri": join_uri(self.store_uri, out_dir),
+                                     "searchValAccuracy": record.val_accuracy, "metrics": record.metrics}
+            if result is None:
+                entry.update(status="failed", reason=failure_reason(outcomes.get(f"final-{record.child}")))
+            else:
+                entry.update(status="succeeded", valAccuracy=result.val_accuracy, testAccuracy=result.test_accuracy,
+                             epochsRun=result.epochs_run, trainSeconds=result.train_seconds)
+            out.append(entry)
+        return out
+
+    def _final_result(self, out_dir: str, arch_hash: str) -> ChildResult | None:
+        try:
+            result = load_result(self.store.get_bytes(f"{out_dir}/result.json"))
+        except StoreNotFound:
+            return None
+        return result if result.arch_hash == arch_hash else None
 
     def _failure(self, records: list[ChildRecord], history: list[ChildRecord]) -> str | None:
         """Why the search must end Failed after this step, or ``None``."""

@@ -159,6 +159,19 @@ class ChildTraining(_Model):
         return self.model_copy(update={k: v for k, v in defaults.items() if getattr(self, k) is None})
 
 
+class FinalTraining(ChildTraining):
+    """After the search, the ``top`` best feasible children trained again from scratch (no shared
+    weights), by default in the standard regime: the models to ship.  Results under ``final/``."""
+
+    top: Int = Field(0, ge=0, le=16, description="how many of the best feasible children to train again (0: none)")
+    regime: Literal["standard", "prediction"] = "standard"
+    parameter_sharing: bool = Field(False, description="ignored: final models train from scratch")
+
+    def child_training(self) -> ChildTraining:
+        """The regime a final child's task carries (resolved, no sharing, no ``top``)."""
+        return ChildTraining.model_validate(self.model_dump(exclude={"top"}) | {"parameter_sharing": False}).resolved()
+
+
 def regime_defaults(regime: str) -> dict[str, Any]:
     """EPNAS §4.1: standard = Nesterov SGD, SGDR 0.05→0.001, batch 128, 20 epochs;
     prediction = lr 0.5, batch 1024, aggressive decay, early stop at 10 epochs."""
@@ -204,6 +217,7 @@ class SearchSpec(_Model):
     policy: PolicySpec = Field(default_factory=PolicySpec)
     screening: Screening = Field(default_factory=Screening)
     child_training: ChildTraining = Field(default_factory=ChildTraining)
+    final_training: FinalTraining = Field(default_factory=FinalTraining)
     trainer: Trainer = Field(default_factory=Trainer)
     store: StoreSpec = Field(default_factory=StoreSpec)
     parallelism: Int | None = Field(None, ge=1, description="children trained at once (default: all of a step, or CPU count locally)")

@@ -45,6 +45,7 @@ class ChildTask(_Doc):
     seed: int = 0
     weights: str | None = None
     parent: str | None = None
+    out_dir: str | None = Field(None, description="the child's directory relative to the search root (default children/<child>)")
 
     def to_json(self) -> str:
         """The document as the loop writes it (camelCase, arch in canonical form)."""

@@ -40,10 +40,18 @@ assert 'epnas' not in sys.modules
 
 @pytest.fixture(scope="module")
 def finished_search(tmp_path_factory) -> pathlib.Path:
-    store = tmp_path_factory.mktemp("export") / "store"
+    """tiny-synthetic, then (an extension of the finished search) final training of its best child."""
+    root = tmp_path_factory.mktemp("export")
+    store = root / "store"
     done = subprocess.run([*EPNAS, "search", str(TINY), "--store", store.as_uri(), "--parallelism", "2", "--quiet"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
+    final = root / "final.yaml"
+    final.write_text(TINY.read_text() + "  finalTraining: {top: 1, epochs: 3}\n")
+    done = subprocess.run([*EPNAS, "search", str(final), "--store", store.as_uri(), "--parallelism", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Final training of" in done.stdout and "after 3 epochs (final/" in done.stdout
     return store / "tiny-synthetic"
 
 
@@ -56,11 +64,15 @@ def test_export_of_the_best_feasible_child_runs_without_epnas_and_in_onnxruntime
     status = json.loads(subprocess.run([*EPNAS, "status", str(finished_search), "--json", "--top", "1"],
                                        capture_output=True, text=True, timeout=120, check=True).stdout)
     best = status["top"][0]
-    assert card["child"] == best["child"] and card["valAccuracy"] == best["valAccuracy"] and best["feasible"]
+    final = status["summary"]["finalModel"]
+    assert card["child"] == best["child"] == final["child"] and best["feasible"]
+    # the export is the final model (trained again from scratch, 3 standard-regime epochs), not the search's child
+    assert card["finalTraining"] is True and card["source"].endswith(f"/final/{best['child']}")
+    assert card["valAccuracy"] == final["valAccuracy"] and card["training"] == {"regime": "standard", "epochs": 3, "dataset": "synthetic", "seed": 4}
     assert card["feasible"] is True and card["constraints"] == [
         {"metric": "modelSize", "min": None, "max": 20000.0, "value": best["metrics"]["params"], "holds": True}]
     assert card["inputShape"] == [1, 8, 8] and card["classes"] == 4
-    assert f"children/{card['child']}" in card["source"] and "val" in done.stdout
+    assert "val" in done.stdout
 
     x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(7))
     torch.save(x, tmp_path / "x.pt")
@@ -74,7 +86,7 @@ def test_export_of_the_best_feasible_child_runs_without_epnas_and_in_onnxruntime
     assert np.abs(onnx_logits - scripted.numpy()).max() < 1e-4
     # the exported weights are the child's trained weights, not a fresh initialisation
     from safetensors.torch import load_file
-    trained = load_file(str(finished_search / "children" / card["child"] / "weights.safetensors"))
+    trained = load_file(str(finished_search / "final" / card["child"] / "weights.safetensors"))
     exported = load_file(str(out / "weights.safetensors"))
     assert trained and trained.keys() <= exported.keys() and all(torch.equal(trained[k], exported[k]) for k in trained)
 
@@ -87,10 +99,10 @@ def test_export_names_a_missing_child_and_a_damaged_weights_file(finished_search
     subprocess.run(["cp", "-r", str(finished_search), str(damaged)], check=True)
     child = json.loads(subprocess.run([*EPNAS, "status", str(damaged), "--json", "--top", "1"], capture_output=True, text=True,
                                       timeout=120, check=True).stdout)["top"][0]["child"]
-    weights = damaged / "children" / child / "weights.safetensors"
+    weights = damaged / "final" / child / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     done = subprocess.run([*EPNAS, "export", str(damaged), "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1 and f"children/{child}/weights.safetensors is damaged" in done.stderr, done.stderr
+    assert done.returncode == 1 and f"final/{child}/weights.safetensors is damaged" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 
 

@@ -25,7 +25,11 @@ def test_from_summary() -> None:
     assert (out["bestHash"], out["bestAccuracy"], out["bestReward"], out["bestMetrics"]) == ("h1", 0.9, 0.7, {"params": 10})
     assert (out["bestFeasibleHash"], out["bestFeasibleAccuracy"], out["bestFeasibleReward"]) == ("h2", 0.6, 0.6)
     empty = st.from_summary({**SUMMARY, "best": None, "bestFeasible": None})
-    assert "bestHash" not in empty and "bestFeasibleAccuracy" not in empty
+    assert "bestHash" not in empty and "bestFeasibleAccuracy" not in empty and "finalModel" not in out
+    final = {"child": "e000-s00-c01", "dir": "final/e000-s00-c01", "uri": "s3://b/p/s/final/e000-s00-c01", "status": "succeeded",
+             "valAccuracy": 0.7, "testAccuracy": 0.65, "epochsRun": 20, "metrics": {"params": 5}}
+    assert st.from_summary({**SUMMARY, "final": [final], "finalModel": final})["finalModel"] == {
+        "child": "e000-s00-c01", "uri": "s3://b/p/s/final/e000-s00-c01", "valAccuracy": 0.7, "testAccuracy": 0.65, "metrics": {"params": 5}}
 
 
 def test_conditions_keep_transition_time_until_status_changes() -> None:

@@ -26,10 +26,17 @@ def doc(**spec) -> dict:
         ("a children budget and parallelism", doc(budget={"maxChildren": 40}, parallelism=2), ["spec.budget.maxChildren", "spec.parallelism"], []),
         ("seed and a constraint bound", doc(seed=2, constraints=[{"metric": "flops", "max": 200}]), [], ["spec.constraints[0].max", "spec.seed"]),
         ("more branches with more episodes", doc(budget={"episodes": 4, "branches": 8}), ["spec.budget.episodes"], ["spec.budget.branches"]),
+        ("final training added after the search", doc(finalTraining={"top": 2, "epochs": 30}),
+         ["spec.finalTraining"], []),
     ],
 )
 def test_spec_changes(name: str, new: dict, extensions: list[str], refused: list[str]) -> None:
     assert spec_changes(doc(), new) == (extensions, refused)
+
+
+def test_changes_inside_final_training_are_extensions() -> None:
+    old, new = doc(finalTraining={"top": 1, "epochs": None}), doc(finalTraining={"top": 2, "epochs": 30})
+    assert spec_changes(old, new) == (["spec.finalTraining.epochs", "spec.finalTraining.top"], [])
 
 
 def test_labels_are_not_part_of_the_search_but_the_name_is() -> None:

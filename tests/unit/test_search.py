@@ -201,3 +201,49 @@ def test_the_failure_budget(tmp_path) -> None:
     # one failure is within the budget
     _, summary = run(tmp_path / "one", ToyExecutor(fail={"e000-s00-c01"}), doc)
     assert summary["phase"] == "Succeeded" and summary["children"]["failed"] == 1
+
+
+def with_final(doc, **final):
+    data = doc.model_dump(mode="json", by_alias=True)
+    data["spec"]["finalTraining"] = final
+    return parse_search(data)
+
+
+def test_final_training_retrains_the_best_feasible_children_from_scratch_once(tmp_path) -> None:
+    executor = ToyExecutor()
+    store, summary = run(tmp_path, executor, with_final(search_doc(), top=2, epochs=7))
+    records = read_history(store, 10**9)
+    feasible = sorted((r for r in records if r["feasible"] and r["status"] != "failed"), key=lambda r: (-r["val_accuracy"], r["child"]))
+    winners = []
+    for r in feasible:
+        if r["hash"] not in [w["hash"] for w in winners]:
+            winners.append(r)
+    winners = winners[:2]
+    assert [f["child"] for f in summary["final"]] == [w["child"] for w in winners]
+    assert executor.trained[-2:] == [f"final-{w['child']}" for w in winners]
+    for entry, winner in zip(summary["final"], winners):
+        assert entry["status"] == "succeeded" and entry["dir"] == f"final/{winner['child']}"
+        task = load_task(store.get_bytes(f"final/{winner['child']}/arch.json"))
+        assert task.training.regime == "standard" and task.training.epochs == 7 and task.training.lr == 0.05
+        assert task.weights is None and not task.training.parameter_sharing and task.parent == winner["child"]
+        assert task.arch.hash == winner["hash"] and task.out_dir == f"final/{winner['child']}"
+        assert load_result(store.get_bytes(f"final/{winner['child']}/result.json")).arch_hash == winner["hash"]
+    assert summary["finalModel"]["child"] == summary["final"][0]["child"]
+    assert store.get_json(SUMMARY)["finalModel"] == summary["finalModel"]
+    # run again: nothing is trained twice
+    before = list(executor.trained)
+    _, again = run(tmp_path, executor, with_final(search_doc(), top=2, epochs=7))
+    assert executor.trained == before and again["final"] == summary["final"]
+
+
+def test_final_training_that_fails_for_every_child_fails_the_search(tmp_path) -> None:
+    executor = ToyExecutor()
+    store, summary = run(tmp_path, executor)  # the search first, without final training
+    assert "final" not in summary
+    best = summary["bestFeasible"]["child"]
+    executor.fail = {f"final-{best}"}
+    with pytest.raises(SearchFailed, match=f"final training failed for every child; first: {best}"):
+        run(tmp_path, executor, with_final(search_doc(), top=1))
+    summary = store.get_json(SUMMARY)
+    assert summary["phase"] == "Failed" and summary["final"][0]["status"] == "failed" and "boom" in summary["final"][0]["reason"]
+    assert summary["finalModel"] is None
