@@ -13,10 +13,12 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import safetensors
 import safetensors.torch
 import torch
 
-from epnas.store import Store
+from epnas.errors import CorruptState
+from epnas.store import Store, StoreError, StoreNotFound, join_uri
 
 CHECKPOINT = "state/checkpoint.json"
 HISTORY_PREFIX = "state/history/"
@@ -80,6 +82,16 @@ def save_policy(store: Store, key: str, policy: torch.nn.Module, optimizer: torc
 
 
 def load_policy(store: Store, key: str, policy: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Restore what ``save_policy`` wrote; a damaged or mismatched file raises ``CorruptState`` naming it."""
+    try:
+        _load_policy(store, key, policy, optimizer)
+    except StoreNotFound:
+        raise CorruptState(damaged(store, key, "missing (the checkpoint names it)")) from None
+    except (safetensors.SafetensorError, RuntimeError, ValueError, KeyError) as err:
+        raise CorruptState(damaged(store, key, _first_line(err))) from None
+
+
+def _load_policy(store: Store, key: str, policy: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     tensors = safetensors.torch.load(store.get_bytes(key))
     policy.load_state_dict({name[len("policy.") :]: t for name, t in tensors.items() if name.startswith("policy.")})
     state: dict[int, dict[str, torch.Tensor]] = {}
@@ -96,10 +108,36 @@ def history_key(episode: int, step: int) -> str:
 
 
 def read_history(store: Store, count: int) -> list[dict]:
-    """The first ``count`` child records, in order (later step files are from an uncommitted step)."""
+    """The first ``count`` child records, in order (later step files are from an uncommitted step).
+    A step file that is not a JSON list of records raises ``CorruptState`` naming it."""
     records: list[dict] = []
     for key in sorted(store.list(HISTORY_PREFIX)):
         if len(records) >= count:
             break
-        records.extend(store.get_json(key))
+        step = read_state_json(store, key)
+        if not isinstance(step, list) or not all(isinstance(r, dict) and "child" in r and "arch" in r for r in step):
+            raise CorruptState(damaged(store, key, "not a list of child records"))
+        records.extend(step)
     return records[:count]
+
+
+def read_state_json(store: Store, key: str) -> Any:
+    """``store.get_json(key)`` for a file the search wrote: undecodable content is ``CorruptState``
+    naming the file (``StoreNotFound`` passes through: a missing file is the caller's call)."""
+    try:
+        return store.get_json(key)
+    except StoreNotFound:
+        raise
+    except StoreError as err:
+        raise CorruptState(damaged(store, key, _first_line(err).split(": ", 1)[-1])) from None
+
+
+def damaged(store: Store, key: str, what: str) -> str:
+    """The one message for a damaged state file: which file, what is wrong, what to do."""
+    return (f"{join_uri(store.uri, key)} is damaged ({what}); nothing was changed: restore the file from a backup, "
+            "or start the search under another name or store")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

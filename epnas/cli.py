@@ -253,7 +253,11 @@ def status(target: str, store_uri: str | None, top: int, as_json: bool) -> None:
     except StoreError as err:
         errors.print(f"epnas: {join_uri(search_uri, SUMMARY)} is damaged: {err}", markup=False)
         sys.exit(1)
-    records = [ChildRecord.from_json(r) for r in read_history(store, 10**9)]
+    try:
+        records = [ChildRecord.from_json(r) for r in read_history(store, 10**9)]
+    except CorruptState as err:
+        errors.print(f"epnas: {err}", markup=False)
+        sys.exit(1)
     ranked = ranked_children(records)[:top]
     failed = [r for r in records if r.status == "failed"]
     if as_json:

@@ -25,6 +25,7 @@ import torch
 from epnas.arch import Arch, parse_arch, random_arch
 from epnas.checkpoint import (
     CHECKPOINT,
+    HISTORY_PREFIX,
     PENDING,
     SUMMARY,
     UPDATES_PREFIX,
@@ -33,9 +34,12 @@ from epnas.checkpoint import (
     decode_torch_rng,
     encode_python_rng,
     encode_torch_rng,
+    damaged,
     history_key,
     read_history,
+    read_state_json,
 )
+from epnas.errors import CorruptState, SpecError
 from epnas.executors.base import ChildOutcome, ChildRun, Executor
 from epnas.metrics import compute_metrics
 from epnas.records import ChildRecord, Move, TrajectoryStep, ranked_children
@@ -47,6 +51,7 @@ from epnas.task import ChildResult, ChildTask, load_result
 from epnas.weights import merge
 
 WEIGHTS_PREFIX = "weights/"
+CHECKPOINT_KEYS = ("episode", "step", "seeds", "history_count")  # a checkpoint without these is damaged, not a fresh start
 FINAL_PREFIX = "final/"  # final/<child>/{arch.json,result.json,weights.safetensors}: the winners trained again
 
 __all__ = ["SearchLoop", "SearchFailed", "SearchStopped", "StepReport", "ChildRecord", "child_id", "summarize", "single_thread", "top_k"]
@@ -114,10 +119,24 @@ class SearchLoop:
     def load_state(self) -> tuple[LoopState, list[ChildRecord]]:
         """The last checkpoint and the history it covers, or a fresh start."""
         try:
-            state = LoopState.from_json(self.store.get_json(CHECKPOINT))
+            raw = read_state_json(self.store, CHECKPOINT)
         except StoreNotFound:
             return self.fresh_state(), []
-        history = [ChildRecord.from_json(r) for r in read_history(self.store, state.history_count)]
+        missing = [k for k in CHECKPOINT_KEYS if not isinstance(raw, dict) or k not in raw]
+        if missing:
+            raise CorruptState(damaged(self.store, CHECKPOINT, f"no {', '.join(missing)}"))
+        try:
+            state = LoopState.from_json(raw)
+        except TypeError as err:
+            raise CorruptState(damaged(self.store, CHECKPOINT, str(err))) from None
+        records = read_history(self.store, state.history_count)
+        if len(records) < state.history_count:
+            raise CorruptState(damaged(self.store, HISTORY_PREFIX.rstrip("/"),
+                                       f"{len(records)} child records, the checkpoint counts {state.history_count}"))
+        try:
+            history = [ChildRecord.from_json(r) for r in records]
+        except TypeError as err:
+            raise CorruptState(damaged(self.store, HISTORY_PREFIX.rstrip("/"), f"a record does not read: {err}")) from None
         if state.policy_file:
             self.strategy.load(self.store, state.policy_file)
         return state, history
@@ -132,9 +151,18 @@ class SearchLoop:
 
     def _get_json(self, key: str, default: Any) -> Any:
         try:
-            return self.store.get_json(key)
+            return read_state_json(self.store, key)
         except StoreNotFound:
             return default
+
+    def _result_at(self, key: str) -> ChildResult | None:
+        """The child result at ``key``; ``None`` when absent; ``CorruptState`` naming it when damaged."""
+        try:
+            return load_result(self.store.get_bytes(key))
+        except StoreNotFound:
+            return None
+        except SpecError as err:
+            raise CorruptState(damaged(self.store, key, str(err).splitlines()[0])) from None
 
     def _commit(
         self, state: LoopState, history: list[ChildRecord], phase: str, step_records: list[ChildRecord] = (), reason: str | None = None,
@@ -228,11 +256,8 @@ class SearchLoop:
         return out
 
     def _final_result(self, out_dir: str, arch_hash: str) -> ChildResult | None:
-        try:
-            result = load_result(self.store.get_bytes(f"{out_dir}/result.json"))
-        except StoreNotFound:
-            return None
-        return result if result.arch_hash == arch_hash else None
+        result = self._result_at(f"{out_dir}/result.json")
+        return result if result is not None and result.arch_hash == arch_hash else None
 
     def _failure(self, records: list[ChildRecord], history: list[ChildRecord]) -> str | None:
         """Why the search must end Failed after this step, or ``None``."""
@@ -358,7 +383,9 @@ class SearchLoop:
 
     def _write_cached_result(self, child: str, earlier: str) -> None:
         """The same network was already trained (by ``earlier``): its result stands for this child too."""
-        result = load_result(self.store.get_bytes(f"children/{earlier}/result.json"))
+        result = self._result_at(f"children/{earlier}/result.json")
+        if result is None:
+            raise CorruptState(damaged(self.store, f"children/{earlier}/result.json", "missing, but the history says it was trained"))
         note = f"cached: same architecture as {earlier}"
         cached = result.model_copy(update={"child": child, "warnings": [*result.warnings, note], "cached_from": result.cached_from or earlier})
         self.store.put_bytes(f"children/{child}/result.json", cached.to_json().encode())
@@ -401,10 +428,7 @@ class SearchLoop:
         return record
 
     def _read_result(self, child: str) -> ChildResult | None:
-        try:
-            return load_result(self.store.get_bytes(f"children/{child}/result.json"))
-        except StoreNotFound:
-            return None
+        return self._result_at(f"children/{child}/result.json")
 
     def _merge_weights(self, records: list[ChildRecord], outcomes: dict[str, ChildOutcome]) -> None:
         if not self.training.parameter_sharing:

@@ -321,7 +321,7 @@ class EpnasStrategy(PaperStrategy):
                 actions = [s.action for s in self.policy.sample_batch(rows, context.generator)]
             still_open = []
             for j, b in enumerate(open_walks):  # branch by branch, so siblings see each other's picks
-                weights = posterior.draw(context.generator)  # Thompson sampling: one draw per branch and morph
+                weights = encoder.draw(posterior, context.generator)  # Thompson sampling: one draw per branch and morph
                 candidates = []
                 for action in actions[j * count : (j + 1) * count]:
                     result = apply_action(current[b], action)

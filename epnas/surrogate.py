@@ -150,3 +150,11 @@ class Encoder:
 
     def fit(self, phi: Sequence[Sequence[float]], accuracy: Sequence[float]) -> Posterior:
         return fit(phi, accuracy, self.prior_mean, self.prior_std)
+
+    def draw(self, posterior: Posterior, generator: torch.Generator) -> torch.Tensor:
+        """A Thompson draw of the analytic weights with the choices' weights at their posterior mean:
+        dozens of choice counts, each drawn, would drown the analytic ranking in noise before any
+        evidence; at their mean they only move a ranking once children have shown an effect."""
+        weights = posterior.draw(generator)
+        weights[len(FEATURES):] = posterior.mean[len(FEATURES):]
+        return weights
