@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test unit integration testbin bench race clean
+.PHONY: install demo test unit lint integration testbin bench race clean
 
 install: $(STAMP)
 
@@ -22,8 +22,11 @@ demo: install
 	$(VENV)/bin/epnas export runs/digits-quick --out runs/digits-quick-model
 	$(VENV)/bin/epnas report runs/digits-quick --out runs/digits-quick-report
 
-test: install testbin
+test: install testbin lint
 	$(PY) -m pytest tests
+
+lint: install
+	$(PY) -m ruff check .
 
 unit: install
 	$(PY) -m pytest tests/unit

@@ -103,7 +103,7 @@ def measure_compute(branches: int, episodes: int, steps: int) -> float:
     torch.set_num_threads(1)
     for _ in range(episodes):
         archs = [random_arch(spec.search_space, 8, random.Random(b)) for b in range(branches)]
-        trajectory, rewards, started = [], [], time.perf_counter()
+        trajectory, rewards = [], []
         for _ in range(steps):
             t0 = time.perf_counter()
             with torch.no_grad():

@@ -92,7 +92,7 @@ def draw_archs(n: int, seed: int, max_params: int, pool_size: int = 600) -> list
             "hash": a.hash,
             "arch": json.loads(a.to_json()),
             "depth": a.depth,
-            "ops": [l.op for l in a.layers],
+            "ops": [layer.op for layer in a.layers],
             "params": m.params,
             "flops": m.flops,
             "compute_intensity": round(m.compute_intensity, 3),

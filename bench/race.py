@@ -50,7 +50,7 @@ from epnas.executors.local import LocalExecutor
 from epnas.metrics import compute_metrics
 from epnas.records import ChildRecord
 from epnas.reward import compute_reward
-from epnas.search import SearchLoop, WEIGHTS_PREFIX, trained_count
+from epnas.search import SearchLoop, WEIGHTS_PREFIX
 from epnas.space import LayerSpace, get_space
 from epnas.spec import ArchitectureSearch, dataset_geometry, parse_search
 from epnas.store import StoreNotFound, join_uri, open_store

@@ -274,16 +274,16 @@ def canonical(arch: Arch) -> Arch:
 
 
 def _canonical_layers(layers: list[Layer]) -> tuple[Layer, ...]:
-    layers = [l if l.src2 is not None or l.merge == "add" else l.model_copy(update={"merge": "add"}) for l in layers]
+    layers = [layer if layer.src2 is not None or layer.merge == "add" else layer.model_copy(update={"merge": "add"}) for layer in layers]
     while len(layers) > 1:
         last = len(layers) - 1
-        read = {s for l in layers for s in (l.src1, l.src2) if s is not None}
+        read = {s for layer in layers for s in (layer.src1, layer.src2) if s is not None}
         drop = next(
             (
                 i
-                for i, l in enumerate(layers)
-                if (i < last and (i + 1 not in read or (l.op == "add" and l.src2 is None)))
-                or (i == last and l.op == "add" and l.src2 is None and l.src1 == i)
+                for i, layer in enumerate(layers)
+                if (i < last and (i + 1 not in read or (layer.op == "add" and layer.src2 is None)))
+                or (i == last and layer.op == "add" and layer.src2 is None and layer.src1 == i)
             ),
             None,
         )
@@ -493,7 +493,7 @@ def with_channel_factor(arch: Arch, factor: float) -> Arch:
         return None if value is None else max(1, int(math.floor(value * factor + 0.5)))
 
     if arch.layers is not None:
-        layers = tuple(l.model_copy(update={"channels": scale(l.channels)}) for l in arch.layers)
+        layers = tuple(layer.model_copy(update={"channels": scale(layer.channels)}) for layer in arch.layers)
         return arch.model_copy(update={"layers": layers})
     branches = tuple(b.model_copy(update={"channels": scale(b.channels)}) for b in arch.cell.branches)
     stack = (arch.stack or Stack()).model_copy(update={"stem_channels": scale((arch.stack or Stack()).stem_channels)})

@@ -83,23 +83,23 @@ def _named(values: Sequence[str], pick: Callable[[Any], Any]) -> Callable[[Any],
 
 def layer_features(space: LayerSpace) -> list[Feature]:
     """``(name, table size, layer → index)`` for every embedded feature of a layer."""
-    is_pool = lambda l: l.op in POOL_OPS and bool(space.pool_widths)  # noqa: E731
+    is_pool = lambda layer: layer.op in POOL_OPS and bool(space.pool_widths)  # noqa: E731
     features: list[Feature] = [
-        ("op", len(space.ops) + 1, _named(space.ops, lambda l: l.op)),
-        ("channels", len(space.channels) + 1, _numeric(space.channels, lambda l: l.channels)),
-        ("width", len(space.widths) + 1, _numeric(space.widths, lambda l: None if is_pool(l) else l.width)),
-        ("activation", len(space.activations) + 1, _named(space.activations, lambda l: l.activation)),
-        ("merge", 3, lambda l: 0 if l.src2 is None else 1 + ("add", "concat").index(l.merge)),
-        ("skip", 2, lambda l: int(l.src2 is not None)),
+        ("op", len(space.ops) + 1, _named(space.ops, lambda layer: layer.op)),
+        ("channels", len(space.channels) + 1, _numeric(space.channels, lambda layer: layer.channels)),
+        ("width", len(space.widths) + 1, _numeric(space.widths, lambda layer: None if is_pool(layer) else layer.width)),
+        ("activation", len(space.activations) + 1, _named(space.activations, lambda layer: layer.activation)),
+        ("merge", 3, lambda layer: 0 if layer.src2 is None else 1 + ("add", "concat").index(layer.merge)),
+        ("skip", 2, lambda layer: int(layer.src2 is not None)),
     ]
     tables = {
-        "pool": (space.pool_widths, lambda l: l.width if is_pool(l) else None),
-        "freq_width": (space.freq_widths, lambda l: l.freq_width),
-        "stride_time": (space.strides_time, lambda l: l.stride_time),
-        "stride_freq": (space.strides_freq, lambda l: l.stride_freq),
-        "dilation": (space.strides_freq, lambda l: l.dilation),
-        "directions": (space.directions, lambda l: l.directions),
-        "keep": (space.keep_probs, lambda l: l.keep),
+        "pool": (space.pool_widths, lambda layer: layer.width if is_pool(layer) else None),
+        "freq_width": (space.freq_widths, lambda layer: layer.freq_width),
+        "stride_time": (space.strides_time, lambda layer: layer.stride_time),
+        "stride_freq": (space.strides_freq, lambda layer: layer.stride_freq),
+        "dilation": (space.strides_freq, lambda layer: layer.dilation),
+        "directions": (space.directions, lambda layer: layer.directions),
+        "keep": (space.keep_probs, lambda layer: layer.keep),
     }
     for name, (values, pick) in tables.items():
         if values:

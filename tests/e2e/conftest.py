@@ -18,7 +18,6 @@ Provides:
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import shutil
 import signal

@@ -95,4 +95,4 @@ def test_kws_conv_gru_fc_shapes() -> None:
 
 def test_channel_factor_scales_every_channel_count() -> None:
     arch = parse_arch(layers(CONV, {**CONV, "src1": 1, "channels": 64}))
-    assert [l.channels for l in with_channel_factor(arch, 0.5).layers] == [8, 32]
+    assert [layer.channels for layer in with_channel_factor(arch, 0.5).layers] == [8, 32]

@@ -31,8 +31,8 @@ def test_step_along_clamps(values, current, direction, expected) -> None:
 def test_scale_acts_per_group_of_contiguous_layers() -> None:
     arch = chain(8)  # groups of two layers each
     scaled = scale(arch, channel=(0, 1, 2, 1), width=(1, 0, 1, 2))
-    assert [l.channels for l in scaled.layers] == [64, 64, 32, 32, 16, 16, 32, 32]
-    assert [l.width for l in scaled.layers] == [3, 3, 5, 5, 3, 3, 1, 1]
+    assert [layer.channels for layer in scaled.layers] == [64, 64, 32, 32, 16, 16, 32, 32]
+    assert [layer.width for layer in scaled.layers] == [3, 3, 5, 5, 3, 3, 1, 1]
 
 
 def test_insert_in_the_middle_rewires_the_chain_and_shifts_skips() -> None:
@@ -61,7 +61,7 @@ def test_src2_equal_to_the_position_means_no_skip() -> None:
 def test_remove_rewires_readers_to_the_removed_layers_input() -> None:
     arch = parse_arch({"space": "image-layer", "layers": [{**CONV, "src1": 0}, {**CONV, "src1": 1}, {**CONV, "src1": 2, "src2": 2}, {**CONV, "src1": 3, "src2": 1}]})
     layers = apply_action(arch, Action(KEEP4, KEEP4, kind=2, position=1)).arch.layers
-    assert [(l.src1, l.src2) for l in layers] == [(0, None), (1, 1), (2, 1)]
+    assert [(layer.src1, layer.src2) for layer in layers] == [(0, None), (1, 1), (2, 1)]
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from epnas.task import ChildResult, load_result, load_task
 
 def toy_accuracy(arch) -> float:
     """More conv layers are better, up to 4."""
-    convs = sum(l.op in ("conv2d", "dep-sep-conv2d") for l in arch.layers)
+    convs = sum(layer.op in ("conv2d", "dep-sep-conv2d") for layer in arch.layers)
     return min(convs, 4) / 4 * 0.9 + 0.05
 
 
@@ -174,7 +174,9 @@ def test_a_crash_mid_step_resumes_with_no_child_trained_twice(tmp_path) -> None:
     assert summary["phase"] == "Succeeded"
     assert sorted(first.trained + second.trained) == sorted(reference.trained)
     assert not set(first.trained) & set(second.trained)
-    strip = lambda rs: [(r["child"], r["hash"], r["reward"]) for r in rs]
+    def strip(records: list[dict]) -> list[tuple]:
+        return [(r["child"], r["hash"], r["reward"]) for r in records]
+
     assert strip(read_history(store, 10**6)) == strip(read_history(ref_store, 10**6))
 
 

@@ -6,7 +6,6 @@ import random
 
 import pytest
 import torch
-import yaml
 
 from epnas.arch import parse_arch
 from epnas.metrics import compute_metrics
