@@ -219,19 +219,28 @@ def test_pod_gets_a_real_service_account_token_in_its_projected_volume(core, nam
     assert json.loads(message) == [f"system:serviceaccount:{namespace}:default", namespace]
 
 
-def test_deleting_a_running_pod_kills_its_process(core, namespace, node_agent):
-    code = "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\ntime.sleep(600)\n"
+@pytest.mark.parametrize("obeys_sigterm", [True, False], ids=["exits-on-SIGTERM", "ignores-SIGTERM"])
+def test_deleting_a_running_pod_kills_its_process(core, namespace, node_agent, obeys_sigterm):
+    """The victim prints its own pid; after the pod is gone that pid is dead.  One that ignores
+    SIGTERM is killed (SIGKILL) only once its grace period has passed."""
+    handler = "lambda *a: sys.exit(0)" if obeys_sigterm else "signal.SIG_IGN"
+    code = f"import os, signal, sys, time\nsignal.signal(signal.SIGTERM, {handler})\nprint(os.getpid(), flush=True)\ntime.sleep(600)\n"
     core.create_namespaced_pod(namespace, manifests.python_pod("victim", code))
-    waits.wait_until(lambda: core.read_namespaced_pod("victim", namespace).status.phase == "Running",
-                     timeout_s=60, what="the victim pod to run")
-    pids_before = set(node_agent.running_pids())
-
-    core.delete_namespaced_pod("victim", namespace, grace_period_seconds=5)
+    pid = waits.wait_until(lambda: (log := node_agent.container_log(namespace, "victim").strip()) and int(log.split()[0]),
+                           timeout_s=60, what="the victim to print its pid")
+    assert _alive(pid)
+    grace_s = 5
+    started = time.monotonic()
+    core.delete_namespaced_pod("victim", namespace, grace_period_seconds=grace_s)
 
     waits.wait_for_deleted(lambda: core.read_namespaced_pod("victim", namespace),
                            timeout_s=30, what="the deleted pod to disappear")
-    assert not any(_alive(pid) for pid in pids_before - set(node_agent.running_pids()))
-    assert pids_before, "the victim's process was never seen running"
+    assert not _alive(pid), f"pid {pid} outlived its pod"
+    elapsed = time.monotonic() - started
+    if obeys_sigterm:
+        assert elapsed < grace_s - 1, f"took {elapsed:.1f} s: SIGTERM was not sent, it waited for the grace period"
+    else:
+        assert elapsed >= grace_s - 0.5, f"killed after {elapsed:.1f} s, before its grace period ended"
 
 
 def test_deployment_rolls_out_a_running_ready_pod(control_plane, core, namespace, node_agent):
