@@ -102,7 +102,6 @@ def test_finished_and_reason(conditions, state, reason) -> None:
 def test_outcomes() -> None:
     done = job([{"type": "Complete", "status": "True", "lastTransitionTime": "2026-01-01T00:00:30Z"}],
                succeeded=1, failed=1, completionTime="2026-01-01T00:00:30Z")
-    assert outcome_of("c", done, []) == outcome_of("c", done, [])
     ok = outcome_of("c", done, [])
     assert (ok.exit_code, ok.reason, ok.attempts, ok.seconds) == (0, "Completed", 2, 30.0) and ok.succeeded
     failed = job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "lastTransitionTime": "2026-01-01T00:01:00Z"}], failed=3)

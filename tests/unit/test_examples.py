@@ -6,8 +6,10 @@ import pathlib
 import random
 
 import pytest
+import torch
 
 from epnas.arch import random_arch
+from epnas.build import build_model
 from epnas.metrics import compute_metrics
 from epnas.reward import compute_reward
 from epnas.spec import dataset_geometry, initial_arch, load_search
@@ -25,7 +27,11 @@ def test_example_validates(path: pathlib.Path) -> None:
     search = load_search(path.read_text(), source=str(path))
     assert search.name == path.stem
     start = initial_arch(search.spec) or random_arch(search.spec.search_space, search.spec.initial_architecture.random.depth, random.Random(search.spec.seed))
-    assert compute_metrics(start, *dataset_geometry(search.spec)).params > 0
+    shape, classes = dataset_geometry(search.spec)
+    model = build_model(start, shape, classes).eval()  # the starting network builds, reads the data's shape, writes one logit per class
+    assert compute_metrics(start, shape, classes).params == sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        assert model(torch.zeros(2, *shape)).shape == (2, classes)
 
 
 def test_the_demo_starts_from_a_network_that_violates_both_constraints() -> None:
