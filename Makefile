@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test unit lint integration testbin bench race clean
+.PHONY: install demo test unit lint integration testbin bench race mutate clean
 
 install: $(STAMP)
 
@@ -40,6 +40,10 @@ bench: install
 # The public race (bench/race.py): every method, problem and seed; tables in runs/race/race.md.
 race: install
 	$(PY) bench/race.py --out runs/race
+
+# A mutation run over the pure core (bench/mutate.py): share of mutants the unit tests kill.
+mutate: install
+	$(PY) bench/mutate.py --json runs/mutate.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .benchmarks runs
