@@ -101,3 +101,27 @@ def test_search_runs_to_success_as_jobs(control_plane, node_agent, minio, bucket
     secret = minio.root_password
     for text in (ctl.output(), control_plane.kubectl("get", "nas,jobs,pods,events", "-n", namespace, "-o", "json").stdout):
         assert secret not in text
+
+
+def test_final_training_runs_as_a_job_and_the_status_names_the_final_model(control_plane, node_agent, minio, bucket, namespace,
+                                                                             search_yaml, start_controller):
+    """``finalTraining`` on the cluster: the winner is trained again as one more Job owned by the
+    search, its result and weights land under ``final/`` in MinIO, and ``status.finalModel`` names it."""
+    ctl = start_controller(namespace)
+    doc = search_yaml("fin", bucket, budget={"episodes": 1, "stepsPerEpisode": 1, "branches": 2},
+                      finalTraining={"top": 1, "epochs": 2})
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=doc)
+    obj = wait_for_phase(control_plane, namespace, "fin", ("Succeeded", "Failed"), timeout_s=600, proc=ctl)
+    status = obj["status"]
+    assert status["phase"] == "Succeeded", json.dumps(status)[:2000]
+    final = status["finalModel"]
+    assert final["child"] == status["bestFeasibleChild"] and final["uri"].endswith(f"/searches/fin/final/{final['child']}")
+    jobs = {j.metadata.name: j for j in search_jobs(control_plane, namespace, "fin")}
+    job = jobs[f"fin-final-{final['child']}"]
+    assert job.status.succeeded == 1 and job.metadata.owner_references[0].uid == obj["metadata"]["uid"]
+    keys = s3_keys(minio, bucket, f"searches/fin/final/{final['child']}/")
+    assert {k.rsplit("/", 1)[-1] for k in keys} == {"arch.json", "result.json", "weights.safetensors"}
+    body = minio.s3_client().get_object(Bucket=bucket, Key=f"searches/fin/final/{final['child']}/result.json")["Body"].read()
+    result = json.loads(body)
+    assert result["valAccuracy"] == final["valAccuracy"] and result["epochsRun"] == 2
+    assert result["weightsKey"] == f"final/{final['child']}/weights.safetensors"
