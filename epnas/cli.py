@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import shlex
+import shutil
 import sys
 
 import click
@@ -71,6 +72,7 @@ def search(file: str, store_uri: str | None, parallelism: int | None, trainer_co
     """Run (or resume) the search in FILE with children as local processes."""
     spec_doc = read_search(file)
     root = store_root(spec_doc, store_uri)
+    trainer = trainer_argv(trainer_command)
     search_uri = join_uri(root, spec_doc.name)
     try:
         store = open_store(search_uri, endpoint=spec_doc.spec.store.endpoint, region=spec_doc.spec.store.region)
@@ -81,7 +83,7 @@ def search(file: str, store_uri: str | None, parallelism: int | None, trainer_co
     executor = LocalExecutor(
         parallelism=parallelism or spec_doc.spec.parallelism,
         endpoint=spec_doc.spec.store.endpoint,
-        trainer_command=shlex.split(trainer_command) if trainer_command else None,
+        trainer_command=trainer,
     )
     budget = spec_doc.spec.budget
     total = budget.episodes * spec_doc.spec.steps_per_episode * budget.branches
@@ -107,6 +109,25 @@ def search(file: str, store_uri: str | None, parallelism: int | None, trainer_co
             sys.exit(1)
         progress.update(task, completed=total, description=f"done: {summary['children']['total']} children")
     print_summary(summary)
+
+
+def trainer_argv(command: str | None) -> list[str] | None:
+    """``--trainer-command`` split like a shell would; an unparsable one, or a program that is
+    not there, exits 2 before anything is written."""
+    if command is None:
+        return None
+    try:
+        argv = shlex.split(command)
+    except ValueError as err:
+        errors.print(f"epnas: --trainer-command {command!r}: {err}", markup=False)
+        sys.exit(INVALID_INPUT)
+    if not argv:
+        errors.print("epnas: --trainer-command is empty", markup=False)
+        sys.exit(INVALID_INPUT)
+    if shutil.which(argv[0]) is None:
+        errors.print(f"epnas: --trainer-command: {argv[0]!r} is not an executable program (not on PATH, or not executable)", markup=False)
+        sys.exit(INVALID_INPUT)
+    return argv
 
 
 def progress_line(report: StepReport) -> str:

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from epnas.cli import print_summary, progress_line
+import pathlib
+
+import pytest
+from click.testing import CliRunner
+
+from epnas.cli import main, print_summary, progress_line
 from epnas.search import StepReport
+
+TINY_SEARCH = (pathlib.Path(__file__).parents[1] / "integration" / "searches" / "tiny-synthetic.yaml").read_text()
 
 
 def summary(best_feasible: dict | None, phase: str = "Running", episode: int = 0, step: int = 2) -> dict:
@@ -30,3 +37,17 @@ def test_a_finished_search_reads_as_finished(capsys) -> None:
     assert "No feasible architecture yet." in out and "Best (infeasible) so far:" in out
     print_summary(summary(None, phase="Running", episode=1, step=2))
     assert "episode 2/3 (2 of 3 steps done)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command, words", [
+    ('"unclosed', "No closing quotation"),
+    ("no-such-trainer-xyz --flag", "'no-such-trainer-xyz' is not an executable program"),
+    ("   ", "--trainer-command is empty"),
+])
+def test_a_bad_trainer_command_exits_2_before_anything_is_written(tmp_path, command, words) -> None:
+    search = tmp_path / "s.yaml"
+    search.write_text(TINY_SEARCH)
+    done = CliRunner().invoke(main, ["search", str(search), "--store", (tmp_path / "store").as_uri(), "--quiet",
+                                     "--trainer-command", command])
+    assert done.exit_code == 2 and words in done.output, done.output
+    assert not (tmp_path / "store").exists()
