@@ -197,7 +197,7 @@ class Trainer(_Model):
 
 class StoreSpec(_Model):
     uri: str | None = Field(None, pattern=r"^(file|s3)://", description="file:///abs/dir or s3://bucket/prefix")
-    endpoint: str | None = Field(None, description="S3 endpoint URL (MinIO)")
+    endpoint: str | None = Field(None, pattern=r"^https?://[^\s/]+(/\S*)?$", description="S3 endpoint URL (MinIO), http:// or https://")
     secret_name: str | None = Field(None, description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
     region: str | None = None
 

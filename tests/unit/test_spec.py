@@ -154,3 +154,17 @@ def test_yaml_infinity_is_refused_by_name() -> None:
 def test_a_float_written_without_a_dot_still_reads_as_a_number() -> None:
     # YAML 1.1 reads `6e-4` as a string; it is still a learning rate
     assert load_search(HEAD + "spec: {policy: {learningRate: 6e-4}}\n").spec.policy.learning_rate == 6e-4
+
+
+@pytest.mark.parametrize("endpoint", ["not a url", "minio:9000", "ftp://minio:9000", "http://"])
+def test_a_store_endpoint_must_be_an_http_url(endpoint: str) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_search({"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch", "metadata": {"name": "x"},
+                      "spec": {"store": {"uri": "s3://b/p", "endpoint": endpoint}}})
+    assert [p.path for p in err.value.problems] == ["spec.store.endpoint"]
+
+
+def test_a_store_endpoint_may_have_a_port_and_a_path() -> None:
+    for endpoint in ("http://minio.epnas.svc:9000", "https://s3.example.com/", "http://127.0.0.1:9000"):
+        parse_search({"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch", "metadata": {"name": "x"},
+                      "spec": {"store": {"uri": "s3://b/p", "endpoint": endpoint}}})
