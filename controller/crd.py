@@ -24,9 +24,13 @@ PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Episode", "type": "integer", "jsonPath": ".status.episode"},
     {"name": "Step", "type": "integer", "jsonPath": ".status.step"},
-    {"name": "Best-Acc", "type": "number", "jsonPath": ".status.bestAccuracy"},
+    # the best *feasible* child's accuracy: the highest-reward child may be infeasible, and its accuracy can fall
+    {"name": "Best-Acc", "type": "number", "jsonPath": ".status.bestFeasibleAccuracy", "description": "validation accuracy of the best feasible child"},
     {"name": "Feasible", "type": "integer", "jsonPath": ".status.feasibleCount"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Final-Acc", "type": "number", "jsonPath": ".status.finalModel.valAccuracy", "priority": 1,
+     "description": "validation accuracy of the final model (finalTraining)"},
+    {"name": "Final-Model", "type": "string", "jsonPath": ".status.finalModel.uri", "priority": 1},
 ]
 
 

@@ -92,6 +92,7 @@ def test_search_runs_to_success_as_jobs(control_plane, node_agent, minio, bucket
     table = control_plane.kubectl("get", "nas", "-n", namespace).stdout.splitlines()
     assert table[0].split() == ["NAME", "PHASE", "EPISODE", "STEP", "BEST-ACC", "FEASIBLE", "AGE"]
     assert table[1].split()[:3] == ["tiny", "Succeeded", "2"]
+    assert float(table[1].split()[4]) == status["bestFeasibleAccuracy"]  # BEST-ACC: the best feasible child's
 
     # Events on the object
     reasons = [e.reason for e in events_of(control_plane, namespace, "tiny")]

@@ -37,6 +37,8 @@ def test_short_names_and_printer_columns(installed_crd, namespace):
         out = installed_crd.kubectl("get", resource, "-n", namespace)
         header = out.stdout.splitlines()[0].split()
         assert header == ["NAME", "PHASE", "EPISODE", "STEP", "BEST-ACC", "FEASIBLE", "AGE"], out.stdout
+    wide = installed_crd.kubectl("get", "nas", "-n", namespace, "-o", "wide").stdout.splitlines()[0].split()
+    assert wide == ["NAME", "PHASE", "EPISODE", "STEP", "BEST-ACC", "FEASIBLE", "AGE", "FINAL-ACC", "FINAL-MODEL"], wide
 
 
 def test_structural_errors_are_rejected_by_the_schema(installed_crd, namespace):

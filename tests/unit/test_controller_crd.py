@@ -24,8 +24,9 @@ def test_names_subresource_and_columns() -> None:
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
     assert columns == {"Phase": ".status.phase", "Episode": ".status.episode", "Step": ".status.step",
-                       "Best-Acc": ".status.bestAccuracy", "Feasible": ".status.feasibleCount",
-                       "Age": ".metadata.creationTimestamp"}
+                       "Best-Acc": ".status.bestFeasibleAccuracy", "Feasible": ".status.feasibleCount",
+                       "Age": ".metadata.creationTimestamp", "Final-Acc": ".status.finalModel.valAccuracy",
+                       "Final-Model": ".status.finalModel.uri"}
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert spec["properties"]["policy"]["properties"]["learningRate"] == {
         **spec["properties"]["policy"]["properties"]["learningRate"], "minimum": 0, "exclusiveMinimum": True}
