@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 HERE = pathlib.Path(__file__).parent
 TINY = HERE / "searches" / "tiny-synthetic.yaml"
@@ -31,8 +32,9 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError('epnas is not installed here')
 sys.meta_path.insert(0, Block())
 import torch
+from safetensors.torch import load_file
 model = torch.jit.load(sys.argv[1])
-x = torch.load(sys.argv[2])
+x = load_file(sys.argv[2])["x"]
 print(repr(model(x).tolist()))
 assert 'epnas' not in sys.modules
 """
@@ -75,8 +77,8 @@ def test_export_of_the_best_feasible_child_runs_without_epnas_and_in_onnxruntime
     assert "val" in done.stdout
 
     x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(7))
-    torch.save(x, tmp_path / "x.pt")
-    fresh = subprocess.run([sys.executable, "-c", WITHOUT_EPNAS, str(out / "model.pt"), str(tmp_path / "x.pt")],
+    save_file({"x": x}, str(tmp_path / "x.safetensors"))  # safetensors, never pickle
+    fresh = subprocess.run([sys.executable, "-c", WITHOUT_EPNAS, str(out / "model.pt"), str(tmp_path / "x.safetensors")],
                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert fresh.returncode == 0, fresh.stderr
     scripted = torch.tensor(eval(fresh.stdout))
@@ -85,7 +87,6 @@ def test_export_of_the_best_feasible_child_runs_without_epnas_and_in_onnxruntime
     (onnx_logits,) = session.run(None, {"input": x.numpy()})
     assert np.abs(onnx_logits - scripted.numpy()).max() < 1e-4
     # the exported weights are the child's trained weights, not a fresh initialisation
-    from safetensors.torch import load_file
     trained = load_file(str(finished_search / "final" / card["child"] / "weights.safetensors"))
     exported = load_file(str(out / "weights.safetensors"))
     assert trained and trained.keys() <= exported.keys() and all(torch.equal(trained[k], exported[k]) for k in trained)
