@@ -278,32 +278,37 @@ def push_child(store: Store, child_prefix: str, model: nn.Module, *, metadata: d
 def merge(store: Store, prefix: str, results: list[tuple[str, float, str]]) -> MergeReport:
     """Merge one step's children ``(weights key, accuracy, child id)`` into the dictionary at ``prefix``.
 
-    Objects first, ``index.json`` last, then unreferenced objects are deleted.  A damaged
-    index raises ``CorruptState`` before anything is written or deleted.
+    Streams: a first pass reads one child's object at a time and keeps only its tensors'
+    names and shapes; a second pass reads each winning child again and writes its winning
+    tensors.  Memory holds at most one child's tensors (plus its winners), whatever the number
+    of children (``bench/merge_memory.py``).  Objects first, ``index.json`` last, then
+    unreferenced objects are deleted.  A damaged index raises ``CorruptState`` before anything
+    is written or deleted.
     """
     index, warnings = read_index(store, prefix, strict=True)
     report = MergeReport(warnings=warnings)
-    loaded: list[dict[str, torch.Tensor] | None] = []
-    for key, _, child in results:
+    candidates: list[tuple[str, tuple[int, ...], float, int]] = []
+    for pos, (key, accuracy, child) in enumerate(results):
         try:
-            loaded.append(_load_object(store, key))
+            tensors = _load_object(store, key)
         except (ValueError, StoreNotFound) as err:
-            loaded.append(None)
             report.warnings.append(f"child {child} skipped in merge: {err}")
-    candidates = [
-        (name, tuple(t.shape), float(results[pos][1]), pos)
-        for pos, tensors in enumerate(loaded) if tensors is not None
-        for name, t in tensors.items() if t.is_floating_point()
-    ]
+            continue
+        candidates += [(name, tuple(t.shape), float(accuracy), pos) for name, t in tensors.items() if t.is_floating_point()]
+        del tensors
     winners = step_winners(candidates)
-    won_by: dict[int, dict[str, torch.Tensor]] = {}
+    won_by: dict[int, list[str]] = {}
     for name, shapes in winners.items():
         for pos in shapes.values():
-            won_by.setdefault(pos, {})[name] = loaded[pos][name].contiguous()
+            won_by.setdefault(pos, []).append(name)
     object_of: dict[int, str] = {}
-    for pos, tensors in sorted(won_by.items()):
-        data = safetensors.torch.save(tensors, metadata={"child": results[pos][2], "accuracy": repr(float(results[pos][1]))})
-        obj = f"{OBJECTS}{results[pos][2]}-{hashlib.sha256(data).hexdigest()[:16]}.safetensors"
+    for pos, names in sorted(won_by.items()):
+        key, accuracy, child = results[pos]
+        loaded = _load_object(store, key)  # read again: it was readable a moment ago
+        won = {name: loaded[name].contiguous() for name in names}
+        del loaded
+        data = safetensors.torch.save(won, metadata={"child": child, "accuracy": repr(float(accuracy))})
+        obj = f"{OBJECTS}{child}-{hashlib.sha256(data).hexdigest()[:16]}.safetensors"
         store.put_bytes(_join(prefix, obj), data)
         object_of[pos] = obj
         report.written.append(obj)
