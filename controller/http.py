@@ -1,5 +1,8 @@
-"""``/metrics`` (Prometheus text format), ``/healthz`` (the process serves) and ``/readyz``
-(the first list of ArchitectureSearch objects succeeded) on one port, in a daemon thread."""
+"""``/metrics`` (Prometheus text format), ``/healthz`` and ``/readyz`` on one port, in a daemon thread.
+
+``health()`` and ``ready()`` answer ``(ok, why)``: ``/healthz`` fails when the watch or the
+leader election has stalled (the kubelet restarts the pod), ``/readyz`` when this replica is
+neither a leader that has listed its searches nor a standby in touch with the API server."""
 
 from __future__ import annotations
 
@@ -12,7 +15,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from controller.metrics import Metrics
 
 
-def serve(*, port: int, metrics: Metrics, ready: Callable[[], bool], host: str = "0.0.0.0") -> ThreadingHTTPServer:
+Probe = Callable[[], tuple[bool, str]]
+
+
+def serve(*, port: int, metrics: Metrics, ready: Probe, health: Probe = lambda: (True, "ok"), host: str = "0.0.0.0") -> ThreadingHTTPServer:
     """Start serving; returns the server (``.server_address[1]`` is the port, ``.shutdown()`` stops it)."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -20,11 +26,9 @@ def serve(*, port: int, metrics: Metrics, ready: Callable[[], bool], host: str =
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._answer(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
-                self._answer(200, b"ok\n")
-            elif path == "/readyz":
-                ok = ready()
-                self._answer(200 if ok else 503, b"ok\n" if ok else b"not ready: no successful list yet\n")
+            elif path in ("/healthz", "/readyz"):
+                ok, why = (health if path == "/healthz" else ready)()
+                self._answer(200 if ok else 503, f"{why}\n".encode())
             else:
                 self._answer(404, b"not found\n")
 

@@ -16,6 +16,8 @@ epnas_policy_entropy                gauge      search              mean policy e
 epnas_episode                       gauge      search              current episode (0-based)
 epnas_step                          gauge      search              steps done in the current episode
 epnas_searches_running              gauge                          search loops running in this controller
+epnas_controller_leader             gauge                          1 while this replica holds the leader Lease
+epnas_search_retries_total          counter    reason              searches resumed after a transient error
 epnas_kubernetes_api_errors_total   counter    verb                failed Kubernetes API calls
 epnas_store_errors_total            counter    op                  failed store operations
 ==================================  =========  ==================  ==========================================
@@ -43,6 +45,8 @@ class Metrics:
         self.episode = Gauge("epnas_episode", "Current episode (0-based).", ["search"], registry=r)
         self.step = Gauge("epnas_step", "Steps done in the current episode.", ["search"], registry=r)
         self.searches_running = Gauge("epnas_searches_running", "Search loops running in this controller.", registry=r)
+        self.leader = Gauge("epnas_controller_leader", "1 while this replica holds the leader Lease, else 0.", registry=r)
+        self.search_retries = Counter("epnas_search_retries_total", "Searches resumed after a transient error, by reason.", ["reason"], registry=r)
         self.api_errors = Counter("epnas_kubernetes_api_errors_total", "Failed Kubernetes API calls, by verb.", ["verb"], registry=r)
         self.store_errors = Counter("epnas_store_errors_total", "Failed store operations, by operation.", ["op"], registry=r)
 

@@ -13,7 +13,13 @@ Why things happen where they do:
 * Status is patched from this thread only, except ``observe`` (spec changes) which takes the
   same lock, so the conditions list is never lost between two merge patches.
 * The controller's own store credentials come from its environment (the Deployment's env from
-  the same Secret); it never reads Secrets through the API.
+  the same Secret); it never reads Secrets through the API.  So a search may only name a store
+  the installation allows (``controller.tenancy.StorePolicy``), and its data lives at
+  ``<uri>/<namespace>/<name>/<uid>`` (``search_location``).
+* Transient failures (the API server or the store unreachable, 429, 5xx after the calls' own
+  retries) never fail a search: the thread records a ``Degraded`` condition and an Event,
+  waits (``RETRY_DELAYS_S``, growing to 5 minutes) and resumes the search from the store.
+  Only permanent errors (an invalid spec, a refused store, 403/422 answers) end it as Failed.
 """
 
 from __future__ import annotations
@@ -27,18 +33,30 @@ from typing import Any
 
 from epnas.checkpoint import SEARCH_FILE
 from epnas.errors import SpecError
+from epnas.pinning import spec_changes
 from epnas.executors.base import ChildOutcome
 from epnas.search import SearchFailed, SearchLoop, SearchStopped, StepReport
 from epnas.spec import ArchitectureSearch, parse_search
-from epnas.store import Store, StoreError, StoreNotFound, join_uri, open_store
+from epnas.store import Store, StoreError, StoreNotFound, open_store
 
 from controller import status as st
 from controller.jobs import TRAINER_COMMAND, JobExecutor, Owner
 from controller.kube import Kube, KubeError, Obj
 from controller.metrics import Metrics
+from controller.tenancy import StorePolicy, search_location
 
 LOG = logging.getLogger("epnas.controller")
 COMPONENT = "epnas-controller"
+RETRY_DELAYS_S = (5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0)  # then every 300 s, for as long as it takes
+
+
+class Transient(Exception):
+    """A failure that waiting may fix; the runner resumes the search after a delay."""
+
+
+def transient(err: BaseException) -> bool:
+    """Whether ``err`` is worth waiting out (``KubeError``/``StoreError`` say so themselves)."""
+    return isinstance(err, Transient) or bool(getattr(err, "transient", False) and isinstance(err, (KubeError, StoreError)))
 
 
 def utc_now() -> str:
@@ -61,7 +79,7 @@ class SearchRunner:
     """Runs (or resumes) one search in a thread; ``stop()`` ends it between steps or Job events."""
 
     def __init__(self, obj: Obj, *, kube: Kube, metrics: Metrics, trainer_command: list[str] = TRAINER_COMMAND,
-                 clock: Callable[[], str] = utc_now):
+                 clock: Callable[[], str] = utc_now, store_policy: StorePolicy = StorePolicy()):
         meta = obj["metadata"]
         self.name, self.namespace, self.uid = meta["name"], meta["namespace"], meta["uid"]
         self.obj = obj
@@ -69,13 +87,17 @@ class SearchRunner:
         self.metrics = metrics
         self.trainer_command = trainer_command
         self.clock = clock
+        self.store_policy = store_policy
+        self.retries = 0
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
         self.conditions: list[st.Condition] = list((obj.get("status") or {}).get("conditions") or [])
         self.generation = int(meta.get("generation") or 0)
         self.parallelism: int | None = (obj.get("spec") or {}).get("parallelism")
         self.pinned: dict[str, Any] | None = None  # the resolved spec the loop runs with
-        self.phase: st.Phase = "Pending"
+        self.phase: st.Phase = (obj.get("status") or {}).get("phase") or "Pending"
+        self.degraded = False
+        self.extend = threading.Event()  # the spec was extended while the search ran
         self.loop: SearchLoop | None = None
         self.thread = threading.Thread(target=self._main, name=f"search-{self.namespace}-{self.name}", daemon=True)
 
@@ -92,57 +114,110 @@ class SearchRunner:
         return not self.thread.is_alive()
 
     def observe(self, obj: Obj) -> None:
-        """A new version of the CR arrived: take ``spec.parallelism`` live, refuse any other change."""
+        """A new version of the CR arrived while the search runs (``epnas.pinning`` decides):
+
+        * only ``spec.parallelism`` changed: taken live;
+        * an extension (``budget.episodes`` up, ``maxChildren``, ``finalTraining`` …): recorded;
+          when the current run ends the search continues from its checkpoint under it;
+        * anything else: refused (condition ``SpecChangeRefused`` and a Warning Event naming the fields).
+        """
         self.obj = obj
         self.parallelism = (obj.get("spec") or {}).get("parallelism")
         generation = int(obj["metadata"].get("generation") or 0)
         if generation == self.generation or self.pinned is None:
             return
-        self.generation = generation
         try:
             live = resolved_spec(parse_search(document(obj)))
         except SpecError as err:
-            refused = [f"invalid: {err}"]
+            extensions, refused = [], [f"invalid: {err}"]
         else:
-            refused = st.refused_changes(self.pinned, live)
+            extensions, refused = spec_changes(self._doc(self.pinned), self._doc(live))
+        pending = [f for f in extensions if f != "spec.parallelism"]
         with self.lock:
             if refused:
+                self.generation = generation
                 message = "spec changes after start are refused (the search keeps its original spec): " + ", ".join(refused)
                 self.conditions = st.set_condition(self.conditions, kind="SpecChangeRefused", status=True, reason=st.Reason.SPEC_CHANGED, message=message, now=self.clock())
                 self._event("Warning", "SpecChangeRefused", message)
+                self._patch({"observedGeneration": generation})
+            elif pending:  # observedGeneration moves when the extension is applied
+                self.extend.set()
+                message = f"extension accepted ({', '.join(pending)}): the search continues under it from its checkpoint"
+                self.conditions = st.set_condition(self.conditions, kind="SpecChangeRefused", status=False, reason=st.Reason.EXTENDED, message=message, now=self.clock())
+                self._patch({})
             else:
+                self.generation = generation
                 self.conditions = st.set_condition(self.conditions, kind="SpecChangeRefused", status=False, reason=st.Reason.SPEC_UNCHANGED, message="only live fields changed", now=self.clock())
-            self._patch({"observedGeneration": generation})
+                self._patch({"observedGeneration": generation})
+
+    def _doc(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return {"metadata": {"name": self.name}, "spec": spec}
 
     # ------------------------------------------------------------ the thread
 
     def _main(self) -> None:
         self.metrics.searches_running.inc()
         try:
-            self._run()
-        except SearchStopped:
-            LOG.info("%s/%s: stopped", self.namespace, self.name)
-        except Exception as err:  # the controller keeps serving the others
-            LOG.exception("%s/%s: search failed", self.namespace, self.name)
-            self._fail(st.Reason.LOOP_ERROR, f"{type(err).__name__}: {err}")
+            while True:
+                try:
+                    self._run()
+                    if not self.extend.is_set() or self.stop_event.is_set():
+                        return
+                    self.extend.clear()  # extended while it ran: continue under the new budget
+                    self.generation = int(self.obj["metadata"].get("generation") or 0)
+                    continue
+                except SearchStopped:
+                    LOG.info("%s/%s: stopped", self.namespace, self.name)
+                    return
+                except Exception as err:  # the controller keeps serving the others
+                    if not transient(err):
+                        LOG.exception("%s/%s: search failed", self.namespace, self.name)
+                        return self._fail(st.Reason.LOOP_ERROR, f"{type(err).__name__}: {err}")
+                    if not self._wait_out(err):
+                        return
         finally:
             self.metrics.searches_running.dec()
 
-    def _run(self) -> None:
+    def _wait_out(self, err: BaseException) -> bool:
+        """Record a transient failure and wait before resuming; ``False`` when stopped meanwhile."""
+        delay = RETRY_DELAYS_S[min(self.retries, len(RETRY_DELAYS_S) - 1)]
+        self.retries += 1
+        kind = "store" if isinstance(err, StoreError) else "kubernetes"
+        self.metrics.search_retries.labels(reason=kind).inc()
+        message = f"transient {kind} error, resuming in {delay:.0f} s (retry {self.retries}): {err}"[:900]
+        LOG.warning("%s/%s: %s", self.namespace, self.name, message)
         with self.lock:
-            self._set_phase("Pending", st.Reason.STARTED, "starting", observed=True)
+            self.conditions = st.set_condition(self.conditions, kind="Degraded", status=True, reason=st.Reason.TRANSIENT_ERROR,
+                                               message=message, now=self.clock())
+            self.degraded = True
+            self._patch({})
+        self._event("Warning", "TransientError", message)
+        return not self.stop_event.wait(delay)
+
+    def _run(self) -> None:
+        if self.phase != "Running":  # a restarted controller or a resumed search stays Running
+            with self.lock:
+                self._set_phase("Pending", st.Reason.STARTED, "starting", observed=True)
         try:
             search = parse_search(document(self.obj))
         except SpecError as err:
             return self._fail(st.Reason.INVALID_SPEC, "; ".join(str(p) for p in err.problems))
-        if not search.spec.store.uri:
+        store_spec = search.spec.store
+        if not store_spec.uri:
             return self._fail(st.Reason.STORE_MISSING, "spec.store.uri is required in a cluster (s3://bucket/prefix)")
-        search_uri = join_uri(search.spec.store.uri, search.name)
+        refusal = self.store_policy.refusal(store_spec.uri, store_spec.endpoint)
+        if refusal:
+            return self._fail(st.Reason.STORE_NOT_ALLOWED, refusal)
+        search_uri = search_location(store_spec.uri, namespace=self.namespace, name=self.name, uid=self.uid, resume_uid=store_spec.resume_uid)
         try:
-            store = open_store(search_uri, endpoint=search.spec.store.endpoint, region=search.spec.store.region)
-            search, refused = self._pin(store, search)
+            store = open_store(search_uri, endpoint=store_spec.endpoint, region=store_spec.region)
+            if store_spec.resume_uid and not store.exists(SEARCH_FILE):
+                return self._fail(st.Reason.NOTHING_TO_RESUME, f"spec.store.resumeUid: no search of that uid at {search_uri}")
+            search, refused, extensions = self._pin(store, search)
         except StoreError as err:
             self.metrics.store_errors.labels(op="open").inc()
+            if err.transient:
+                raise
             return self._fail(st.Reason.STORE_UNAVAILABLE, f"store {search_uri}: {err}")
         self.pinned = resolved_spec(search)
         executor = JobExecutor(
@@ -156,32 +231,53 @@ class SearchRunner:
             if refused:
                 message = "spec changes after start are refused (the search keeps its original spec): " + ", ".join(refused)
                 self.conditions = st.set_condition(self.conditions, kind="SpecChangeRefused", status=True, reason=st.Reason.SPEC_CHANGED, message=message, now=self.clock())
-            self._set_phase("Running", st.Reason.STARTED, f"search running, store {search_uri}")
+            elif extensions:
+                message = f"extended ({', '.join(extensions)}): continuing from the checkpoint"
+                self.conditions = st.set_condition(self.conditions, kind="SpecChangeRefused", status=False, reason=st.Reason.EXTENDED, message=message, now=self.clock())
+            self._set_phase("Running", st.Reason.STARTED, f"search running, store {search_uri}", observed=True)
+        if extensions:
+            self._event("Normal", "Extended", f"search extended ({', '.join(extensions)}); continuing from its checkpoint")
         self._event("Normal", "Started", f"search started (store {search_uri})")
         try:
             summary = loop.run()
         except StoreError as err:
             self.metrics.store_errors.labels(op="loop").inc()
+            if err.transient:
+                raise
             return self._fail(st.Reason.STORE_UNAVAILABLE, str(err))
         except SearchFailed as err:
             self._policy_metrics(loop)
             return self._fail(st.Reason.TOO_MANY_FAILURES, str(err))
         self._policy_metrics(loop)
+        if self.extend.is_set():
+            return  # not Succeeded yet: the thread continues under the extended spec
         with self.lock:
+            self._recovered()
             best = summary.get("bestFeasible") or summary.get("best") or {}
             message = f"search finished: best {best.get('hash', '-')} accuracy {best.get('valAccuracy', 0):.4f}"
             self._set_phase("Succeeded", st.Reason.COMPLETED, message, fields=st.from_summary(summary))
         self._event("Normal", "Succeeded", message)
 
-    def _pin(self, store: Store, search: ArchitectureSearch) -> tuple[ArchitectureSearch, list[str]]:
-        """Write ``search.yaml`` once; when it exists, run the stored search and list the refused changes."""
-        text = json.dumps(search.model_dump(mode="json", by_alias=True, exclude={"status"}), sort_keys=True, indent=2)
+    def _pin(self, store: Store, search: ArchitectureSearch) -> tuple[ArchitectureSearch, list[str], list[str]]:
+        """``(the search to run, refused fields, extended fields)`` by ``epnas.pinning``, as
+        ``epnas search`` does locally: ``search.yaml`` is written once; an extension rewrites it
+        and the search continues from its checkpoint; any other change is refused and the
+        stored search runs on."""
+        document_ = search.model_dump(mode="json", by_alias=True, exclude={"status"})
+        text = json.dumps(document_, sort_keys=True, indent=2)
         try:
-            stored = parse_search(json.loads(store.get_bytes(SEARCH_FILE)))
+            stored_doc = json.loads(store.get_bytes(SEARCH_FILE))
         except StoreNotFound:
             store.put_bytes(SEARCH_FILE, text.encode())
-            return search, []
-        return stored, st.refused_changes(resolved_spec(stored), resolved_spec(search))
+            return search, [], []
+        stored = parse_search(stored_doc)
+        extensions, refused = spec_changes(stored_doc, document_)
+        if refused:
+            return stored, refused, []
+        if extensions:
+            store.put_bytes(SEARCH_FILE, text.encode())
+            return search, [], extensions
+        return stored, [], []
 
     def _on_step(self, report: StepReport) -> None:
         if self.stop_event.is_set():
@@ -191,12 +287,20 @@ class SearchRunner:
             self.metrics.children.labels(search=self.name, status=record.status).inc()
         self._policy_metrics(self.loop)
         with self.lock:
+            self._recovered()
             message = f"episode {report.episode} step {report.step} done"
             self._set_phase("Running", st.Reason.STEP_COMPLETED, message, fields=st.from_summary(report.summary))
         self._event("Normal", "StepCompleted", f"{message}: {len(report.records)} children")
         for record in report.records:
             if record.status == "failed":
                 self._event("Warning", "ChildFailed", f"{record.child}: exit code {record.exit_code}, {record.reason}"[:500])
+
+    def _recovered(self) -> None:
+        """After a transient error: the search went on; the caller holds ``self.lock``."""
+        if self.degraded:
+            self.conditions = st.set_condition(self.conditions, kind="Degraded", status=False, reason=st.Reason.RECOVERED,
+                                               message=f"the search went on after {self.retries} transient errors", now=self.clock())
+            self.degraded, self.retries = False, 0
 
     def _policy_metrics(self, source: Any) -> None:
         update = getattr(source, "last_update", None)

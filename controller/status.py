@@ -2,12 +2,13 @@
 
 Phases: ``Pending`` (accepted, loop not started) → ``Running`` → ``Succeeded`` | ``Failed``.
 Conditions (``type``, ``status``, ``reason``, ``message``, ``lastTransitionTime``):
-``Running``, ``Succeeded``, ``Failed``, ``SpecChangeRefused``.  ``lastTransitionTime`` only
+``Running``, ``Succeeded``, ``Failed``, ``SpecChangeRefused``, ``Degraded`` (a transient error
+is being waited out; False with reason ``Recovered`` once the search went on).  ``lastTransitionTime`` only
 changes when a condition's ``status`` does.
 
-Spec changes after a search started are refused (the store's ``search.yaml`` stays the source
-of truth) except ``spec.parallelism``, which only bounds how many Jobs run at once and so
-changes neither the children nor their results: ``refused_changes`` lists the rest.
+Which spec changes a started search takes is ``epnas.pinning``'s rule, the same as ``epnas
+search``'s: ``spec.parallelism`` live, extensions (budget up, final training) from the
+checkpoint, anything else refused with the fields named (condition ``SpecChangeRefused``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from enum import Enum
 from typing import Any, Literal, TypedDict
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
-LIVE_FIELDS = frozenset({"parallelism"})
 
 
 class Reason(str, Enum):
@@ -30,6 +30,11 @@ class Reason(str, Enum):
     SPEC_CHANGED = "SpecChanged"
     SPEC_UNCHANGED = "SpecUnchanged"
     TOO_MANY_FAILURES = "TooManyFailures"
+    STORE_NOT_ALLOWED = "StoreNotAllowed"
+    NOTHING_TO_RESUME = "NothingToResume"
+    TRANSIENT_ERROR = "TransientError"
+    RECOVERED = "Recovered"
+    EXTENDED = "Extended"
 
 
 class Condition(TypedDict):
@@ -92,8 +97,3 @@ def from_summary(summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def refused_changes(original: dict[str, Any], live: dict[str, Any]) -> list[str]:
-    """Top-level ``spec`` fields (camelCase) that differ between the search as it started and the
-    live object, except the ones safe to change live (``LIVE_FIELDS``); sorted."""
-    keys = (set(original) | set(live)) - LIVE_FIELDS
-    return sorted(k for k in keys if original.get(k) != live.get(k))

@@ -91,6 +91,12 @@ class Dataset(_Model):
 class Constraint(_Model):
     """``min <= U <= max`` on one metric; violations cost ``penalty ** V`` (EPNAS Eq. 2)."""
 
+    # the cross-field rules again as CEL rules of the CRD, so that `kubectl apply` refuses them at once
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "has(self.min) || has(self.max)", "message": "set 'min', 'max' or both"},
+        {"rule": "!has(self.min) || !has(self.max) || self.min <= self.max", "message": "min must not be greater than max"},
+    ]})
+
     metric: Literal["modelSize", "flops", "computeIntensity"]
     min: Float | None = Field(None, gt=0)
     max: Float | None = Field(None, gt=0)
@@ -200,6 +206,12 @@ class StoreSpec(_Model):
     endpoint: str | None = Field(None, pattern=r"^https?://[^\s/]+(/\S*)?$", description="S3 endpoint URL (MinIO), http:// or https://")
     secret_name: str | None = Field(None, description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
     region: str | None = None
+    resume_uid: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        description="in a cluster: continue the earlier search of this name and namespace whose uid this is "
+        "(its data stays at <uri>/<namespace>/<name>/<uid>); without it a new object starts fresh",
+    )
 
 
 class SearchSpec(_Model):

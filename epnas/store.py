@@ -39,7 +39,15 @@ PERMANENT_CODES = ("AccessDenied", "NoSuchBucket", "InvalidAccessKeyId", "Signat
 
 
 class StoreError(RuntimeError):
-    """A store operation failed (message without credentials)."""
+    """A store operation failed (message without credentials).
+
+    ``transient``: the store did not answer or answered 5xx until the retry deadline passed:
+    waiting may fix it (a controller resumes the search later instead of failing it).
+    """
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 class StoreNotFound(StoreError):
@@ -337,7 +345,7 @@ def with_retries(fn: Callable[[], T], *, describe: str, deadline_s: float = RETR
             resent = code == "SignatureDoesNotMatch" and resends > 0
             resends -= resent
             if (status < 500 and not resent) or time.monotonic() > give_up:
-                raise StoreError(f"{describe}: {code} (HTTP {status})") from None
+                raise StoreError(f"{describe}: {code} (HTTP {status})", transient=status >= 500) from None
         except bx.NoCredentialsError:
             raise StoreError(f"{describe}: no S3 credentials (set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)") from None
         except S3UploadFailedError as err:
@@ -345,10 +353,10 @@ def with_retries(fn: Callable[[], T], *, describe: str, deadline_s: float = RETR
             if permanent == "SignatureDoesNotMatch" and resends > 0:
                 permanent, resends = None, resends - 1
             if permanent or time.monotonic() > give_up:
-                raise StoreError(f"{describe}: upload failed ({permanent or 'gave up after retries'})") from None
+                raise StoreError(f"{describe}: upload failed ({permanent or 'gave up after retries'})", transient=not permanent) from None
         except (bx.ConnectionError, bx.HTTPClientError) as err:
             if time.monotonic() > give_up:
-                raise StoreError(f"{describe}: {type(err).__name__} (gave up after {deadline_s:.0f} s)") from None
+                raise StoreError(f"{describe}: {type(err).__name__} (gave up after {deadline_s:.0f} s)", transient=True) from None
         except bx.BotoCoreError as err:
             raise StoreError(f"{describe}: {type(err).__name__}") from None
         time.sleep(delay * (0.5 + random.random()))

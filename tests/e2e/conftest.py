@@ -5,8 +5,9 @@ Provides:
 
 * ``crd`` (session): manifests/crd.yaml applied and Established.
 * ``store_secret``: a Secret ``minio-credentials`` in ``namespace`` with the MinIO keys.
-* ``start_controller``: ``start_controller(namespace, trainer_command=None)`` → ``ControllerProcess``
-  (``python -m controller --namespace NS`` as a subprocess with the test kubeconfig; killed after).
+* ``start_controller``: ``start_controller(namespace, trainer_command=None, kubeconfig=None)`` →
+  ``ControllerProcess`` (``python -m controller --namespace NS`` as a subprocess with the test
+  kubeconfig, or ``kubeconfig``; its leader Lease in NS with a short ``LEASE``; killed after).
 * ``search_yaml``: ``search_yaml(name, bucket, **spec overrides)`` → the YAML of a tiny synthetic
   search (2 episodes × 2 steps × 3 branches, 1 epoch, prediction regime) stored on MinIO.
 * ``job_log``: ``job_log(namespace)`` → ``JobLog``, a watch started now that records every Job
@@ -31,6 +32,7 @@ import urllib.request
 
 import pytest
 import yaml
+from e2e_helpers import LEASE
 from kubernetes import client as k8s_client
 from kubernetes import watch as k8s_watch
 
@@ -132,11 +134,15 @@ class ControllerProcess:
 def start_controller(control_plane, minio, tmp_path, crd):
     started: list[ControllerProcess] = []
 
-    def start(namespace: str, *, trainer_command: str | None = None) -> ControllerProcess:
+    def start(namespace: str, *, trainer_command: str | None = None, kubeconfig: pathlib.Path | None = None) -> ControllerProcess:
         port = free_port()
-        argv = [sys.executable, "-m", "controller", "--namespace", namespace, "--metrics-port", str(port)]
+        argv = [sys.executable, "-m", "controller", "--namespace", namespace, "--metrics-port", str(port),
+                "--leader-election-namespace", namespace, "--lease-duration", str(LEASE[0]),
+                "--renew-deadline", str(LEASE[1]), "--retry-period", str(LEASE[2])]
         if trainer_command:
             argv += ["--trainer-command", trainer_command]
+        if kubeconfig:
+            argv += ["--kubeconfig", str(kubeconfig)]
         # The controller's own store credentials come from its environment, as in a Deployment.
         env = {**control_plane.env, "AWS_ACCESS_KEY_ID": minio.root_user, "AWS_SECRET_ACCESS_KEY": minio.root_password,
                "AWS_REGION": minio.region, "PYTHONUNBUFFERED": "1"}

@@ -12,6 +12,8 @@ WRAPPER = pathlib.Path(__file__).resolve().parent / "trainer_wrapper.py"
 
 
 WRAPPER_COMMAND = f"python {WRAPPER}"
+# Leader election of test controllers: (lease duration, renew deadline, retry period) in seconds
+LEASE = (8, 5, 1)
 
 
 def read_search(control_plane, namespace: str, name: str) -> dict:
@@ -31,6 +33,12 @@ def wait_for_phase(control_plane, namespace: str, name: str, phases: tuple[str, 
         time.sleep(1)
     tail = proc.output()[-3000:] if proc is not None else ""
     raise AssertionError(f"{name} not in {phases} after {timeout_s} s: status {json.dumps(obj.get('status'))[:2000]}\n{tail}")
+
+
+def store_prefix(control_plane, namespace: str, name: str) -> str:
+    """The key prefix of a search's data in the test bucket: ``searches/<namespace>/<name>/<uid>/``."""
+    uid = read_search(control_plane, namespace, name)["metadata"]["uid"]
+    return f"searches/{namespace}/{name}/{uid}/"
 
 
 def search_jobs(control_plane, namespace: str, name: str) -> list:

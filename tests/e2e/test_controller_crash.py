@@ -6,7 +6,7 @@ from __future__ import annotations
 import collections
 import time
 
-from e2e_helpers import WRAPPER, read_search, s3_keys, search_jobs, wait_for_phase
+from e2e_helpers import WRAPPER, read_search, s3_keys, search_jobs, store_prefix, wait_for_phase
 
 CHILDREN = 12
 
@@ -28,7 +28,8 @@ def test_killed_controller_resumes_without_duplicates(control_plane, node_agent,
         assert time.monotonic() < deadline and ctl.proc.poll() is None, ctl.output()[-3000:]
         time.sleep(0.2)
     ctl.kill()
-    before = s3_keys(minio, bucket, "searches/crash/children/")
+    children = store_prefix(control_plane, namespace, "crash") + "children/"
+    before = s3_keys(minio, bucket, children)
     finished_before = {k: v for k, v in before.items() if k.endswith("/result.json")}
     assert read_search(control_plane, namespace, "crash")["status"]["phase"] == "Running"
     time.sleep(2)
@@ -49,7 +50,7 @@ def test_killed_controller_resumes_without_duplicates(control_plane, node_agent,
     # no child trained twice: one trainer start and one success per child; earlier results untouched
     starts, done = collections.Counter(state.lines("starts")), collections.Counter(state.lines("done"))
     assert set(starts.values()) == {1} and set(done.values()) == {1} and len(done) == trained, (starts, done)
-    after = s3_keys(minio, bucket, "searches/crash/children/")
+    after = s3_keys(minio, bucket, children)
     assert {k: after[k] for k in finished_before} == finished_before
     assert len([k for k in after if k.endswith("/result.json")]) == CHILDREN
     assert "adopt" in again.output() or len(finished_before) < CHILDREN

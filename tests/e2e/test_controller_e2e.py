@@ -74,11 +74,14 @@ def test_search_runs_to_success_as_jobs(control_plane, node_agent, minio, bucket
         assert re.fullmatch(r"tiny-e00[01]-s0[01]-c0[0-2]", job.metadata.name)
 
     # every child's result and the shared weights are in MinIO
-    keys = s3_keys(minio, bucket, "searches/tiny/")
+    # (at searches/<namespace>/<name>/<uid>/: namespaces sharing a store never collide)
+    prefix = f"searches/{namespace}/tiny/{obj['metadata']['uid']}/"
+    assert status["store"] == f"s3://{bucket}/{prefix}".rstrip("/")
+    keys = s3_keys(minio, bucket, prefix)
     results = [k for k in keys if k.endswith("/result.json")]
     assert len(results) == CHILDREN
-    assert "searches/tiny/weights/index.json" in keys and "searches/tiny/search.yaml" in keys
-    assert any(k.startswith("searches/tiny/weights/") and k.endswith(".safetensors") for k in keys)
+    assert f"{prefix}weights/index.json" in keys and f"{prefix}search.yaml" in keys
+    assert any(k.startswith(f"{prefix}weights/") and k.endswith(".safetensors") for k in keys)
 
     # metrics counted the children while the search ran, and all of them at the end
     assert counted_while_running >= 3
@@ -116,13 +119,14 @@ def test_final_training_runs_as_a_job_and_the_status_names_the_final_model(contr
     status = obj["status"]
     assert status["phase"] == "Succeeded", json.dumps(status)[:2000]
     final = status["finalModel"]
-    assert final["child"] == status["bestFeasibleChild"] and final["uri"].endswith(f"/searches/fin/final/{final['child']}")
+    assert final["child"] == status["bestFeasibleChild"] and final["uri"].endswith(f"/fin/{obj['metadata']['uid']}/final/{final['child']}")
     jobs = {j.metadata.name: j for j in search_jobs(control_plane, namespace, "fin")}
     job = jobs[f"fin-final-{final['child']}"]
     assert job.status.succeeded == 1 and job.metadata.owner_references[0].uid == obj["metadata"]["uid"]
-    keys = s3_keys(minio, bucket, f"searches/fin/final/{final['child']}/")
+    prefix = f"searches/{namespace}/fin/{obj['metadata']['uid']}/"
+    keys = s3_keys(minio, bucket, f"{prefix}final/{final['child']}/")
     assert {k.rsplit("/", 1)[-1] for k in keys} == {"arch.json", "result.json", "weights.safetensors"}
-    body = minio.s3_client().get_object(Bucket=bucket, Key=f"searches/fin/final/{final['child']}/result.json")["Body"].read()
+    body = minio.s3_client().get_object(Bucket=bucket, Key=f"{prefix}final/{final['child']}/result.json")["Body"].read()
     result = json.loads(body)
     assert result["valAccuracy"] == final["valAccuracy"] and result["epochsRun"] == 2
     assert result["weightsKey"] == f"final/{final['child']}/weights.safetensors"

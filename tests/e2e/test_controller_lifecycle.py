@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from e2e_helpers import read_search, search_jobs, wait_for_phase
+from e2e_helpers import events_of, read_search, search_jobs, wait_for_phase
 
 
 def wait_for_jobs(control_plane, namespace: str, name: str, ctl, *, timeout_s: float = 300) -> list:
@@ -62,7 +62,9 @@ def test_two_searches_progress_independently(control_plane, node_agent, minio, b
     first = {n: min(j.metadata.creation_timestamp for j in js) for n, js in jobs.items()}
     last = {n: max(j.metadata.creation_timestamp for j in js) for n, js in jobs.items()}
     assert first["alpha"] <= last["beta"] and first["beta"] <= last["alpha"]
-    assert alpha["status"]["store"].endswith("/alpha") and beta["status"]["store"].endswith("/beta")
+    for obj in (alpha, beta):  # <uri>/<namespace>/<name>/<uid>
+        meta = obj["metadata"]
+        assert obj["status"]["store"] == f"s3://{bucket}/searches/{namespace}/{meta['name']}/{meta['uid']}"
 
 
 def test_spec_change_after_start_is_refused_but_parallelism_is_live(control_plane, node_agent, minio, bucket, namespace, search_yaml,
@@ -95,13 +97,20 @@ def test_spec_change_after_start_is_refused_but_parallelism_is_live(control_plan
 def test_semantic_errors_fail_the_search_and_the_controller_carries_on(control_plane, node_agent, minio, bucket, namespace, search_yaml,
                                                                        start_controller):
     ctl = start_controller(namespace)
+    # min > max: the CRD's CEL rule refuses it at `kubectl apply`, naming the field
     bad_bounds = search_yaml("bounds", bucket, constraints=[{"metric": "modelSize", "min": 50000, "max": 20000}])
+    refused = control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=bad_bounds, check=False)
+    assert refused.returncode != 0 and "spec.constraints[0]" in refused.stderr and "min must not be greater than max" in refused.stderr
+    only_max = search_yaml("onlymax", bucket, constraints=[{"metric": "modelSize", "max": 20000, "min": None}])
+    assert control_plane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input_text=only_max, check=False).returncode == 0
+    # what only the controller can check fails the search with the reason: a dataset without its uri
+    bad_dataset = search_yaml("bounds", bucket, dataset={"kind": "npz", "inputShape": [1, 8, 8], "numClasses": 4})
     no_store = search_yaml("nostore", bucket, store={"uri": None})
-    for doc in (bad_bounds, no_store):
+    for doc in (bad_dataset, no_store):
         control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=doc)
     failed = {name: wait_for_phase(control_plane, namespace, name, ("Failed", "Succeeded"), timeout_s=60, proc=ctl)["status"]
               for name in ("bounds", "nostore")}
-    assert failed["bounds"]["phase"] == "Failed" and "min (50000) > max (20000)" in _failed(failed["bounds"])["message"]
+    assert failed["bounds"]["phase"] == "Failed" and "dataset kind npz needs 'uri'" in _failed(failed["bounds"])["message"]
     assert _failed(failed["bounds"])["reason"] == "InvalidSpec"
     assert failed["nostore"]["phase"] == "Failed" and _failed(failed["nostore"])["reason"] == "StoreMissing"
     budget = {"episodes": 1, "stepsPerEpisode": 1, "branches": 2, "topK": 2}
@@ -112,3 +121,43 @@ def test_semantic_errors_fail_the_search_and_the_controller_carries_on(control_p
 
 def _failed(status: dict) -> dict:
     return next(c for c in status["conditions"] if c["type"] == "Failed" and c["status"] == "True")
+
+
+def test_more_episodes_extend_a_finished_search_and_other_edits_are_refused(control_plane, node_agent, minio, bucket, namespace,
+                                                                            search_yaml, start_controller, job_log):
+    """``kubectl patch``/``apply`` of a Succeeded search with a larger ``budget.episodes`` continues it
+    from its checkpoint (the same rule as ``epnas search`` locally): the first episode's Jobs are
+    not run again; an edit of anything else is refused by name and the search stays as it was."""
+    jobs_seen = job_log(namespace)
+    ctl = start_controller(namespace)
+    budget = {"episodes": 1, "stepsPerEpisode": 1, "branches": 2, "topK": 2}
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml("grow", bucket, budget=budget))
+    first = wait_for_phase(control_plane, namespace, "grow", ("Succeeded", "Failed"), timeout_s=300, proc=ctl)["status"]
+    assert first["phase"] == "Succeeded" and sum(first["children"].values()) == 2
+    before = dict(jobs_seen.uids)
+
+    control_plane.kubectl("patch", "nas", "grow", "-n", namespace, "--type=merge", "-p", '{"spec": {"budget": {"episodes": 2}}}')
+    deadline = time.monotonic() + 300
+    while True:
+        status = read_search(control_plane, namespace, "grow")["status"]
+        if status.get("observedGeneration") == 2 and status["phase"] in ("Succeeded", "Failed"):
+            break
+        assert time.monotonic() < deadline and ctl.proc.poll() is None, (status, ctl.output()[-3000:])
+        time.sleep(0.5)
+    assert status["phase"] == "Succeeded" and sum(status["children"].values()) == 4 and status["episode"] == 2, status
+    names = list(jobs_seen.uids.values())
+    assert len(names) == len(set(names)) and all(jobs_seen.uids.get(uid) == name for uid, name in before.items())
+    assert any(n.startswith("grow-e001-") for n in names) and not any(n.startswith("grow-e002-") for n in names)
+    assert "Extended" in [e.reason for e in events_of(control_plane, namespace, "grow")]
+
+    control_plane.kubectl("patch", "nas", "grow", "-n", namespace, "--type=merge", "-p", '{"spec": {"seed": 77}}')
+    deadline = time.monotonic() + 120
+    while True:
+        status = read_search(control_plane, namespace, "grow")["status"]
+        if status.get("observedGeneration") == 3 and status["phase"] in ("Succeeded", "Failed"):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+    refused = {c["type"]: c for c in status["conditions"]}["SpecChangeRefused"]
+    assert status["phase"] == "Succeeded" and refused["status"] == "True" and "spec.seed" in refused["message"]
+    assert sum(status["children"].values()) == 4 and len(jobs_seen.uids) == len(names)

@@ -190,7 +190,10 @@ def test_helm_install_runs_digits_search_under_restricted_and_dashboard_queries_
                      "--set", f"image.repository={CONTROLLER_IMAGE}", "--set", f"image.tag={CONTROLLER_TAG}",
                      "--set", f"metrics.port={metrics_port}", "--set", f"store.endpoint={minio.endpoint}",
                      "--set", f"store.region={minio.region}", "--set", f"store.existingSecret={store_secret_name}",
-                     "--set", "controller.logLevel=DEBUG")
+                     "--set", "controller.logLevel=DEBUG",
+                     # the node agent runs pods on the host network: two replicas would share the metrics port
+                     # (two replicas and the leader hand-over: tests/e2e/test_controller_resilience.py)
+                     "--set", "controller.replicas=1")
     prometheus = Prometheus(target=f"127.0.0.1:{metrics_port}", workdir=tmp_path / "prometheus")
     try:
         pod = wait_for("the controller pod", lambda: controller_pod(core, namespace), timeout_s=60)

@@ -157,6 +157,8 @@ class ControlPlane:
             "--endpoint-reconciler-type=none",  # loopback advertise address: no kubernetes Endpoints
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=RBAC",
+            # blockOwnerDeletion on an ownerReference needs update on the owner's finalizers, as on real clusters
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={self.pki.sa_pub}",
             f"--service-account-signing-key-file={self.pki.sa_key}",

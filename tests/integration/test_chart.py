@@ -23,6 +23,8 @@ import yaml
 from kubernetes import client as k8s_client
 from kubernetes.client.rest import ApiException
 
+from controller import rbac
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "helm" / "epnas"
 CRD_MANIFEST = REPO_ROOT / "manifests" / "crd.yaml"
@@ -144,17 +146,42 @@ def test_helm_template_passes_server_dry_run_under_restricted(helm, control_plan
     assert len(applied.stdout.strip().splitlines()) == len(kinds)
 
 
+# (kind, name): the leader-election Role and RoleBinding come with every variant
+LEADER = {("Role", "epnas-leader-election"), ("RoleBinding", "epnas-leader-election")}
+WATCH_RBAC = {("Role", "epnas"), ("RoleBinding", "epnas")}
+CLUSTER_RBAC = {("ClusterRole", "epnas"), ("ClusterRoleBinding", "epnas")}
+
+
 @pytest.mark.parametrize(("variant", "present", "absent"), [
-    (None, {"Role", "RoleBinding"}, {"ClusterRole", "ClusterRoleBinding", "ServiceMonitor", "ConfigMap"}),
-    (CHART / "ci" / "all-namespaces.yaml", {"ClusterRole", "ClusterRoleBinding"}, {"Role", "RoleBinding"}),
-    (CHART / "ci" / "servicemonitor.yaml", {"ServiceMonitor", "ConfigMap", "Role"}, {"ClusterRole"}),
+    (None, WATCH_RBAC | LEADER, CLUSTER_RBAC | {("ServiceMonitor", "epnas"), ("ConfigMap", "epnas-dashboard")}),
+    (CHART / "ci" / "all-namespaces.yaml", CLUSTER_RBAC | LEADER, WATCH_RBAC),
+    (CHART / "ci" / "servicemonitor.yaml", {("ServiceMonitor", "epnas"), ("ConfigMap", "epnas-dashboard"), ("Role", "epnas")} | LEADER,
+     CLUSTER_RBAC),
 ], ids=["default", "all-namespaces", "servicemonitor"])
 def test_template_kinds_follow_values(helm, variant, present, absent):
     rendered = helm("template", "epnas", str(CHART), "--kube-version", "1.37.0", *values_args(variant)).stdout
-    kinds = {doc["kind"] for doc in yaml.safe_load_all(rendered) if doc}
+    kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in yaml.safe_load_all(rendered) if doc}
 
-    assert present <= kinds
+    assert present <= kinds, kinds
     assert not absent & kinds
+
+
+def _rules(rules: list[dict]) -> list[tuple]:
+    return sorted((tuple(r["apiGroups"]), tuple(r["resources"]), tuple(sorted(r["verbs"]))) for r in rules)
+
+
+@pytest.mark.parametrize("variant", [None, CHART / "ci" / "all-namespaces.yaml"], ids=["role", "cluster-role"])
+def test_chart_rbac_is_exactly_what_the_code_uses(helm, variant):
+    """The Role/ClusterRole grant the verbs ``controller.kube`` calls (plus the finalizers
+    update its Jobs' ownerReferences need) and nothing else; Leases only in the release namespace."""
+    rendered = helm("template", "epnas", str(CHART), "-n", "team-a", "--kube-version", "1.37.0", *values_args(variant)).stdout
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(rendered) if d}
+    main = docs.get(("Role", "epnas")) or docs[("ClusterRole", "epnas")]
+    leader = docs[("Role", "epnas-leader-election")]
+
+    assert _rules(main["rules"]) == _rules([r.as_manifest() for r in rbac.cluster_rules()])
+    assert _rules(leader["rules"]) == _rules([r.as_manifest() for r in rbac.lease_rules()])
+    assert leader["metadata"]["namespace"] == "team-a"
 
 
 def test_deployment_args_probes_and_security_defaults(helm):
@@ -163,9 +190,12 @@ def test_deployment_args_probes_and_security_defaults(helm):
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
 
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
-    assert container["args"] == ["--namespace=team-a", "--metrics-port=8080", "--log-level=INFO"]
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate"}
+    assert container["args"] == ["--namespace=team-a", "--metrics-port=8080", "--log-level=INFO", "--leader-election-id=r-epnas"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert "command" not in container
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -248,11 +278,14 @@ def install(helm, release: str, namespace: str, *extra: str) -> None:
 # (verb, resource, subresource, where: "own" | "other", expected)
 WATCHED_NAMESPACE_RULES = [
     ("create", "jobs.batch", None, "own", True),
-    ("delete", "jobs.batch", None, "own", True),
+    ("delete", "jobs.batch", None, "own", False),
     ("watch", "jobs.batch", None, "own", True),
     ("patch", "architecturesearches.epnas.io", "status", "own", True),
-    ("update", "architecturesearches.epnas.io", "status", "own", True),
+    ("update", "architecturesearches.epnas.io", "status", "own", False),
+    ("update", "architecturesearches.epnas.io", "finalizers", "own", True),
     ("watch", "architecturesearches.epnas.io", None, "own", True),
+    ("update", "leases.coordination.k8s.io", None, "own", True),
+    ("update", "leases.coordination.k8s.io", None, "other", False),
     ("list", "pods", None, "own", True),
     ("create", "events", None, "own", True),
     ("get", "secrets", None, "own", False),

@@ -18,15 +18,16 @@ def rbac(control_plane):
 
 
 ALLOWED = [
-    ("get", "architecturesearches.epnas.io"), ("list", "architecturesearches.epnas.io"), ("watch", "architecturesearches.epnas.io"),
-    ("patch", "architecturesearches.epnas.io"), ("patch", "architecturesearches.epnas.io/status"),
-    ("update", "architecturesearches.epnas.io/status"), ("create", "jobs.batch"), ("watch", "jobs.batch"),
-    ("delete", "jobs.batch"), ("list", "pods"), ("create", "events"),
+    ("list", "architecturesearches.epnas.io"), ("watch", "architecturesearches.epnas.io"),
+    ("patch", "architecturesearches.epnas.io/status"), ("update", "architecturesearches.epnas.io/finalizers"),
+    ("create", "jobs.batch"), ("get", "jobs.batch"), ("list", "jobs.batch"), ("watch", "jobs.batch"),
+    ("list", "pods"), ("create", "events"),
 ]
 DENIED = [
     ("get", "secrets"), ("list", "secrets"), ("create", "pods"), ("delete", "pods"), ("create", "architecturesearches.epnas.io"),
-    ("delete", "architecturesearches.epnas.io"), ("update", "jobs.batch"), ("get", "configmaps"), ("create", "deployments.apps"),
-    ("list", "nodes"), ("create", "rolebindings.rbac.authorization.k8s.io"),
+    ("delete", "architecturesearches.epnas.io"), ("patch", "architecturesearches.epnas.io"), ("update", "jobs.batch"),
+    ("delete", "jobs.batch"), ("get", "configmaps"), ("create", "deployments.apps"),
+    ("list", "nodes"), ("create", "rolebindings.rbac.authorization.k8s.io"), ("update", "leases.coordination.k8s.io"),
 ]
 
 
@@ -35,6 +36,14 @@ def test_allowed(rbac, verb, resource):
     resource, _, sub = resource.partition("/")
     args = ["auth", "can-i", verb, resource, "--as", SA, "-n", "default"] + (["--subresource", sub] if sub else [])
     assert rbac.kubectl(*args, check=False).stdout.strip() == "yes"
+
+
+def test_leases_only_in_the_controller_namespace(rbac):
+    def can(verb: str, namespace: str) -> str:
+        return rbac.kubectl("auth", "can-i", verb, "leases.coordination.k8s.io", "--as", SA, "-n", namespace, check=False).stdout.strip()
+
+    assert [can(v, "epnas-system") for v in ("get", "create", "update", "delete")] == ["yes", "yes", "yes", "no"]
+    assert can("update", "default") == "no"
 
 
 @pytest.mark.parametrize(("verb", "resource"), DENIED)

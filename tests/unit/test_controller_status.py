@@ -45,16 +45,6 @@ def test_conditions_keep_transition_time_until_status_changes() -> None:
     assert by["Failed"]["lastTransitionTime"] == "t1"
 
 
-@pytest.mark.parametrize(("live", "refused"), [
-    ({"seed": 0, "parallelism": None}, []),
-    ({"seed": 0, "parallelism": 4}, []),
-    ({"seed": 1, "parallelism": 4}, ["seed"]),
-    ({"seed": 1, "budget": {"episodes": 3}, "parallelism": None}, ["budget", "seed"]),
-])
-def test_refused_changes(live, refused) -> None:
-    assert st.refused_changes({"seed": 0, "parallelism": None}, live) == refused
-
-
 def obj(phase=None, generation=1, observed=None, deleting=False) -> dict:
     meta = {"name": "s", "namespace": "n", "uid": "u", "generation": generation}
     if deleting:
@@ -67,8 +57,8 @@ def obj(phase=None, generation=1, observed=None, deleting=False) -> dict:
     ("ADDED", obj(), False, "start"),
     ("ADDED", obj("Running", observed=1), False, "start"),  # a restarted controller resumes
     ("ADDED", obj("Pending", observed=1), False, "start"),
-    ("ADDED", obj("Succeeded", observed=1), False, "skip"),  # never re-run
-    ("MODIFIED", obj("Succeeded", generation=2, observed=1), False, "skip"),
+    ("ADDED", obj("Succeeded", observed=1), False, "skip"),  # never re-run unless edited
+    ("MODIFIED", obj("Succeeded", generation=2, observed=1), False, "start"),  # extended: continues from its checkpoint
     ("ADDED", obj("Failed", observed=1), False, "skip"),
     ("MODIFIED", obj("Failed", generation=2, observed=1), False, "start"),  # the user fixed the spec
     ("MODIFIED", obj("Running", observed=1), True, "observe"),

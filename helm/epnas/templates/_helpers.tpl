@@ -79,19 +79,25 @@ app.kubernetes.io/component: controller
 {{/* The controller's permissions, the same for a Role and a ClusterRole. No Secrets: trainer
 Jobs name the store Secret and the kubelet resolves it. */}}
 {{- define "epnas.rules" -}}
-- apiGroups: ["epnas.io"]
-  resources: ["architecturesearches"]
-  verbs: ["get", "list", "watch", "patch"]
-- apiGroups: ["epnas.io"]
-  resources: ["architecturesearches/status"]
-  verbs: ["get", "patch", "update"]
-- apiGroups: ["batch"]
-  resources: ["jobs"]
-  verbs: ["create", "get", "list", "watch", "delete"]
-- apiGroups: [""]
-  resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+# Exactly what the controller's code uses (controller/rbac.py; checked by tests/integration/test_chart.py).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create"]
+- apiGroups: ["epnas.io"]
+  resources: ["architecturesearches"]
+  verbs: ["list", "watch"]
+# Jobs' ownerReferences set blockOwnerDeletion: the OwnerReferencesPermissionEnforcement
+# admission plugin allows that only to who may update the owner's finalizers.
+- apiGroups: ["epnas.io"]
+  resources: ["architecturesearches/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["epnas.io"]
+  resources: ["architecturesearches/status"]
+  verbs: ["patch"]
 {{- end }}
