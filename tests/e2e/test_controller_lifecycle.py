@@ -137,13 +137,7 @@ def test_more_episodes_extend_a_finished_search_and_other_edits_are_refused(cont
     before = dict(jobs_seen.uids)
 
     control_plane.kubectl("patch", "nas", "grow", "-n", namespace, "--type=merge", "-p", '{"spec": {"budget": {"episodes": 2}}}')
-    deadline = time.monotonic() + 300
-    while True:
-        status = read_search(control_plane, namespace, "grow")["status"]
-        if status.get("observedGeneration") == 2 and status["phase"] in ("Succeeded", "Failed"):
-            break
-        assert time.monotonic() < deadline and ctl.proc.poll() is None, (status, ctl.output()[-3000:])
-        time.sleep(0.5)
+    status = _ended_at_generation(control_plane, namespace, "grow", 2, ctl, timeout_s=300)
     assert status["phase"] == "Succeeded" and sum(status["children"].values()) == 4 and status["episode"] == 2, status
     names = list(jobs_seen.uids.values())
     assert len(names) == len(set(names)) and all(jobs_seen.uids.get(uid) == name for uid, name in before.items())
@@ -151,13 +145,18 @@ def test_more_episodes_extend_a_finished_search_and_other_edits_are_refused(cont
     assert "Extended" in [e.reason for e in events_of(control_plane, namespace, "grow")]
 
     control_plane.kubectl("patch", "nas", "grow", "-n", namespace, "--type=merge", "-p", '{"spec": {"seed": 77}}')
-    deadline = time.monotonic() + 120
-    while True:
-        status = read_search(control_plane, namespace, "grow")["status"]
-        if status.get("observedGeneration") == 3 and status["phase"] in ("Succeeded", "Failed"):
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(0.5)
+    status = _ended_at_generation(control_plane, namespace, "grow", 3, ctl, timeout_s=120)
     refused = {c["type"]: c for c in status["conditions"]}["SpecChangeRefused"]
     assert status["phase"] == "Succeeded" and refused["status"] == "True" and "spec.seed" in refused["message"]
     assert sum(status["children"].values()) == 4 and len(jobs_seen.uids) == len(names)
+
+
+def _ended_at_generation(control_plane, namespace: str, name: str, generation: int, ctl, *, timeout_s: float) -> dict:
+    """The status once the search observed ``generation`` and ended (Succeeded or Failed)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = read_search(control_plane, namespace, name)["status"]
+        if status.get("observedGeneration") == generation and status["phase"] in ("Succeeded", "Failed"):
+            return status
+        assert time.monotonic() < deadline and ctl.proc.poll() is None, (status, ctl.output()[-3000:])
+        time.sleep(0.5)
