@@ -110,6 +110,8 @@ def job_manifest(run: ChildRun, *, spec: SearchSpec, owner: Owner, command: list
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        # per attempt, from the pod's start: time spent queued for a (GPU) node does not count
+        "activeDeadlineSeconds": trainer.active_deadline_seconds,
         "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER, "fsGroup": RUN_AS_USER,
                             "seccompProfile": {"type": "RuntimeDefault"}},
@@ -122,6 +124,12 @@ def job_manifest(run: ChildRun, *, spec: SearchSpec, owner: Owner, command: list
         pod_spec["tolerations"] = [dict(t) for t in trainer.tolerations]
     if trainer.affinity:
         pod_spec["affinity"] = dict(trainer.affinity)
+    if trainer.priority_class_name:
+        pod_spec["priorityClassName"] = trainer.priority_class_name
+    if trainer.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in trainer.image_pull_secrets]
+    if trainer.service_account_name:
+        pod_spec["serviceAccountName"] = trainer.service_account_name
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -135,7 +143,6 @@ def job_manifest(run: ChildRun, *, spec: SearchSpec, owner: Owner, command: list
         },
         "spec": {
             "backoffLimit": trainer.backoff_limit,
-            "activeDeadlineSeconds": trainer.active_deadline_seconds,
             "ttlSecondsAfterFinished": trainer.ttl_seconds_after_finished,
             "podFailurePolicy": {
                 "rules": [
@@ -180,18 +187,25 @@ def failure_reason(job: Obj) -> str:
     return "Failed"
 
 
-def last_termination(pods: list[Obj]) -> tuple[int | None, str]:
-    """``(exit code, termination message)`` of the most recently started terminated trainer container."""
-    best: tuple[str, int | None, str] | None = None
+def last_termination(pods: list[Obj]) -> tuple[int | None, str, str]:
+    """``(exit code, termination message, reason)`` of the most recently started terminated
+    trainer container; the reason is the pod's (``DeadlineExceeded``, ``Evicted``), else the
+    container's (``OOMKilled``, ``Error`` …)."""
+    best: tuple[str, int | None, str, str] | None = None
     for pod in pods:
+        pod_reason = (pod.get("status") or {}).get("reason") or ""
         for status in (pod.get("status") or {}).get("containerStatuses") or []:
             terminated = (status.get("state") or {}).get("terminated")
             if not terminated:
                 continue
             key = terminated.get("startedAt") or ""
             if best is None or key >= best[0]:
-                best = (key, terminated.get("exitCode"), terminated.get("message") or "")
-    return (best[1], best[2]) if best else (None, "")
+                best = (key, terminated.get("exitCode"), terminated.get("message") or "", pod_reason or terminated.get("reason") or "")
+    return (best[1], best[2], best[3]) if best else (None, "", "")
+
+
+# kubelet reasons that say more than the Job's own (BackoffLimitExceeded): kept as the child's reason
+TELLING_REASONS = frozenset({"OOMKilled", "DeadlineExceeded", "Evicted", "ContainerCannotRun", "StartError"})
 
 
 def job_seconds(job: Obj) -> float:
@@ -219,9 +233,12 @@ def outcome_of(child: str, job: Obj, pods: list[Obj]) -> ChildOutcome:
     seconds = job_seconds(job)
     if finished(job) == "Complete":
         return ChildOutcome(child, 0, "Completed", "", max(1, attempts), seconds)
-    code, message = last_termination(pods)
+    code, message, kubelet_reason = last_termination(pods)
     detail = _message_text(message)
-    return ChildOutcome(child, code, failure_reason(job), detail, max(1, attempts), seconds)
+    reason = failure_reason(job)
+    if kubelet_reason in TELLING_REASONS:
+        reason, detail = kubelet_reason, detail or f"the last attempt ended {kubelet_reason} ({reason})"
+    return ChildOutcome(child, code, reason, detail, max(1, attempts), seconds)
 
 
 def _message_text(message: str) -> str:

@@ -18,6 +18,7 @@ restarts the replica as a candidate).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import pathlib
@@ -28,6 +29,10 @@ import threading
 import time
 import uuid
 from typing import Literal
+
+import pydantic
+
+from epnas.spec import Trainer
 
 from controller import http, kube as kube_mod
 from controller.jobs import TRAINER_COMMAND
@@ -73,12 +78,13 @@ def decide(event_type: str, obj: Obj, *, running: bool) -> Action:
 
 class Controller:
     def __init__(self, *, kube: Kube, metrics: Metrics, namespace: str | None, trainer_command: list[str],
-                 store_policy: StorePolicy = StorePolicy()):
+                 store_policy: StorePolicy = StorePolicy(), trainer_defaults: dict | None = None):
         self.kube = kube
         self.metrics = metrics
         self.namespace = namespace
         self.trainer_command = trainer_command
         self.store_policy = store_policy
+        self.trainer_defaults = trainer_defaults or {}
         self.runners: dict[str, SearchRunner] = {}  # by uid
         self.ready = threading.Event()
         self.stopping = threading.Event()
@@ -107,7 +113,7 @@ class Controller:
             runner.observe(obj)
         elif action == "start":
             runner = SearchRunner(obj, kube=self.kube, metrics=self.metrics, trainer_command=self.trainer_command,
-                                  store_policy=self.store_policy)
+                                  store_policy=self.store_policy, trainer_defaults=self.trainer_defaults)
             self.runners[uid] = runner
             LOG.info("%s/%s: starting its search loop", runner.namespace, runner.name)
             runner.start()
@@ -173,11 +179,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lease-duration", type=float, default=15.0, help="seconds a standby waits on a silent leader (default: %(default)s)")
     p.add_argument("--renew-deadline", type=float, default=10.0, help="seconds a leader keeps trying to renew before it stops (default: %(default)s)")
     p.add_argument("--retry-period", type=float, default=2.0, help="seconds between election attempts (default: %(default)s)")
+    p.add_argument("--trainer-defaults", default="{}", metavar="JSON",
+                   help="the installation's spec.trainer defaults (camelCase fields, e.g. the GPU pool's image, resources, "
+                   "nodeSelector, tolerations, priorityClassName); a search's own fields win")
     p.add_argument("--allowed-store", action="append", default=[], metavar="URI",
                    help="a store URI prefix searches may use (s3://bucket/prefix); repeat for several (default: any)")
     p.add_argument("--allowed-endpoint", action="append", default=[], metavar="URL",
                    help="an S3 endpoint searches may use (https://minio.example:9000); repeat for several (default: any)")
     return p.parse_args(argv)
+
+
+def trainer_defaults_arg(text: str) -> dict:
+    """``--trainer-defaults``: a JSON object of ``spec.trainer`` fields, checked against the model."""
+    try:
+        defaults = json.loads(text)
+    except ValueError as err:
+        raise ValueError(f"not JSON: {err}") from None
+    if not isinstance(defaults, dict):
+        raise ValueError("must be a JSON object of spec.trainer fields")
+    try:
+        Trainer.model_validate(defaults)
+    except pydantic.ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise ValueError(problems) from None
+    return defaults
 
 
 def lease_namespace(flag: str | None) -> str:
@@ -207,11 +232,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"epnas controller: {err}")
         return 2
+    try:
+        trainer_defaults = trainer_defaults_arg(args.trainer_defaults)
+    except ValueError as err:
+        print(f"epnas controller: --trainer-defaults: {err}")
+        return 2
     metrics = Metrics()
     api_client = kube_mod.load_api_client(kubeconfig=args.kubeconfig)
     kube = Kube(api_client, on_error=lambda verb: metrics.api_errors.labels(verb=verb).inc())
     controller = Controller(kube=kube, metrics=metrics, namespace=args.namespace, trainer_command=shlex.split(args.trainer_command),
-                            store_policy=StorePolicy(tuple(args.allowed_store), tuple(args.allowed_endpoint)))
+                            store_policy=StorePolicy(tuple(args.allowed_store), tuple(args.allowed_endpoint)),
+                            trainer_defaults=trainer_defaults)
     lost = threading.Event()
     elector: LeaderElector | None = None
     leading = threading.Event()

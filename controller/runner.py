@@ -36,7 +36,7 @@ from epnas.errors import SpecError
 from epnas.pinning import spec_changes
 from epnas.executors.base import ChildOutcome
 from epnas.search import SearchFailed, SearchLoop, SearchStopped, StepReport
-from epnas.spec import ArchitectureSearch, parse_search
+from epnas.spec import ArchitectureSearch, parse_search, with_trainer_defaults
 from epnas.store import Store, StoreError, StoreNotFound, open_store
 
 from controller import status as st
@@ -79,7 +79,8 @@ class SearchRunner:
     """Runs (or resumes) one search in a thread; ``stop()`` ends it between steps or Job events."""
 
     def __init__(self, obj: Obj, *, kube: Kube, metrics: Metrics, trainer_command: list[str] = TRAINER_COMMAND,
-                 clock: Callable[[], str] = utc_now, store_policy: StorePolicy = StorePolicy()):
+                 clock: Callable[[], str] = utc_now, store_policy: StorePolicy = StorePolicy(),
+                 trainer_defaults: dict[str, Any] | None = None):
         meta = obj["metadata"]
         self.name, self.namespace, self.uid = meta["name"], meta["namespace"], meta["uid"]
         self.obj = obj
@@ -88,6 +89,7 @@ class SearchRunner:
         self.trainer_command = trainer_command
         self.clock = clock
         self.store_policy = store_policy
+        self.trainer_defaults = trainer_defaults or {}
         self.retries = 0
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
@@ -127,7 +129,7 @@ class SearchRunner:
         if generation == self.generation or self.pinned is None:
             return
         try:
-            live = resolved_spec(parse_search(document(obj)))
+            live = resolved_spec(self._parse(obj))
         except SpecError as err:
             extensions, refused = [], [f"invalid: {err}"]
         else:
@@ -149,6 +151,10 @@ class SearchRunner:
                 self.generation = generation
                 self.conditions = st.set_condition(self.conditions, kind="SpecChangeRefused", status=False, reason=st.Reason.SPEC_UNCHANGED, message="only live fields changed", now=self.clock())
                 self._patch({"observedGeneration": generation})
+
+    def _parse(self, obj: Obj) -> ArchitectureSearch:
+        """The CR as a search, its trainer completed from the installation's defaults (``--trainer-defaults``)."""
+        return with_trainer_defaults(parse_search(document(obj)), self.trainer_defaults)
 
     def _doc(self, spec: dict[str, Any]) -> dict[str, Any]:
         return {"metadata": {"name": self.name}, "spec": spec}
@@ -199,7 +205,7 @@ class SearchRunner:
             with self.lock:
                 self._set_phase("Pending", st.Reason.STARTED, "starting", observed=True)
         try:
-            search = parse_search(document(self.obj))
+            search = self._parse(self.obj)
         except SpecError as err:
             return self._fail(st.Reason.INVALID_SPEC, "; ".join(str(p) for p in err.problems))
         store_spec = search.spec.store

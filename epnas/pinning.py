@@ -13,8 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 EXTENDABLE = frozenset({"spec.budget.episodes", "spec.budget.maxChildren", "spec.budget.maxFailedChildren", "spec.parallelism"})
-EXTENDABLE_SECTIONS = ("spec.finalTraining.",)
-"""Every field under these may change: final training runs after the search and changes nothing in it."""
+EXTENDABLE_SECTIONS = ("spec.finalTraining.", "spec.trainer.")
+"""Every field under these may change: final training runs after the search and changes nothing
+in it; the trainer section says where and with what a child's Job runs (image, resources,
+placement, retries), not what it computes."""
 
 
 def extendable(field: str) -> bool:

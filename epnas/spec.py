@@ -196,9 +196,26 @@ class Trainer(_Model):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     affinity: dict[str, Any] | None = None
+    priority_class_name: str | None = Field(None, description="PriorityClass of the children's pods")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="names of Secrets to pull the trainer image with")
+    service_account_name: str | None = Field(
+        None, description="ServiceAccount of the children's pods (IRSA or Workload Identity for the store); default: the namespace's default"
+    )
     backoff_limit: Int = Field(2, ge=0)
-    active_deadline_seconds: Int = Field(3600, ge=1)
+    active_deadline_seconds: Int = Field(
+        3600, ge=1, description="seconds one attempt of a child may run, counted from its pod's start (time queued for a node does not count)"
+    )
     ttl_seconds_after_finished: Int = Field(86400, ge=0)
+
+
+def with_trainer_defaults(search: "ArchitectureSearch", defaults: dict[str, Any]) -> "ArchitectureSearch":
+    """``search`` with its ``spec.trainer`` completed from an installation's ``defaults``
+    (camelCase ``Trainer`` fields): a field the search sets wins, one it leaves out takes the default."""
+    if not defaults:
+        return search
+    own = search.spec.trainer.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    trainer = Trainer.model_validate({**defaults, **own})
+    return search.model_copy(update={"spec": search.spec.model_copy(update={"trainer": trainer})})
 
 
 class StoreSpec(_Model):

@@ -24,6 +24,10 @@ from kubernetes import client as k8s_client
 from kubernetes.client.rest import ApiException
 
 from controller import rbac
+from controller.jobs import Owner, job_manifest
+from controller.main import trainer_defaults_arg
+from epnas.executors.base import ChildRun
+from epnas.spec import parse_search, with_trainer_defaults
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "helm" / "epnas"
@@ -184,6 +188,29 @@ def test_chart_rbac_is_exactly_what_the_code_uses(helm, variant):
     assert leader["metadata"]["namespace"] == "team-a"
 
 
+def test_trainer_values_become_the_jobs_defaults_and_a_search_overrides_them(helm):
+    """values trainer.* reach the controller as --trainer-defaults; the Job the controller makes
+    for a search that sets only some trainer fields carries the rest from the values."""
+    rendered = helm("template", "r", str(CHART), "-n", "team-a", "--kube-version", "1.37.0",
+                    "--set", "trainer.priorityClassName=gpu-batch", "--set", "trainer.imagePullSecrets={regcred}",
+                    "--set", "trainer.serviceAccountName=trainer-irsa", "--set", "trainer.nodeSelector.pool=gpu",
+                    "--set", "trainer.memory=32Gi").stdout
+    deployment = next(doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "Deployment")
+    (arg,) = [a for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"] if a.startswith("--trainer-defaults=")]
+    defaults = trainer_defaults_arg(arg.split("=", 1)[1])
+    search = with_trainer_defaults(parse_search({"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch",
+                                                 "metadata": {"name": "s"}, "spec": {"trainer": {"gpu": 0}}}), defaults)
+    run = ChildRun(search="s", child="e000-s00-c00", arch_uri="s3://b/a.json", out_uri="s3://b/o", weights_uri=None, timeout_s=60,
+                   episode=0, step=0, index=0)
+    pod = job_manifest(run, spec=search.spec, owner=Owner("s", "team-a", "uid"))["spec"]["template"]["spec"]
+
+    assert pod["priorityClassName"] == "gpu-batch" and pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["serviceAccountName"] == "trainer-irsa" and pod["nodeSelector"] == {"pool": "gpu"}
+    container = pod["containers"][0]
+    assert container["image"].startswith("ghcr.io/epnas/epnas-trainer:") and container["resources"]["limits"]["memory"] == "32Gi"
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]  # the search's own gpu: 0 wins
+
+
 def test_deployment_args_probes_and_security_defaults(helm):
     rendered = helm("template", "r", str(CHART), "-n", "team-a", "--kube-version", "1.37.0").stdout
     deployment = next(doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "Deployment")
@@ -192,7 +219,8 @@ def test_deployment_args_probes_and_security_defaults(helm):
 
     assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["strategy"] == {"type": "RollingUpdate"}
-    assert container["args"] == ["--namespace=team-a", "--metrics-port=8080", "--log-level=INFO", "--leader-election-id=r-epnas"]
+    assert container["args"][:4] == ["--namespace=team-a", "--metrics-port=8080", "--log-level=INFO", "--leader-election-id=r-epnas"]
+    assert container["args"][4].startswith("--trainer-defaults={") and len(container["args"]) == 5
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"

@@ -36,7 +36,9 @@ def test_name_labels_owner_and_job_spec() -> None:
     assert meta["ownerReferences"] == [{"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch", "name": "digits-quick",
                                         "uid": "uid-123", "controller": True, "blockOwnerDeletion": True}]
     s = job["spec"]
-    assert (s["backoffLimit"], s["activeDeadlineSeconds"], s["ttlSecondsAfterFinished"]) == (3, 900, 120)
+    assert (s["backoffLimit"], s["ttlSecondsAfterFinished"]) == (3, 120)
+    # the time limit is the pod's, counted from its start: a child queued for a GPU node does not time out
+    assert "activeDeadlineSeconds" not in s and s["template"]["spec"]["activeDeadlineSeconds"] == 900
     assert s["podFailurePolicy"]["rules"] == [
         {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2, 3]}},
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
@@ -83,8 +85,10 @@ def job(conditions: list[dict], **status) -> dict:
     return {"metadata": {"name": "s-e000-s00-c00"}, "status": {"conditions": conditions, "startTime": "2026-01-01T00:00:00Z", **status}}
 
 
-def pod(code: int, started: str, message: str = "") -> dict:
-    return {"status": {"containerStatuses": [{"state": {"terminated": {"exitCode": code, "startedAt": started, "message": message}}}]}}
+def pod(code: int, started: str, message: str = "", reason: str = "Error", pod_reason: str | None = None) -> dict:
+    terminated = {"exitCode": code, "startedAt": started, "message": message, "reason": reason}
+    status = {"containerStatuses": [{"state": {"terminated": terminated}}]}
+    return {"status": {**status, "reason": pod_reason} if pod_reason else status}
 
 
 @pytest.mark.parametrize(("conditions", "state", "reason"), [
@@ -108,4 +112,26 @@ def test_outcomes() -> None:
     pods = [pod(1, "2026-01-01T00:00:01Z", "old"), pod(137, "2026-01-01T00:00:40Z", json.dumps({"exitCode": 1, "message": "boom"}))]
     bad = outcome_of("c", failed, pods)
     assert (bad.exit_code, bad.reason, bad.stderr_tail, bad.attempts, bad.seconds) == (137, "BackoffLimitExceeded", "boom", 3, 60.0)
-    assert last_termination([]) == (None, "")
+    assert last_termination([]) == (None, "", "")
+
+
+@pytest.mark.parametrize(("pods", "reason", "detail"), [
+    ([pod(137, "2026-01-01T00:00:40Z", reason="OOMKilled")], "OOMKilled", "the last attempt ended OOMKilled (BackoffLimitExceeded)"),
+    ([pod(137, "2026-01-01T00:00:40Z", pod_reason="DeadlineExceeded")], "DeadlineExceeded",
+     "the last attempt ended DeadlineExceeded (BackoffLimitExceeded)"),
+    ([pod(1, "2026-01-01T00:00:40Z", json.dumps({"message": "boom"}))], "BackoffLimitExceeded", "boom"),
+])
+def test_a_failed_child_keeps_the_kubelets_telling_reason(pods, reason, detail) -> None:
+    failed = job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}], failed=3)
+    outcome = outcome_of("c", failed, pods)
+
+    assert (outcome.reason, outcome.stderr_tail) == (reason, detail)
+
+
+def test_placement_and_identity_fields_reach_the_pod() -> None:
+    pod_spec = job_manifest(RUN, spec=spec(priorityClassName="gpu-batch", imagePullSecrets=["regcred"], serviceAccountName="trainer"),
+                            owner=OWNER)["spec"]["template"]["spec"]
+    assert pod_spec["priorityClassName"] == "gpu-batch"
+    assert pod_spec["imagePullSecrets"] == [{"name": "regcred"}] and pod_spec["serviceAccountName"] == "trainer"
+    plain = job_manifest(RUN, spec=spec(), owner=OWNER)["spec"]["template"]["spec"]
+    assert not {"priorityClassName", "imagePullSecrets", "serviceAccountName"} & set(plain)

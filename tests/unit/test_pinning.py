@@ -28,6 +28,8 @@ def doc(**spec) -> dict:
         ("more branches with more episodes", doc(budget={"episodes": 4, "branches": 8}), ["spec.budget.episodes"], ["spec.budget.branches"]),
         ("final training added after the search", doc(finalTraining={"top": 2, "epochs": 30}),
          ["spec.finalTraining"], []),
+        ("the trainer image and placement: where children run, not what they compute",
+         doc(trainer={"image": "t:2", "priorityClassName": "gpu"}), ["spec.trainer"], []),
     ],
 )
 def test_spec_changes(name: str, new: dict, extensions: list[str], refused: list[str]) -> None:

@@ -168,3 +168,18 @@ def test_a_store_endpoint_may_have_a_port_and_a_path() -> None:
     for endpoint in ("http://minio.epnas.svc:9000", "https://s3.example.com/", "http://127.0.0.1:9000"):
         parse_search({"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch", "metadata": {"name": "x"},
                       "spec": {"store": {"uri": "s3://b/p", "endpoint": endpoint}}})
+
+
+def test_installation_trainer_defaults_fill_what_the_search_leaves_out():
+    from epnas.spec import with_trainer_defaults
+
+    search = parse_search({"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch", "metadata": {"name": "s"},
+                           "spec": {"trainer": {"gpu": 0, "memory": "2Gi"}}})
+    defaults = {"image": "registry.example/trainer:2", "gpu": 1, "memory": "32Gi", "priorityClassName": "gpu-batch",
+                "nodeSelector": {"pool": "gpu"}}
+    trainer = with_trainer_defaults(search, defaults).spec.trainer
+
+    assert (trainer.gpu, trainer.memory) == (0, "2Gi")  # the search's own
+    assert (trainer.image, trainer.priority_class_name, trainer.node_selector) == ("registry.example/trainer:2", "gpu-batch", {"pool": "gpu"})
+    assert trainer.cpu == "2"  # neither: the model's default
+    assert with_trainer_defaults(search, {}) is search

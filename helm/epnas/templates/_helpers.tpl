@@ -101,3 +101,16 @@ Jobs name the store Secret and the kubelet resolves it. */}}
   resources: ["architecturesearches/status"]
   verbs: ["patch"]
 {{- end }}
+
+{{/* The installation's spec.trainer defaults as JSON (values trainer.*), for --trainer-defaults. */}}
+{{- define "epnas.trainerDefaults" -}}
+{{- $t := .Values.trainer -}}
+{{- $out := dict "image" (include "epnas.trainerImage" .) "gpu" $t.gpu "cpu" (toString $t.cpu) "memory" (toString $t.memory) -}}
+{{- with $t.nodeSelector }}{{ $_ := set $out "nodeSelector" . }}{{ end -}}
+{{- with $t.tolerations }}{{ $_ := set $out "tolerations" . }}{{ end -}}
+{{- with $t.affinity }}{{ $_ := set $out "affinity" . }}{{ end -}}
+{{- with $t.priorityClassName }}{{ $_ := set $out "priorityClassName" . }}{{ end -}}
+{{- with $t.imagePullSecrets }}{{ $_ := set $out "imagePullSecrets" . }}{{ end -}}
+{{- with $t.serviceAccountName }}{{ $_ := set $out "serviceAccountName" . }}{{ end -}}
+{{- toJson $out -}}
+{{- end }}
