@@ -107,7 +107,7 @@ class Controller:
             if runner is not None:
                 runner.stop()
                 self.runners.pop(uid, None)
-                self.metrics.forget(search=runner.name)
+                self.metrics.forget(namespace=runner.namespace, search=runner.name)
                 LOG.info("%s/%s deleted: loop stopped", runner.namespace, runner.name)
         elif action == "observe":
             runner.observe(obj)

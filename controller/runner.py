@@ -288,9 +288,9 @@ class SearchRunner:
     def _on_step(self, report: StepReport) -> None:
         if self.stop_event.is_set():
             return
-        self.metrics.step_done(search=self.name, summary=report.summary)
+        self.metrics.step_done(namespace=self.namespace, search=self.name, summary=report.summary)
         for record in report.records:
-            self.metrics.children.labels(search=self.name, status=record.status).inc()
+            self.metrics.children.labels(namespace=self.namespace, search=self.name, status=record.status).inc()
         self._policy_metrics(self.loop)
         with self.lock:
             self._recovered()
@@ -311,10 +311,10 @@ class SearchRunner:
     def _policy_metrics(self, source: Any) -> None:
         update = getattr(source, "last_update", None)
         if update:
-            self.metrics.policy_updated(search=self.name, update=update)
+            self.metrics.policy_updated(namespace=self.namespace, search=self.name, update=update)
 
     def _child_finished(self, outcome: ChildOutcome) -> None:
-        self.metrics.child_duration.labels(search=self.name).observe(outcome.seconds)
+        self.metrics.child_duration.labels(namespace=self.namespace, search=self.name).observe(outcome.seconds)
 
     # ------------------------------------------------------------ status and events
 

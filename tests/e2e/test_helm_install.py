@@ -47,7 +47,7 @@ SEARCH = "digits-quick"
 PROMETHEUS = "/usr/bin/prometheus"
 PROMETHEUS_HINT = "install Prometheus with `scripts/test-deps` (apt-get install -y prometheus; `make testbin` runs it)"
 # Grafana's variables, as a dashboard with "All" searches selected would expand them.
-GRAFANA_VARIABLES = {"$search": ".*", "$__rate_interval": "2m"}
+GRAFANA_VARIABLES = {"$namespace": ".*", "$search": ".*", "$__rate_interval": "2m"}
 
 
 def free_port() -> int:

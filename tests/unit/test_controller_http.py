@@ -6,6 +6,8 @@ import threading
 import urllib.error
 import urllib.request
 
+from prometheus_client import generate_latest
+
 from controller import http
 from controller.metrics import Metrics
 
@@ -32,10 +34,11 @@ def test_endpoints_and_metric_names() -> None:
         stalled.set()
         assert get(port, "/healthz") == (503, "watch stalled\n")
         assert get(port, "/nope")[0] == 404
-        metrics.child_ended(search="s", status="succeeded", seconds=3.0)
-        metrics.step_done(search="s", summary={"best": {"reward": 0.5, "valAccuracy": 0.75}, "children": {"succeeded": 3, "cached": 1, "failed": 1},
+        metrics.child_ended(namespace="n", search="s", status="succeeded", seconds=3.0)
+        metrics.child_ended(namespace="other", search="s", status="failed", seconds=None)
+        metrics.step_done(namespace="n", search="s", summary={"best": {"reward": 0.5, "valAccuracy": 0.75}, "children": {"succeeded": 3, "cached": 1, "failed": 1},
                                                "feasibleCount": 2, "episode": 1, "step": 2})
-        metrics.policy_updated(search="s", update={"loss": -0.25, "entropy": 4.0, "grad_norm": 1.0})
+        metrics.policy_updated(namespace="n", search="s", update={"loss": -0.25, "entropy": 4.0, "grad_norm": 1.0})
         metrics.api_errors.labels(verb="create").inc()
         metrics.store_errors.labels(op="open").inc()
         metrics.leader.set(1)
@@ -44,15 +47,17 @@ def test_endpoints_and_metric_names() -> None:
     finally:
         server.shutdown()
     assert code == 200
-    for line in ('epnas_children_total{search="s",status="succeeded"} 1.0', 'epnas_child_duration_seconds_count{search="s"} 1.0',
-                 'epnas_best_reward{search="s"} 0.5', 'epnas_best_accuracy{search="s"} 0.75', 'epnas_feasible_ratio{search="s"} 0.5',
-                 'epnas_policy_loss{search="s"} -0.25', 'epnas_policy_entropy{search="s"} 4.0', 'epnas_episode{search="s"} 1.0',
-                 'epnas_step{search="s"} 2.0', "epnas_searches_running 0.0", 'epnas_kubernetes_api_errors_total{verb="create"} 1.0',
+    n = 'namespace="n",search="s"'
+    for line in (f'epnas_children_total{{{n},status="succeeded"}} 1.0', f'epnas_child_duration_seconds_count{{{n}}} 1.0',
+                 f'epnas_best_reward{{{n}}} 0.5', f'epnas_best_accuracy{{{n}}} 0.75', f'epnas_feasible_ratio{{{n}}} 0.5',
+                 f'epnas_policy_loss{{{n}}} -0.25', f'epnas_policy_entropy{{{n}}} 4.0', f'epnas_episode{{{n}}} 1.0',
+                 f'epnas_step{{{n}}} 2.0', 'epnas_children_total{namespace="other",search="s",status="failed"} 1.0', "epnas_searches_running 0.0", 'epnas_kubernetes_api_errors_total{verb="create"} 1.0',
                  'epnas_store_errors_total{op="open"} 1.0', "epnas_controller_leader 1.0",
                  'epnas_search_retries_total{reason="kubernetes"} 1.0'):
         assert line in text, line
     names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
     assert all(name.startswith("epnas_") for name in names)
-    metrics.forget(search="s")
-    assert metrics.registry.get_sample_value("epnas_best_reward", {"search": "s"}) is None
-    assert metrics.registry.get_sample_value("epnas_children_total", {"search": "s", "status": "succeeded"}) == 1.0
+    metrics.forget(namespace="n", search="s")
+    left = generate_latest(metrics.registry).decode()
+    assert 'namespace="n"' not in left  # every series of the deleted search, counters and histogram included
+    assert 'epnas_children_total{namespace="other",search="s",status="failed"} 1.0' in left  # its namesake elsewhere stays
