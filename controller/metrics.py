@@ -56,11 +56,6 @@ class Metrics:
         self.api_errors = Counter("epnas_kubernetes_api_errors_total", "Failed Kubernetes API calls, by verb.", ["verb"], registry=r)
         self.store_errors = Counter("epnas_store_errors_total", "Failed store operations, by operation.", ["op"], registry=r)
 
-    def child_ended(self, *, namespace: str, search: str, status: str, seconds: float | None) -> None:
-        self.children.labels(namespace=namespace, search=search, status=status).inc()
-        if seconds is not None:
-            self.child_duration.labels(namespace=namespace, search=search).observe(seconds)
-
     def step_done(self, *, namespace: str, search: str, summary: dict) -> None:
         """Gauges from a loop summary (``epnas.search.summarize``)."""
         best = summary.get("best") or {}

@@ -25,19 +25,18 @@ Why things happen where they do:
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from epnas.checkpoint import SEARCH_FILE
+from epnas.checkpoint import SEARCH_FILE, pin_search
 from epnas.errors import SpecError
 from epnas.pinning import spec_changes
 from epnas.executors.base import ChildOutcome
 from epnas.search import SearchFailed, SearchLoop, SearchStopped, StepReport
 from epnas.spec import ArchitectureSearch, parse_search, with_trainer_defaults
-from epnas.store import Store, StoreError, StoreNotFound, open_store
+from epnas.store import StoreError, open_store
 
 from controller import status as st
 from controller.jobs import TRAINER_COMMAND, JobExecutor, Owner
@@ -219,7 +218,8 @@ class SearchRunner:
             store = open_store(search_uri, endpoint=store_spec.endpoint, region=store_spec.region)
             if store_spec.resume_uid and not store.exists(SEARCH_FILE):
                 return self._fail(st.Reason.NOTHING_TO_RESUME, f"spec.store.resumeUid: no search of that uid at {search_uri}")
-            search, refused, extensions = self._pin(store, search)
+            pinned = pin_search(store, search)
+            search, refused, extensions = pinned.search, pinned.refused, pinned.extensions
         except StoreError as err:
             self.metrics.store_errors.labels(op="open").inc()
             if err.transient:
@@ -263,27 +263,6 @@ class SearchRunner:
             message = f"search finished: best {best.get('hash', '-')} accuracy {best.get('valAccuracy', 0):.4f}"
             self._set_phase("Succeeded", st.Reason.COMPLETED, message, fields=st.from_summary(summary))
         self._event("Normal", "Succeeded", message)
-
-    def _pin(self, store: Store, search: ArchitectureSearch) -> tuple[ArchitectureSearch, list[str], list[str]]:
-        """``(the search to run, refused fields, extended fields)`` by ``epnas.pinning``, as
-        ``epnas search`` does locally: ``search.yaml`` is written once; an extension rewrites it
-        and the search continues from its checkpoint; any other change is refused and the
-        stored search runs on."""
-        document_ = search.model_dump(mode="json", by_alias=True, exclude={"status"})
-        text = json.dumps(document_, sort_keys=True, indent=2)
-        try:
-            stored_doc = json.loads(store.get_bytes(SEARCH_FILE))
-        except StoreNotFound:
-            store.put_bytes(SEARCH_FILE, text.encode())
-            return search, [], []
-        stored = parse_search(stored_doc)
-        extensions, refused = spec_changes(stored_doc, document_)
-        if refused:
-            return stored, refused, []
-        if extensions:
-            store.put_bytes(SEARCH_FILE, text.encode())
-            return search, [], extensions
-        return stored, [], []
 
     def _on_step(self, report: StepReport) -> None:
         if self.stop_event.is_set():

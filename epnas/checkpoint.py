@@ -9,6 +9,7 @@ policy and the checkpoint that refers to it never applies an update twice.
 from __future__ import annotations
 
 import base64
+import json
 import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -17,7 +18,9 @@ import safetensors
 import safetensors.torch
 import torch
 
-from epnas.errors import CorruptState
+from epnas.errors import CorruptState, SpecError
+from epnas.pinning import spec_changes
+from epnas.spec import ArchitectureSearch, parse_search
 from epnas.store import Store, StoreError, StoreNotFound, join_uri
 
 CHECKPOINT = "state/checkpoint.json"
@@ -26,6 +29,51 @@ SUMMARY = "state/summary.json"
 PENDING = "state/pending-step.json"
 SEARCH_FILE = "search.yaml"
 UPDATES_PREFIX = "state/updates/"  # one JSON per episode: the policy update's loss, entropy, grad_norm
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """What ``pin_search`` decided: the search to run, and the fields extended or refused."""
+
+    search: ArchitectureSearch
+    extensions: list[str]
+    refused: list[str]
+
+
+def pin_search(store: Store, search: ArchitectureSearch) -> Pinned:
+    """Pin ``search`` in ``search.yaml`` by ``epnas.pinning``'s rule, the same for ``epnas search``
+    and the controller: written once; a spec that only extends the stored one (more episodes,
+    final training, trainer placement) rewrites it and runs (``extensions``); any other
+    difference leaves it alone and runs the stored one, naming the fields (``refused``: the CLI
+    exits 2 on them, the controller records them in a condition).  A stored file that does not
+    decode raises ``CorruptState``; nothing is overwritten then."""
+    document = search.model_dump(mode="json", by_alias=True, exclude={"status"})
+    text = json.dumps(document, sort_keys=True, indent=2)
+    try:
+        existing = store.get_bytes(SEARCH_FILE).decode()
+    except StoreNotFound:
+        store.put_bytes(SEARCH_FILE, text.encode())
+        return Pinned(search, [], [])
+    except UnicodeDecodeError as err:
+        raise CorruptState(_damaged_search_file(store, err)) from None
+    if existing == text:
+        return Pinned(search, [], [])
+    try:
+        stored_doc = json.loads(existing)
+        stored = parse_search(stored_doc)
+        extensions, refused = spec_changes(stored_doc, document)
+    except (ValueError, KeyError, TypeError, AttributeError, SpecError) as err:
+        raise CorruptState(_damaged_search_file(store, err)) from None
+    if refused:
+        return Pinned(stored, [], refused)
+    if extensions:
+        store.put_bytes(SEARCH_FILE, text.encode())
+        return Pinned(search, extensions, [])
+    return Pinned(stored, [], [])
+
+
+def _damaged_search_file(store: Store, err: Exception) -> str:
+    return f"{join_uri(store.uri, SEARCH_FILE)} is damaged ({err}); restore it, or use another name or store"
 
 
 @dataclass

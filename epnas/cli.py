@@ -17,8 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from epnas.checkpoint import SEARCH_FILE, SUMMARY, read_history
-from epnas.pinning import spec_changes
+from epnas.checkpoint import SUMMARY, pin_search, read_history
 from epnas.records import ChildRecord, ranked_children
 from epnas.errors import INVALID_INPUT, CorruptState, SpecError
 from epnas.executors.local import LocalExecutor
@@ -141,33 +140,23 @@ def progress_line(report: StepReport) -> str:
 
 
 def _write_search_file(store, search: ArchitectureSearch) -> None:
-    """The resolved spec, written once.  A rerun whose spec only raises the budget
-    (``epnas.pinning.EXTENDABLE``) extends the search and rewrites it; any other difference
-    is refused, naming every differing field."""
-    document = search.model_dump(mode="json", by_alias=True, exclude={"status"})
-    resolved = json.dumps(document, sort_keys=True, indent=2)
+    """Pin the spec (``epnas.checkpoint.pin_search``): a rerun that only extends the search
+    continues it; any other difference is refused, naming every differing field (exit 2)."""
     try:
-        existing = store.get_bytes(SEARCH_FILE).decode()
-    except StoreNotFound:
-        store.put_bytes(SEARCH_FILE, resolved.encode())
-        return
-    if existing == resolved:
-        return
-    try:
-        stored = json.loads(existing)
-        extensions, refused = spec_changes(stored, document)
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        errors.print(f"epnas: {join_uri(store.uri, SEARCH_FILE)} is damaged ({err}); restore it, or use another name or store", markup=False)
+        pinned = pin_search(store, search)
+    except CorruptState as err:
+        errors.print(f"epnas: {err}", markup=False)
         sys.exit(1)
-    if refused:
+    if pinned.refused:
         errors.print(
-            f"epnas: {store.uri} already holds search {search.name!r} with a different spec; these fields differ: {', '.join(refused)}. "
-            "Only budget.episodes (up), budget.maxChildren, budget.maxFailedChildren and parallelism may change; use another name or store",
+            f"epnas: {store.uri} already holds search {search.name!r} with a different spec; these fields differ: {', '.join(pinned.refused)}. "
+            "Only budget.episodes (up), budget.maxChildren, budget.maxFailedChildren, parallelism, finalTraining and trainer may change; "
+            "use another name or store",
             markup=False,
         )
         sys.exit(INVALID_INPUT)
-    errors.print(f"epnas: extending search {search.name!r}: {', '.join(extensions)} changed; continuing from its checkpoint", markup=False)
-    store.put_bytes(SEARCH_FILE, resolved.encode())
+    if pinned.extensions:
+        errors.print(f"epnas: extending search {search.name!r}: {', '.join(pinned.extensions)} changed; continuing from its checkpoint", markup=False)
 
 
 class _NoProgress:

@@ -34,8 +34,9 @@ def test_endpoints_and_metric_names() -> None:
         stalled.set()
         assert get(port, "/healthz") == (503, "watch stalled\n")
         assert get(port, "/nope")[0] == 404
-        metrics.child_ended(namespace="n", search="s", status="succeeded", seconds=3.0)
-        metrics.child_ended(namespace="other", search="s", status="failed", seconds=None)
+        metrics.children.labels(namespace="n", search="s", status="succeeded").inc()
+        metrics.child_duration.labels(namespace="n", search="s").observe(3.0)
+        metrics.children.labels(namespace="other", search="s", status="failed").inc()
         metrics.step_done(namespace="n", search="s", summary={"best": {"reward": 0.5, "valAccuracy": 0.75}, "children": {"succeeded": 3, "cached": 1, "failed": 1},
                                                "feasibleCount": 2, "episode": 1, "step": 2})
         metrics.policy_updated(namespace="n", search="s", update={"loss": -0.25, "entropy": 4.0, "grad_norm": 1.0})
