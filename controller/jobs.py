@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from epnas.errors import NOT_RETRIED
-from epnas.executors.base import ChildOutcome, ChildRun
-from epnas.search import SearchStopped
+from epnas.executors.base import ChildOutcome, ChildRun, SearchStopped
 from epnas.spec import API_VERSION, KIND, SearchSpec
 
 from controller.kube import Gone, Kube, KubeError, Obj
@@ -64,13 +63,7 @@ def step_selector(search: str, episode: int | None = None, step: int | None = No
 def trainer_args(run: ChildRun, *, endpoint: str | None, device: str) -> list[str]:
     """The trainer's arguments; the termination log path comes through ``$(EPNAS_TERMINATION_LOG)``,
     which the container env sets to ``/dev/termination-log`` (a test node agent overrides it)."""
-    args = ["--arch", run.arch_uri, "--out", run.out_uri]
-    if run.weights_uri:
-        args += ["--weights", run.weights_uri]
-    args += ["--termination-log", "$(EPNAS_TERMINATION_LOG)", "--device", device]
-    if endpoint:
-        args += ["--endpoint", endpoint]
-    return args
+    return run.trainer_args(termination_log="$(EPNAS_TERMINATION_LOG)", endpoint=endpoint, device=device)
 
 
 def job_manifest(run: ChildRun, *, spec: SearchSpec, owner: Owner, command: list[str] = TRAINER_COMMAND) -> Obj:

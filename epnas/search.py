@@ -40,7 +40,7 @@ from epnas.checkpoint import (
     read_state_json,
 )
 from epnas.errors import CorruptState, SpecError
-from epnas.executors.base import ChildOutcome, ChildRun, Executor
+from epnas.executors.base import ChildOutcome, ChildRun, Executor, SearchStopped
 from epnas.metrics import compute_metrics
 from epnas.records import ChildRecord, Move, TrajectoryStep, ranked_children
 from epnas.reward import compute_reward
@@ -69,11 +69,6 @@ class SearchFailed(Exception):
     """The failure budget is spent (``budget.maxFailedChildren``, or every child of a step
     failed): the step is committed, the summary reads ``Failed`` with this reason, and a
     rerun with a larger budget continues from the checkpoint."""
-
-
-class SearchStopped(Exception):
-    """``should_stop()`` said so (e.g. the search's custom resource was deleted): the loop ends
-    between steps, leaving the store as a resumable checkpoint.  Executors may raise it too."""
 
 
 @dataclass

@@ -27,6 +27,23 @@ class ChildRun:
     step: int
     index: int
 
+    def trainer_args(self, *, termination_log: str, endpoint: str | None = None, device: str | None = None) -> list[str]:
+        """The trainer's flags for this child, wherever it runs (a local process or a Job's container)."""
+        args = ["--arch", self.arch_uri, "--out", self.out_uri]
+        if self.weights_uri:
+            args += ["--weights", self.weights_uri]
+        args += ["--termination-log", termination_log]
+        if device:
+            args += ["--device", device]
+        if endpoint:
+            args += ["--endpoint", endpoint]
+        return args
+
+
+class SearchStopped(Exception):
+    """``should_stop()`` said so (e.g. the search's custom resource was deleted): the loop ends
+    between steps, leaving the store as a resumable checkpoint.  Executors raise it too."""
+
 
 @dataclass(frozen=True)
 class ChildOutcome:

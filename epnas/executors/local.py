@@ -130,13 +130,8 @@ class LocalExecutor:
         return [*self.trainer_command, *self.trainer_args(run, termination_log)]
 
     def trainer_args(self, run: ChildRun, termination_log: str) -> list[str]:
-        """The trainer's flags for ``run``."""
-        args = ["--arch", run.arch_uri, "--out", run.out_uri, "--termination-log", termination_log]
-        if run.weights_uri:
-            args += ["--weights", run.weights_uri]
-        if self.endpoint:
-            args += ["--endpoint", self.endpoint]
-        return args
+        """The trainer's flags for ``run`` (``ChildRun.trainer_args``, with this executor's endpoint)."""
+        return run.trainer_args(termination_log=termination_log, endpoint=self.endpoint)
 
     # ------------------------------------------------------------ retries
 
