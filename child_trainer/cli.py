@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import re
 import sys
 from dataclasses import dataclass
@@ -144,6 +145,10 @@ def prepare(args: argparse.Namespace) -> Job:
         value = getattr(args, flag)
         if value is not None and "://" in value and not value.startswith(("file://", "s3://")):
             raise InvalidInput(f"bad flags: --{flag.replace('_', '-')} must be file://, s3:// or a path")
+    if args.endpoint is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", args.endpoint):
+        raise InvalidInput(f"bad flags: --endpoint {args.endpoint!r} is not an http:// or https:// URL")
+    if args.weights and args.weights.startswith("file://") and pathlib.Path(args.weights[len("file://"):]).is_file():
+        raise InvalidInput(f"bad flags: --weights {args.weights} is a file; it names the weight dictionary's directory (weights/)")
     try:
         root, key = split_uri(args.arch)
     except StoreError as err:
