@@ -2,7 +2,7 @@
 ``EPNAS_DRILL_TRIALS`` trials of each drill, on the harness's real control plane and MinIO,
 then tabulated from the ``DRILL {json}`` line each trial prints.
 
-    python bench/drills.py [--trials 20] [--seed 1] [--only controller|minio] [--json runs/drills.json]
+    python bench/drills.py [--trials 20] [--seed 1] [--only controller|minio|apiserver] [--json runs/drills.json]
 
 Each trial must end with the search Succeeded, every child's result in the store, no Job
 created twice and no corrupt object; the table counts them (results in docs/benchmarks.md).
@@ -19,7 +19,8 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TESTS = {"controller": "test_controller_sigkilled_at_a_random_moment", "minio": "test_minio_stopped_during_a_step"}
+TESTS = {"controller": "test_controller_sigkilled_at_a_random_moment", "minio": "test_minio_stopped_during_a_step",
+         "apiserver": "test_kube_apiserver_restarted_mid_step"}
 
 
 def main() -> int:
@@ -32,13 +33,16 @@ def main() -> int:
     selector = TESTS[args.only] if args.only else " or ".join(TESTS.values())
     env = {**os.environ, "EPNAS_DRILL_TRIALS": str(args.trials), "EPNAS_DRILL_SEED": str(args.seed)}
     started = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "tests/e2e/test_fault_drills.py", "-k", selector],
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-x", "-p", "no:cacheprovider", "tests/e2e/test_fault_drills.py", "-k", selector],
                          cwd=REPO, env=env, capture_output=True, text=True)
-    trials = [json.loads(line.split("DRILL ", 1)[1]) for line in run.stdout.splitlines() if line.startswith("DRILL ")]
+    # pytest's progress dots may precede a trial's line: ".DRILL {...}"
+    trials = [json.loads(line.split("DRILL ", 1)[1]) for line in run.stdout.splitlines() if "DRILL {" in line]
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(trials, indent=2))
-    print(f"fault drills, {time.strftime('%Y-%m-%d')}, seed {args.seed}, {time.monotonic() - started:.0f} s; pytest exit {run.returncode}")
+        args.json.with_suffix(".log").write_text(run.stdout + run.stderr)
+    passed = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
+    print(f"fault drills, {time.strftime('%Y-%m-%d')}, seed {args.seed}, {time.monotonic() - started:.0f} s; pytest exit {run.returncode}: {passed}")
     print("| drill | trials | Succeeded | children lost | duplicate Jobs | corrupt objects |")
     print("|---|---:|---:|---:|---:|---:|")
     for drill in sorted({t["drill"] for t in trials}):

@@ -170,15 +170,28 @@ class JobLog:
 
     def _run(self) -> None:
         self.stopped = False
-        try:
-            for event in self.watch.stream(self.batch.list_namespaced_job, self.namespace, resource_version=self.version):
-                job = event["object"]
-                if event["type"] in ("ADDED", "MODIFIED") and job.metadata.uid not in self.uids:
-                    self.uids[job.metadata.uid] = job.metadata.name
-                    self.added_at[job.metadata.uid] = time.monotonic()
-        except Exception:  # the connection closes at teardown; a break before then fails the count
-            if not self.stopped:
-                raise
+        while not self.stopped:
+            try:
+                for event in self.watch.stream(self.batch.list_namespaced_job, self.namespace, resource_version=self.version):
+                    job = event["object"]
+                    self.version = job.metadata.resource_version or self.version
+                    if event["type"] in ("ADDED", "MODIFIED") and job.metadata.uid not in self.uids:
+                        self.uids[job.metadata.uid] = job.metadata.name
+                        self.added_at[job.metadata.uid] = time.monotonic()
+            except Exception:  # the connection closed: at teardown, or the API server restarted (a drill)
+                if self.stopped:
+                    return
+                time.sleep(0.5)
+                try:  # catch up with a list (a Job created meanwhile is in it), then watch from there
+                    listed = self.batch.list_namespaced_job(self.namespace)
+                except Exception:
+                    continue
+                for job in listed.items:
+                    if job.metadata.uid not in self.uids:
+                        self.uids[job.metadata.uid] = job.metadata.name
+                        self.added_at[job.metadata.uid] = time.monotonic()
+                self.version = listed.metadata.resource_version
+                self.watch = k8s_watch.Watch()
 
     def names(self) -> list[str]:
         return sorted(self.uids.values())

@@ -1,6 +1,8 @@
 """Fault drills on the real control plane and MinIO: the controller SIGKILLed at a random
-moment, and MinIO stopped for a few seconds at a random moment of a step (while trainers pull
-and push weights and write results, and the controller merges and checkpoints).
+moment, MinIO stopped for a few seconds at a random moment of a step (while trainers pull
+and push weights and write results, and the controller merges and checkpoints), and
+kube-apiserver restarted mid-step (the controller's watches, the Job controller and the node
+agent all lose the API server for a few seconds).
 
 Every trial must end with the search Succeeded, every child's result in the store, no Job
 ever created twice, and no corrupt object in the store (every JSON parses, every
@@ -102,4 +104,22 @@ def test_minio_stopped_during_a_step(control_plane, node_agent, minio, bucket, n
     obj = wait_for_phase(control_plane, namespace, name, ("Succeeded", "Failed"), timeout_s=900, proc=ctl)
     result = outcome(control_plane, minio, bucket, namespace, name, obj["status"], jobs_seen)
     print("DRILL " + json.dumps({"drill": "minio-outage", "trial": trial, "stop_after_s": round(delay, 1), "down_s": round(down, 1), **result}))
+    check(result)
+
+
+@pytest.mark.parametrize("trial", range(TRIALS))
+def test_kube_apiserver_restarted_mid_step(control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller,
+                                          job_log, trial):
+    rng = random.Random(SEED * 1000 + 700 + trial)
+    jobs_seen = job_log(namespace)
+    name = f"api{trial}"
+    ctl = start_controller(namespace)
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml(name, bucket, budget=BUDGET, seed=trial))
+    delay, down = rng.uniform(3.0, 20.0), rng.uniform(2.0, 8.0)
+    time.sleep(delay)
+    control_plane.restart_apiserver(down_s=down)
+    obj = wait_for_phase(control_plane, namespace, name, ("Succeeded", "Failed"), timeout_s=900, proc=ctl)
+    result = outcome(control_plane, minio, bucket, namespace, name, obj["status"], jobs_seen)
+    print("DRILL " + json.dumps({"drill": "apiserver-restart", "trial": trial, "restart_after_s": round(delay, 1), "down_s": round(down, 1),
+                                 **result}))
     check(result)

@@ -115,6 +115,17 @@ class ControlPlane:
         for server in reversed(list(self.servers.values())):
             server.stop()
 
+    def restart_apiserver(self, *, down_s: float) -> None:
+        """Stop kube-apiserver (SIGTERM, then SIGKILL at once), keep it down ``down_s``, start it
+        again on the same port and wait until it is ready: a control-plane upgrade or crash."""
+        assert self.pki is not None
+        server = self.servers["kube-apiserver"]
+        server.stop(grace_s=0)
+        time.sleep(down_s)
+        server.start()
+        context = _client_tls_context(self.pki)
+        server.wait_ready(lambda: _http_ok(f"{self.server}/readyz", context=context), timeout_s=90)
+
     def _add(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> procs.ServerProcess:
         server = procs.ServerProcess(name, argv, log_path=self.workdir / f"{name}.log", env=env)
         self.servers[name] = server

@@ -92,6 +92,7 @@ from harness import procs
 LOG = logging.getLogger("epnas.node_agent")
 Pod = dict[str, Any]
 TERMINAL_PHASES = ("Succeeded", "Failed")
+STATUS_RETRY_S = 120.0  # how long a pod's status patch is retried while the API server is away
 HEARTBEAT_S = 10.0
 WATCH_WINDOW_S = 5
 PYTHON_COMMAND = re.compile(r"^python(3(\.\d+)?)?$")
@@ -836,11 +837,25 @@ class NodeAgent:
         self._resync()
 
     def patch_pod_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        try:
-            self._core.patch_namespaced_pod_status(name, namespace, {"status": status}, _preload_content=False)
-        except ApiException as error:
-            if error.status != 404:
-                LOG.warning("pod %s/%s: status patch failed: %s", namespace, name, error)
+        """Patch a pod's status; like the kubelet's status manager, keep retrying while the API
+        server is unreachable or answers 5xx (a restart), for up to ``STATUS_RETRY_S``."""
+        deadline = time.monotonic() + STATUS_RETRY_S
+        while True:
+            try:
+                self._core.patch_namespaced_pod_status(name, namespace, {"status": status}, _preload_content=False)
+                return
+            except ApiException as error:
+                if error.status == 404:
+                    return
+                if error.status < 500 or time.monotonic() > deadline:
+                    LOG.warning("pod %s/%s: status patch failed: %s", namespace, name, error)
+                    return
+            except Exception as error:  # connection refused or reset: the API server is restarting
+                if time.monotonic() > deadline:
+                    LOG.warning("pod %s/%s: status patch failed: %s", namespace, name, error)
+                    return
+            if self._stopping.wait(1.0):
+                return
 
     def delete_pod_now(self, namespace: str, name: str, uid: str) -> None:
         """Delete a pod with grace 0 (what the kubelet does once its containers are gone)."""
