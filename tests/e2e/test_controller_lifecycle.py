@@ -90,8 +90,19 @@ def test_spec_change_after_start_is_refused_but_parallelism_is_live(control_plan
         assert time.monotonic() < deadline, status
         time.sleep(0.3)
     assert "budget" in refused["message"] and "seed" in refused["message"]
-    obj = wait_for_phase(control_plane, namespace, "steady", ("Succeeded", "Failed"), timeout_s=600, proc=ctl)
+    # parallelism 1 is live: the next step's Jobs run one at a time (polled until the search ends)
+    most_at_once, step1_jobs = 0, set()
+    deadline = time.monotonic() + 600
+    while read_search(control_plane, namespace, "steady")["status"].get("phase") not in ("Succeeded", "Failed"):
+        assert time.monotonic() < deadline and ctl.proc.poll() is None, ctl.output()[-3000:]
+        step1 = [j for j in search_jobs(control_plane, namespace, "steady") if j.metadata.labels["epnas.io/step"] == "1"]
+        step1_jobs |= {j.metadata.name for j in step1}
+        running = [j for j in step1 if not any(c.type in ("Complete", "Failed") and c.status == "True" for c in j.status.conditions or [])]
+        most_at_once = max(most_at_once, len(running))
+        time.sleep(0.1)
+    obj = read_search(control_plane, namespace, "steady")
     assert obj["status"]["phase"] == "Succeeded" and sum(obj["status"]["children"].values()) == 4  # the original 2 branches
+    assert most_at_once == 1 and len(step1_jobs) == 2 - obj["status"]["children"]["cached"], (most_at_once, step1_jobs)
 
 
 def test_semantic_errors_fail_the_search_and_the_controller_carries_on(control_plane, node_agent, minio, bucket, namespace, search_yaml,
