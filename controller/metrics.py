@@ -35,6 +35,8 @@ DURATION_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, floa
 PER_SEARCH = ("best_reward", "best_accuracy", "feasible_ratio", "policy_loss", "policy_entropy", "episode", "step",
               "child_duration")
 CHILD_STATUSES = ("succeeded", "failed", "cached")
+API_VERBS = ("get", "list", "watch", "create", "update", "patch")  # every verb controller.kube uses
+STORE_OPS = ("open", "loop")
 
 
 class Metrics:
@@ -55,6 +57,12 @@ class Metrics:
         self.search_retries = Counter("epnas_search_retries_total", "Searches resumed after a transient error, by reason.", ["reason"], registry=r)
         self.api_errors = Counter("epnas_kubernetes_api_errors_total", "Failed Kubernetes API calls, by verb.", ["verb"], registry=r)
         self.store_errors = Counter("epnas_store_errors_total", "Failed store operations, by operation.", ["op"], registry=r)
+        # error counters exist at 0 from the start, so rate() and the dashboard's panels have a series
+        # before the first error (Prometheus' advice for labelled counters whose labels are known)
+        for verb in API_VERBS:
+            self.api_errors.labels(verb=verb)
+        for op in STORE_OPS:
+            self.store_errors.labels(op=op)
 
     def step_done(self, *, namespace: str, search: str, summary: dict) -> None:
         """Gauges from a loop summary (``epnas.search.summarize``)."""

@@ -272,6 +272,6 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 8px;te
 {rows}
 </table>
 {chr(10).join(sections)}
-<script>Promise.all([...document.images].map(i => i.decode())).then(() => document.body.dataset.rendered = document.images.length)</script>
+<script>window.addEventListener("load", () => document.body.dataset.rendered = [...document.images].filter(i => i.complete && i.naturalWidth > 0).length)</script>
 </body></html>
 """

@@ -223,7 +223,8 @@ class TrainerState:
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def fail(self, rules: dict[str, dict]) -> None:
-        """``{child: {"exit": code, "times": n}}``: the child's first n attempts exit with code."""
+        """``{child: {"exit": code, "times": n}}``: the child's first n attempts exit with code;
+        ``{child: {"sleep_s": s}}``: every attempt waits s seconds first."""
         (self.dir / "rules.json").write_text(json.dumps(rules))
 
     def lines(self, kind: str) -> list[str]:

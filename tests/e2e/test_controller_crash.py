@@ -15,6 +15,9 @@ def test_killed_controller_resumes_without_duplicates(control_plane, node_agent,
                                                       start_controller, job_log, trainer_state):
     jobs_seen = job_log(namespace)
     state = trainer_state(bucket)
+    # step 1's children train slowly, so they still run when the new controller takes the Lease
+    # (the killed leader's expires first): it must adopt them, not create twins
+    state.fail({f"e000-s01-c{i:02d}": {"sleep_s": 25} for i in range(3)})
     command = f"python {WRAPPER}"
     ctl = start_controller(namespace, trainer_command=command)
     control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml("crash", bucket))

@@ -3,7 +3,8 @@ trainer (``python -m child_trainer``, same arguments).
 
 State lives in /tmp/epnas-e2e-trainer/<bucket>/ (the bucket of ``--out``): ``starts`` and
 ``done`` (one child id per line) and ``rules.json`` ({child: {"exit": code, "times": n}}: the
-child's first n attempts exit with that code, writing a termination summary like the trainer).
+child's first n attempts exit with that code, writing a termination summary like the trainer;
+{child: {"sleep_s": s}}: every attempt waits s seconds before training).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 STATE = pathlib.Path("/tmp/epnas-e2e-trainer")
 
@@ -37,7 +39,9 @@ def main() -> int:
     attempt = record(state, "starts", child)
     rules_file = state / "rules.json"
     rule = json.loads(rules_file.read_text()).get(child) if rules_file.exists() else None
-    if rule and attempt <= rule.get("times", 1):
+    if rule and rule.get("sleep_s"):
+        time.sleep(float(rule["sleep_s"]))
+    if rule and "exit" in rule and attempt <= rule.get("times", 1):
         log = os.environ.get("EPNAS_TERMINATION_LOG")
         if log:
             pathlib.Path(log).write_text(json.dumps({"exitCode": rule["exit"], "reason": "TestRule", "message": f"test rule: exit {rule['exit']}"}))

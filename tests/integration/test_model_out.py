@@ -128,8 +128,12 @@ def test_report_renders_every_plot_in_a_real_browser(finished_search, tmp_path) 
     assert [child for _, child in table] == [r["child"] for r in status["top"]]
     assert "modelSize ≤ 20000" in page and "Succeeded" in page
     browser = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000"]
-    dom = subprocess.run([*browser, "--dump-dom", (out / "report.html").as_uri()], capture_output=True, text=True, timeout=120)
-    assert f'<body data-rendered="{len(pngs)}">' in dom.stdout, dom.stderr[-2000:]
+    # the page counts its images that decoded to a real size once loaded; a busy machine gets 3 tries
+    for _ in range(3):
+        dom = subprocess.run([*browser, "--dump-dom", (out / "report.html").as_uri()], capture_output=True, text=True, timeout=120)
+        if "data-rendered=" in dom.stdout:
+            break
+    assert f'<body data-rendered="{len(pngs)}">' in dom.stdout, dom.stdout[-1000:] + dom.stderr[-1000:]
     shot = tmp_path / "screenshot.png"
     subprocess.run([*browser, "--window-size=1100,3000", f"--screenshot={shot}", (out / "report.html").as_uri()],
                    capture_output=True, timeout=120, check=True)

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from epnas.store import open_store
+from epnas.store import StoreError, open_store
 from epnas.task import load_result
 from epnas.weights import merge, read_index
 from harness import binaries
@@ -111,13 +111,6 @@ def own_minio(tmp_path, monkeypatch):
     server.stop()
 
 
-def restart_after(server: MinioServer, seconds: float) -> None:
-    server.server.stop(grace_s=2)
-    time.sleep(seconds)
-    server.server.start()
-    server.server.wait_ready(lambda: _http_ok(f"{server.endpoint}/minio/health/ready"), timeout_s=60)
-
-
 def push_in_thread(store, key: str, data: bytes) -> tuple[threading.Thread, list]:
     outcome: list = []
 
@@ -133,26 +126,62 @@ def push_in_thread(store, key: str, data: bytes) -> tuple[threading.Thread, list
     return thread, outcome
 
 
+class Outage:
+    """Stops the private MinIO from inside an upload, so the outage provably overlaps it.
+
+    ``arm(store, operation, part)`` hooks botocore: just before the ``part``-th request of
+    ``operation`` (``UploadPart`` or ``PutObject``) is built, the server stops (at once), and a
+    thread starts it again ``down_s`` later on the same port and data.  ``sent[operation]``
+    counts the requests of that operation actually sent, retries included.
+    """
+
+    def __init__(self, server: MinioServer, down_s: float = 3.0):
+        self.server, self.down_s = server, down_s
+        self.fired = threading.Event()
+        self.sent: dict[str, int] = {}
+        self.seen = 0
+
+    def arm(self, store, operation: str, part: int = 1) -> None:
+        def before_call(**kwargs) -> None:
+            self.seen += 1
+            if self.seen == part and not self.fired.is_set():
+                self.fired.set()
+                self.server.server.stop(grace_s=0)
+                threading.Thread(target=self._restart, daemon=True).start()
+
+        def before_send(**kwargs) -> None:
+            self.sent[operation] = self.sent.get(operation, 0) + 1
+
+        store.client.meta.events.register(f"before-call.s3.{operation}", before_call)
+        store.client.meta.events.register(f"before-send.s3.{operation}", before_send)
+
+    def _restart(self) -> None:
+        time.sleep(self.down_s)
+        self.server.server.start()
+        self.server.server.wait_ready(lambda: _http_ok(f"{self.server.endpoint}/minio/health/ready"), timeout_s=60)
+
+
 def test_push_started_during_a_3s_outage_is_retried_to_a_complete_object(own_minio):
     store = open_store("s3://outage/s1")
     data = secrets.token_bytes(3 * 1024 * 1024)
-    own_minio.server.stop(grace_s=2)
+    outage = Outage(own_minio)
+    outage.arm(store, "PutObject")
     thread, outcome = push_in_thread(store, "children/c/weights.safetensors", data)
-    time.sleep(3)
-    own_minio.server.start()
     thread.join(timeout=120)
     assert outcome == ["ok"]
+    assert outage.fired.is_set() and outage.sent["PutObject"] > 1  # the outage hit the upload, and it was retried
     assert store.get_bytes("children/c/weights.safetensors") == data
 
 
 def test_multipart_push_interrupted_by_a_3s_outage_ends_complete(own_minio):
     store = open_store("s3://outage/s1")
     data = secrets.token_bytes(40 * 1024 * 1024)  # five 8 MiB parts: a multipart upload
+    outage = Outage(own_minio)
+    outage.arm(store, "UploadPart", part=3)  # the server dies as the third part goes out
     thread, outcome = push_in_thread(store, "weights/objects/big.safetensors", data)
-    time.sleep(0.2)
-    restart_after(own_minio, 3)
     thread.join(timeout=180)
     assert outcome == ["ok"]
+    assert outage.fired.is_set() and outage.sent["UploadPart"] > 5, outage.sent  # more sends than parts: retried
     assert store.get_bytes("weights/objects/big.safetensors") == data
 
 
@@ -160,11 +189,17 @@ def test_reader_never_sees_a_partial_object_during_an_outage(own_minio):
     store = open_store("s3://outage/s1")
     old, new = b"A" * (9 * 1024 * 1024), b"B" * (9 * 1024 * 1024)
     store.put_bytes("weights/index.json", old)
+    reader = open_store("s3://outage/s1")  # a client of its own: the writer's hook must not stop it
+    outage = Outage(own_minio)
+    outage.arm(store, "UploadPart", part=2)  # 9 MiB: two parts; the server dies before the second
     thread, outcome = push_in_thread(store, "weights/index.json", new)
-    time.sleep(0.1)
-    restart_after(own_minio, 3)
+    reads = 0
     while thread.is_alive():
-        assert store.get_bytes("weights/index.json") in (old, new)
+        try:
+            assert reader.get_bytes("weights/index.json") in (old, new)
+            reads += 1
+        except StoreError:  # the server is down: a reader waits like everyone else
+            pass
     thread.join()
-    assert outcome == ["ok"]
+    assert outcome == ["ok"] and outage.fired.is_set() and reads >= 1
     assert store.get_bytes("weights/index.json") == new

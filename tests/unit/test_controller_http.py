@@ -56,6 +56,11 @@ def test_endpoints_and_metric_names() -> None:
                  'epnas_store_errors_total{op="open"} 1.0', "epnas_controller_leader 1.0",
                  'epnas_search_retries_total{reason="kubernetes"} 1.0'):
         assert line in text, line
+    # error counters are there at 0 before any error, for every verb the code uses
+    from controller.rbac import code_uses
+    for verb in {u.verb for u in code_uses()}:
+        assert f'epnas_kubernetes_api_errors_total{{verb="{verb}"}}' in text, verb
+    assert 'epnas_store_errors_total{op="loop"} 0.0' in text
     names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
     assert all(name.startswith("epnas_") for name in names)
     metrics.forget(namespace="n", search="s")
