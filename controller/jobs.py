@@ -33,6 +33,7 @@ TRAINER_COMMAND = ["python", "-m", "child_trainer"]
 RUN_AS_USER = 65532
 CREATE_WORKERS = 8
 WATCH_WINDOW_S = 10
+JOB_DELETED_GRACE_S = 5.0  # how long a deleted Job waits for its search's deletion to arrive
 
 
 @dataclass(frozen=True)
@@ -347,7 +348,7 @@ class JobExecutor:
             known[name] = job
             before = len(outcomes)
             if event["type"] == "DELETED" and by_name[name].child not in outcomes and not finished(job):
-                if self.should_stop():
+                if self._stopping_soon():
                     raise SearchStopped(self.owner.name)
                 self._finish(ChildOutcome(by_name[name].child, None, "JobDeleted", "the Job was deleted before it finished"), outcomes)
             else:
@@ -357,6 +358,20 @@ class JobExecutor:
             if more_to_create and len(outcomes) > before:
                 break  # a Job ended and others wait for a slot: create them before watching on
         return version
+
+    def _stopping_soon(self) -> bool:
+        """Whether the search is being stopped, waiting up to ``JOB_DELETED_GRACE_S`` for it.
+
+        An unfinished Job that disappears was most likely collected because its search was
+        deleted, and the garbage collector's Job events can arrive before the controller's
+        watch delivers the search's own deletion: a child is recorded ``JobDeleted`` only
+        when no stop follows within the grace."""
+        deadline = time.monotonic() + JOB_DELETED_GRACE_S
+        while not self.should_stop():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def _settle(self, job: Obj, by_name: dict[str, ChildRun], outcomes: dict[str, ChildOutcome]) -> None:
         run = by_name[job["metadata"]["name"]]

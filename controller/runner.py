@@ -252,6 +252,8 @@ class SearchRunner:
                 raise
             return self._fail(st.Reason.STORE_UNAVAILABLE, str(err))
         except SearchFailed as err:
+            if self.stop_event.is_set():  # its Jobs went with the deleted search: stopped, not failed
+                raise SearchStopped(self.name) from None
             self._policy_metrics(loop)
             return self._fail(st.Reason.TOO_MANY_FAILURES, str(err))
         self._policy_metrics(loop)

@@ -89,3 +89,45 @@ def test_executor_adopts_existing_jobs_and_relists_on_gone() -> None:
     assert [o.child for o in outcomes] == ["e000-s00-c00", "e000-s00-c01"] and all(o.succeeded for o in outcomes)
     assert kube.calls == ["list", "create s-e000-s00-c01", "get s-e000-s00-c01", "watch 3", "list"]
     assert len(ended) == 2
+
+
+class DeletingKube:
+    """One Job that exists unfinished, then a watch that says it was deleted (the garbage collector)."""
+
+    def list_jobs(self, *, namespace, selector):
+        return [job("s-e000-s00-c00", None, "3")], "3"
+
+    def watch_jobs(self, *, namespace, selector, resource_version, timeout_s):
+        return iter([{"type": "DELETED", "object": job("s-e000-s00-c00", None, "5")}])
+
+
+RUN = ChildRun(search="s", child="e000-s00-c00", arch_uri="a", out_uri="o", weights_uri=None, timeout_s=1, episode=0, step=0, index=0)
+
+
+def test_a_job_deleted_with_its_search_stops_the_wait_even_when_the_stop_arrives_later(monkeypatch) -> None:
+    """The GC's Job DELETED event can come before the controller sees the search's deletion."""
+    import threading
+    import time
+
+    from epnas.executors.base import SearchStopped
+
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()  # the search's DELETED event, half a second later
+    executor = JobExecutor(kube=DeletingKube(), spec=SearchSpec(), owner=Owner("s", "n", "u"), parallelism=lambda: None,
+                           should_stop=stop.is_set, on_finished=lambda outcome: None)
+    started = time.monotonic()
+    try:
+        executor.submit([RUN])
+    except SearchStopped:
+        pass
+    else:
+        raise AssertionError("a Job deleted with its search must stop the wait, not fail the child")
+    assert time.monotonic() - started < 3
+
+
+def test_a_job_deleted_by_hand_fails_its_child_after_the_grace(monkeypatch) -> None:
+    monkeypatch.setattr("controller.jobs.JOB_DELETED_GRACE_S", 0.3)
+    executor = JobExecutor(kube=DeletingKube(), spec=SearchSpec(), owner=Owner("s", "n", "u"), parallelism=lambda: None,
+                           should_stop=lambda: False, on_finished=lambda outcome: None)
+    (outcome,) = executor.submit([RUN])
+    assert (outcome.succeeded, outcome.reason) == (False, "JobDeleted")
