@@ -330,6 +330,7 @@ def with_retries(fn: Callable[[], T], *, describe: str, deadline_s: float = RETR
     """
     import botocore.exceptions as bx
     from boto3.exceptions import S3UploadFailedError
+    from s3transfer.exceptions import S3DownloadFailedError
 
     give_up = time.monotonic() + deadline_s
     delay = 0.2
@@ -357,6 +358,11 @@ def with_retries(fn: Callable[[], T], *, describe: str, deadline_s: float = RETR
         except (bx.ConnectionError, bx.HTTPClientError) as err:
             if time.monotonic() > give_up:
                 raise StoreError(f"{describe}: {type(err).__name__} (gave up after {deadline_s:.0f} s)", transient=True) from None
+        except S3DownloadFailedError:
+            # the object was replaced between the ranged parts of a download (its ETag changed):
+            # read it again, whole, from its new version
+            if time.monotonic() > give_up:
+                raise StoreError(f"{describe}: the object kept changing while it was read", transient=True) from None
         except bx.BotoCoreError as err:
             raise StoreError(f"{describe}: {type(err).__name__}") from None
         time.sleep(delay * (0.5 + random.random()))
