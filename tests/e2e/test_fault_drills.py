@@ -69,32 +69,42 @@ def check(result: dict) -> None:
     assert result["corrupt"] == [], result
 
 
+def start_search(control_plane, namespace, bucket, search_yaml, start_controller, job_log, name: str, trial: int):
+    """A watch on the namespace's Jobs, a controller, and the drill's search applied: ``(jobs_seen, controller)``."""
+    jobs_seen = job_log(namespace)
+    ctl = start_controller(namespace)
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml(name, bucket, budget=BUDGET, seed=trial))
+    return jobs_seen, ctl
+
+
+def report(control_plane, minio, bucket, namespace, name, obj, jobs_seen, **drill) -> None:
+    """Print the trial's ``DRILL {json}`` line (for bench/drills.py) and check it."""
+    result = outcome(control_plane, minio, bucket, namespace, name, obj["status"], jobs_seen)
+    print("DRILL " + json.dumps({**drill, **result}))
+    check(result)
+
+
 @pytest.mark.parametrize("trial", range(TRIALS))
 def test_controller_sigkilled_at_a_random_moment(control_plane, node_agent, minio, bucket, namespace, search_yaml,
                                                  start_controller, job_log, trial):
     rng = random.Random(SEED * 1000 + trial)
-    jobs_seen = job_log(namespace)
     name = f"kill{trial}"
-    ctl = start_controller(namespace)
-    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml(name, bucket, budget=BUDGET, seed=trial))
+    jobs_seen, ctl = start_search(control_plane, namespace, bucket, search_yaml, start_controller, job_log, name, trial)
     delay = rng.uniform(1.0, 20.0)
     time.sleep(delay)
     ctl.kill()
     again = start_controller(namespace)
     obj = wait_for_phase(control_plane, namespace, name, ("Succeeded", "Failed"), timeout_s=600, proc=again)
-    result = outcome(control_plane, minio, bucket, namespace, name, obj["status"], jobs_seen)
-    print("DRILL " + json.dumps({"drill": "controller-sigkill", "trial": trial, "kill_after_s": round(delay, 1), **result}))
-    check(result)
+    report(control_plane, minio, bucket, namespace, name, obj, jobs_seen, drill="controller-sigkill", trial=trial,
+           kill_after_s=round(delay, 1))
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
 def test_minio_stopped_during_a_step(control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller,
                                      job_log, trial):
     rng = random.Random(SEED * 1000 + 500 + trial)
-    jobs_seen = job_log(namespace)
     name = f"dark{trial}"
-    ctl = start_controller(namespace)
-    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml(name, bucket, budget=BUDGET, seed=trial))
+    jobs_seen, ctl = start_search(control_plane, namespace, bucket, search_yaml, start_controller, job_log, name, trial)
     delay, down = rng.uniform(2.0, 20.0), rng.uniform(3.0, 10.0)
     time.sleep(delay)
     minio.server.stop(grace_s=0)  # at once (SIGTERM, then SIGKILL): a crash in the middle of whatever it was writing
@@ -102,19 +112,16 @@ def test_minio_stopped_during_a_step(control_plane, node_agent, minio, bucket, n
     minio.server.start()
     minio.server.wait_ready(lambda: _http_ok(f"{minio.endpoint}/minio/health/ready"), timeout_s=60)
     obj = wait_for_phase(control_plane, namespace, name, ("Succeeded", "Failed"), timeout_s=900, proc=ctl)
-    result = outcome(control_plane, minio, bucket, namespace, name, obj["status"], jobs_seen)
-    print("DRILL " + json.dumps({"drill": "minio-outage", "trial": trial, "stop_after_s": round(delay, 1), "down_s": round(down, 1), **result}))
-    check(result)
+    report(control_plane, minio, bucket, namespace, name, obj, jobs_seen, drill="minio-outage", trial=trial,
+           stop_after_s=round(delay, 1), down_s=round(down, 1))
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
 def test_kube_apiserver_restarted_mid_step(control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller,
                                           job_log, trial):
     rng = random.Random(SEED * 1000 + 700 + trial)
-    jobs_seen = job_log(namespace)
     name = f"api{trial}"
-    ctl = start_controller(namespace)
-    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml(name, bucket, budget=BUDGET, seed=trial))
+    jobs_seen, ctl = start_search(control_plane, namespace, bucket, search_yaml, start_controller, job_log, name, trial)
     delay, down = rng.uniform(3.0, 20.0), rng.uniform(2.0, 8.0)
     time.sleep(delay)
     control_plane.restart_apiserver(down_s=down)
@@ -128,7 +135,5 @@ def test_kube_apiserver_restarted_mid_step(control_plane, node_agent, minio, buc
         restarted = True
         ctl = start_controller(namespace)
         obj = wait_for_phase(control_plane, namespace, name, ("Succeeded", "Failed"), timeout_s=900, proc=ctl)
-    result = outcome(control_plane, minio, bucket, namespace, name, obj["status"], jobs_seen)
-    print("DRILL " + json.dumps({"drill": "apiserver-restart", "trial": trial, "restart_after_s": round(delay, 1), "down_s": round(down, 1),
-                                 "leader_restarted": restarted, **result}))
-    check(result)
+    report(control_plane, minio, bucket, namespace, name, obj, jobs_seen, drill="apiserver-restart", trial=trial,
+           restart_after_s=round(delay, 1), down_s=round(down, 1), leader_restarted=restarted)
