@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test unit lint integration testbin bench race mutate clean
+.PHONY: install demo test unit lint integration testbin images bench race mutate clean
 
 install: $(STAMP)
 
@@ -33,6 +33,11 @@ unit: install
 
 testbin:
 	scripts/testbin
+
+# Both images (Dockerfile.controller, Dockerfile.trainer): docker when its engine answers, else
+# buildah; cached by the inputs' hash. The test suite builds them too (tests/integration/test_images.py).
+images: test-deps
+	scripts/images
 
 bench: install
 	$(PY) bench/run_all.py

@@ -4,10 +4,11 @@ One test walks the whole path:
 
 1. `helm install` into a namespace labelled `pod-security.kubernetes.io/enforce=restricted`,
    with MinIO as the store (`store.endpoint`, `store.existingSecret`);
-2. the node agent runs the Deployment's pod as a local `python -m controller` process
-   (the controller image maps to tests/e2e/incluster_controller.py, which stands in for the
-   image's ENTRYPOINT and gives the controller its in-cluster config: the pod's projected
-   ServiceAccount token, so the chart's RBAC applies);
+2. the node agent runs the Deployment's pod *in the controller image* that Dockerfile.controller
+   builds (the `images` fixture; harness/rootfs.py): its ENTRYPOINT, its non-root USER, a
+   read-only root, the pod's projected ServiceAccount token at its mount path, so the image's
+   in-cluster config and the chart's RBAC are what apply; the trainer pods likewise run in the
+   trainer image;
 3. `kubectl apply -f` of examples/digits-quick.yaml, shrunk (1 epoch, 2 episodes × 1 step ×
    2 branches, CPU) and pointed at MinIO, ends Succeeded; its trainer pods ran in the
    restricted namespace, so Pod Security admitted them;
@@ -26,7 +27,6 @@ import pathlib
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -36,10 +36,11 @@ import pytest
 import yaml
 from kubernetes import client as k8s_client
 
+from harness import rootfs
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "epnas"
 DASHBOARD = CHART / "dashboards" / "epnas.json"
-SHIM = pathlib.Path(__file__).resolve().parent / "incluster_controller.py"
 CONTROLLER_IMAGE = "epnas.local/epnas-controller"
 CONTROLLER_TAG = "e2e"
 TRAINER_IMAGE = "epnas.local/epnas-trainer:e2e"
@@ -140,11 +141,11 @@ def restricted_namespace(control_plane, namespace) -> str:
 
 
 @pytest.fixture
-def controller_image(node_agent) -> str:
-    """The chart's controller image, mapped to the image's ENTRYPOINT with in-cluster config."""
+def controller_image(node_agent, images) -> str:
+    """The chart's controller and trainer images, run by the node agent in the images built here."""
     image = f"{CONTROLLER_IMAGE}:{CONTROLLER_TAG}"
-    node_agent.images[image] = [sys.executable, str(SHIM)]
-    node_agent.images[TRAINER_IMAGE] = [sys.executable]
+    node_agent.local_images[image] = images["controller"]
+    node_agent.local_images[TRAINER_IMAGE] = images["trainer"]
     return image
 
 
@@ -178,7 +179,7 @@ def controller_pod(core, namespace: str):
 
 def test_helm_install_runs_digits_search_under_restricted_and_dashboard_queries_answer(
         helm, control_plane, node_agent, minio, bucket, epnas_crd, store_secret_name, restricted_namespace,
-        controller_image, tmp_path):
+        controller_image, images, tmp_path):
     namespace = restricted_namespace
     core = k8s_client.CoreV1Api(control_plane.api_client())
     batch = k8s_client.BatchV1Api(control_plane.api_client())
@@ -201,6 +202,9 @@ def test_helm_install_runs_digits_search_under_restricted_and_dashboard_queries_
         wait_for("controller /readyz", lambda: http_get(f"http://127.0.0.1:{metrics_port}/readyz")[0] == 200,
                  timeout_s=90, detail=controller_log)
         timings["install_to_ready_s"] = time.monotonic() - started
+        running = core.read_namespaced_pod(pod.metadata.name, namespace).status.container_statuses[0]
+        assert running.container_id.startswith("rootfs://"), running  # in the controller image, not on the host
+        assert running.image_id == f"sha256:{rootfs.image_id(images['controller'])}"
 
         control_plane.kubectl("apply", "-n", namespace, "-f", "-",
                               input_text=digits_search(bucket=bucket, minio=minio, secret=store_secret_name))
@@ -218,6 +222,10 @@ def test_helm_install_runs_digits_search_under_restricted_and_dashboard_queries_
         assert len(jobs) >= 2
         assert trainer_pods and {p.status.phase for p in trainer_pods} == {"Succeeded"}
         assert all(p.spec.security_context.run_as_non_root for p in trainer_pods)
+        # ... and every trainer ran in the trainer image, as the image's user 65532, not on the host
+        assert {p.status.container_statuses[0].container_id.split("://")[0] for p in trainer_pods} == {"rootfs"}
+        assert {p.status.container_statuses[0].image_id for p in trainer_pods} == {
+            f"sha256:{rootfs.image_id(images['trainer'])}"}
         assert not [e for e in core.list_namespaced_event(namespace).items
                     if e.reason == "FailedCreate" and "PodSecurity" in (e.message or "")]
 

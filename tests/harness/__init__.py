@@ -29,6 +29,9 @@ Fixtures (all defined in harness/plugin.py):
 * `helm` (session) → `plugin.Helm`: the pinned helm binary against `control_plane`
   (KUBECONFIG set, its own HELM_CACHE/CONFIG/DATA_HOME); `helm(*args, check=True)` →
   CompletedProcess[str]; `.binary`, `.env`.
+* `images` (session) → {"controller": ref, "trainer": ref}: both images built by
+  scripts/images with buildah (cached by their inputs' hash). `node_agent.local_images[name]
+  = ref` makes the node agent run containers of image `name` in that image (harness/rootfs.py).
 * `harness_workdir` (session) → pathlib.Path: where servers keep data and logs.
 
 Helpers: `harness.manifests` (python_pod / python_job / python_container builders),

@@ -26,6 +26,15 @@ What it does, and the rules a test (or a later engineer) can rely on:
   the prefix is not used. `$(VAR)` references are expanded from the container env. An image
   with no mapping leaves the container Waiting with reason `ErrImagePull` until one is added;
   an argv that cannot be executed ends the container with exit code 128, reason `StartError`.
+* **Images.** `NodeAgent.local_images` maps a pod's image name to a locally built image
+  (scripts/images, in buildah's store). A container whose image is there runs *in its image*
+  (harness/rootfs.py): its own mount namespace, an overlay on the image's rootfs, volumes
+  bind-mounted at their mountPaths (`readOnly` honoured), the termination-message file at
+  `terminationMessagePath`, `/proc`, `/sys`, a minimal `/dev`; argv from the image's
+  Entrypoint/Cmd and the container's command/args (Kubernetes' rule); env = the image's Env,
+  then the pod's; uid/gid from `runAsUser`/`runAsGroup` (container, then pod) or the image's
+  USER; `runAsNonRoot` with uid 0 is a CreateContainerConfigError; `readOnlyRootFilesystem`
+  makes the overlay read-only. Every other container runs on the host, as below.
 * **Environment.** Each process gets a small base env (PATH with the venv's bin first, HOME =
   the pod dir, HOSTNAME = pod name, LANG, KUBERNETES_SERVICE_HOST/PORT = the apiserver), then
   `envFrom` and `env`: literal values, `secretKeyRef`, `configMapKeyRef` (with `optional`),
@@ -87,7 +96,7 @@ from kubernetes import watch as k8s_watch
 from kubernetes.client.rest import ApiException
 from kubernetes.utils import parse_quantity
 
-from harness import procs
+from harness import procs, rootfs
 
 LOG = logging.getLogger("epnas.node_agent")
 Pod = dict[str, Any]
@@ -307,14 +316,21 @@ class ContainerRun:
     last_state: dict[str, Any] = dataclasses.field(default_factory=dict)
     restart_count: int = 0
     restart_at: float | None = None
+    image_id: str = ""  # "sha256:<id>" when the container runs in a locally built image
+
+    def container_id(self) -> str:
+        """`rootfs://<pid>` for a container in its image, `epnas://<pid>` for a host process."""
+        if self.process is None:
+            return ""
+        return f"{'rootfs' if self.image_id else 'epnas'}://{self.process.pid}"
 
     def status(self, *, init: bool) -> dict[str, Any]:
         running = "running" in self.state
         status = {
             "name": self.name,
             "image": self.image,
-            "imageID": "",
-            "containerID": f"epnas://{self.process.pid}" if self.process else "",
+            "imageID": self.image_id,
+            "containerID": self.container_id(),
             "ready": running and not init or (init and "terminated" in self.state
                                                 and self.state["terminated"]["exitCode"] == 0),
             "started": running,
@@ -402,10 +418,19 @@ class PodRunner(threading.Thread):
 
     def _start(self, run: ContainerRun, container: Pod, volumes: dict[str, pathlib.Path]) -> bool:
         """Start one container's process; False if the pod was terminated while waiting."""
+        image_ref = self.agent.local_images.get(container.get("image", ""))
         while True:
             try:
-                env = self._container_env(container, volumes)
-                argv = container_argv(self.agent.images, container, env)
+                if image_ref is None:
+                    env = self._container_env(container, volumes)
+                    argv = container_argv(self.agent.images, container, env)
+                else:
+                    env = self._image_env(container, image_ref)
+                    argv = rootfs.image_config(image_ref).argv(
+                        [expand_refs(part, env) for part in container.get("command") or []],
+                        [expand_refs(part, env) for part in container.get("args") or []])
+                    uid, gid = self._run_as(container, image_ref)
+                    run.image_id = f"sha256:{rootfs.image_id(image_ref)}"
                 break
             except ContainerConfigError as error:
                 run.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(error)}}
@@ -418,14 +443,27 @@ class PodRunner(threading.Thread):
         log_path = self.dir / f"{run.name}.log"
         termination_log = self._termination_log(run.name)
         termination_log.write_bytes(b"")
+        termination_log.chmod(0o666)  # as the kubelet makes it: the container's user writes it
         started_at = _now()
         try:
             with open(log_path, "ab") as log:
-                run.process = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    env=env, cwd=cwd, start_new_session=True,
-                )
-        except OSError as error:
+                if image_ref is None:
+                    run.process = subprocess.Popen(
+                        argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                        env=env, cwd=cwd, start_new_session=True,
+                    )
+                else:
+                    security = container.get("securityContext") or {}
+                    run.process = rootfs.launch(
+                        rootfs.image_rootfs(image_ref), argv, env=env,
+                        state_dir=self.dir / "rootfs" / f"{run.name}-{run.restart_count}",
+                        mounts=self._image_mounts(container, volumes),
+                        workdir=container.get("workingDir") or rootfs.image_config(image_ref).workdir,
+                        uid=uid, gid=gid, read_only_root=bool(security.get("readOnlyRootFilesystem")),
+                        termination_log=(container.get("terminationMessagePath") or "/dev/termination-log",
+                                         termination_log),
+                        stdout=log)
+        except (OSError, RuntimeError) as error:
             run.process = None
             run.state = {"terminated": {
                 "exitCode": 128, "reason": "StartError", "message": f"{argv[0]}: {error}",
@@ -476,7 +514,7 @@ class PodRunner(threading.Thread):
             "message": self._termination_message(run, container, code),
             "startedAt": started,
             "finishedAt": _now(),
-            "containerID": f"epnas://{run.process.pid}",
+            "containerID": run.container_id(),
         }}
         # the process is gone; its group may not be (a child it left behind): clean it up
         procs.kill_group(run.process.pid, grace_s=0)
@@ -590,6 +628,7 @@ class PodRunner(threading.Thread):
                 volumes[name] = pathlib.Path(volume["hostPath"]["path"])
             elif "emptyDir" in volume or "persistentVolumeClaim" in volume:
                 target.mkdir(parents=True, exist_ok=True)
+                target.chmod(0o777)  # the kubelet's emptyDir mode: any uid may write
                 volumes[name] = target
             elif "configMap" in volume or "secret" in volume:
                 self._write_key_files(volume, target)
@@ -654,6 +693,34 @@ class PodRunner(threading.Thread):
             mounts[mount["mountPath"]] = host
         return mounts
 
+    def _run_as(self, container: Pod, image_ref: str) -> tuple[int, int]:
+        """The container's uid/gid: securityContext (container, then pod), else the image's USER."""
+        pod_context = self.spec.get("securityContext") or {}
+        context = {**pod_context, **(container.get("securityContext") or {})}
+        image_uid, image_gid = rootfs.image_config(image_ref).uid_gid()
+        uid = int(context.get("runAsUser", image_uid))
+        gid = int(context.get("runAsGroup", image_gid))
+        if context.get("runAsNonRoot") and uid == 0:
+            raise ContainerConfigError("container has runAsNonRoot and image will run as root")
+        return uid, gid
+
+    def _image_mounts(self, container: Pod, volumes: Mapping[str, pathlib.Path]) -> list[rootfs.Mount]:
+        read_only = {m["mountPath"]: bool(m.get("readOnly")) for m in container.get("volumeMounts") or []}
+        return [rootfs.Mount(path, host, read_only.get(path, False))
+                for path, host in self._mounts(container, volumes).items()]
+
+    def _image_env(self, container: Pod, image_ref: str) -> dict[str, str]:
+        """A container in its image: the image's Env, then what the kubelet adds, then the pod's."""
+        env = {
+            **rootfs.image_config(image_ref).env,
+            "HOSTNAME": self.pod_name,
+            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+            "KUBERNETES_SERVICE_PORT": str(self.agent.apiserver_port),
+            **procs.run_marker_env(),
+        }
+        self._add_pod_env(container, env)
+        return env
+
     def _container_env(self, container: Pod, volumes: Mapping[str, pathlib.Path]) -> dict[str, str]:
         venv_bin = str(pathlib.Path(sys.executable).parent)
         env = {
@@ -665,6 +732,17 @@ class PodRunner(threading.Thread):
             "KUBERNETES_SERVICE_PORT": str(self.agent.apiserver_port),
             **procs.run_marker_env(),
         }
+        self._add_pod_env(container, env)
+        mounts = self._mounts(container, volumes)
+        if "/tmp" in mounts:
+            env["TMPDIR"] = str(mounts["/tmp"])
+        env["EPNAS_MOUNTS"] = json.dumps({path: str(host) for path, host in mounts.items()})
+        env["EPNAS_TERMINATION_LOG"] = str(self._termination_log(container["name"]))
+        env["EPNAS_POD_DIR"] = str(self.dir)
+        return env
+
+    def _add_pod_env(self, container: Pod, env: dict[str, str]) -> None:
+        """`envFrom`, then `env`, into `env` (later entries see earlier ones in `$(VAR)`)."""
         for source in container.get("envFrom") or []:
             prefix = source.get("prefix") or ""
             ref = source.get("configMapRef") or source.get("secretRef")
@@ -676,13 +754,6 @@ class PodRunner(threading.Thread):
             value = self._env_value(entry, container, env)
             if value is not None:
                 env[entry["name"]] = value
-        mounts = self._mounts(container, volumes)
-        if "/tmp" in mounts:
-            env["TMPDIR"] = str(mounts["/tmp"])
-        env["EPNAS_MOUNTS"] = json.dumps({path: str(host) for path, host in mounts.items()})
-        env["EPNAS_TERMINATION_LOG"] = str(self._termination_log(container["name"]))
-        env["EPNAS_POD_DIR"] = str(self.dir)
-        return env
 
     def _env_value(self, entry: Pod, container: Pod, env: Mapping[str, str]) -> str | None:
         if "valueFrom" not in entry:
@@ -757,6 +828,7 @@ class NodeAgent:
         self.apiserver_port = apiserver_port
         self.config = config or NodeConfig()
         self.images = images if images is not None else default_images()
+        self.local_images: dict[str, str] = {}  # pod image name → image built here (rootfs.py)
         self._core = k8s_client.CoreV1Api(api_client_factory())
         self._stopping = threading.Event()
         self._queue: queue.Queue[str] = queue.Queue()

