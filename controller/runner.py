@@ -97,6 +97,7 @@ class SearchRunner:
         self.parallelism: int | None = (obj.get("spec") or {}).get("parallelism")
         self.pinned: dict[str, Any] | None = None  # the resolved spec the loop runs with
         self.phase: st.Phase = (obj.get("status") or {}).get("phase") or "Pending"
+        self.start_time: str | None = (obj.get("status") or {}).get("startTime")
         self.degraded = False
         self.extend = threading.Event()  # the spec was extended while the search ran
         self.loop: SearchLoop | None = None
@@ -261,9 +262,19 @@ class SearchRunner:
             return  # not Succeeded yet: the thread continues under the extended spec
         with self.lock:
             self._recovered()
-            best = summary.get("bestFeasible") or summary.get("best") or {}
-            message = f"search finished: best {best.get('hash', '-')} accuracy {best.get('valAccuracy', 0):.4f}"
+            feasible = summary.get("bestFeasible")
+            if feasible:
+                message = (f"search finished: best feasible child {feasible['child']} ({feasible['hash']}), "
+                           f"validation accuracy {feasible['valAccuracy']:.4f}")
+                self.conditions = st.set_condition(self.conditions, kind="NoFeasibleChild", status=False, reason=st.Reason.FEASIBLE_CHILD_FOUND,
+                                                   message=f"{summary['feasibleCount']} children met every constraint", now=self.clock())
+            else:
+                message = "search finished without a feasible child: no child met every constraint"
+                self.conditions = st.set_condition(self.conditions, kind="NoFeasibleChild", status=True, reason=st.Reason.NO_FEASIBLE_CHILD,
+                                                   message=st.no_feasible_message(summary), now=self.clock())
             self._set_phase("Succeeded", st.Reason.COMPLETED, message, fields=st.from_summary(summary))
+        if not feasible:
+            self._event("Warning", "NoFeasibleChild", st.no_feasible_message(summary))
         self._event("Normal", "Succeeded", message)
 
     def _on_step(self, report: StepReport) -> None:
@@ -308,8 +319,15 @@ class SearchRunner:
     def _set_phase(self, phase: st.Phase, reason: st.Reason, message: str, *, fields: dict | None = None, observed: bool = False) -> None:
         """Patch phase, conditions and ``fields``; the caller holds ``self.lock``."""
         self.phase = phase
-        self.conditions = st.phase_conditions(self.conditions, phase=phase, reason=reason, message=message, now=self.clock())
-        patch = {"phase": phase, **(fields or {})}
+        now = self.clock()
+        self.conditions = st.phase_conditions(self.conditions, phase=phase, reason=reason, message=message, now=now)
+        patch: dict[str, Any] = {"phase": phase, "reason": str(getattr(reason, "value", reason)), "message": message, **(fields or {})}
+        if phase == "Running":
+            if self.start_time is None:
+                self.start_time = patch["startTime"] = now
+            patch["completionTime"] = None  # an extended search runs again (merge patch: null removes)
+        elif phase in ("Succeeded", "Failed"):
+            patch["completionTime"] = now
         if observed or phase != "Pending":
             patch["observedGeneration"] = self.generation
         self._patch(patch)

@@ -21,7 +21,7 @@ from epnas.checkpoint import SUMMARY, pin_search, read_history
 from epnas.records import ChildRecord, ranked_children
 from epnas.errors import INVALID_INPUT, CorruptState, SpecError
 from epnas.executors.local import LocalExecutor
-from epnas.search import SearchFailed, SearchLoop, StepReport
+from epnas.search import SearchFailed, SearchLoop, StepReport, position_text
 from epnas.spec import ArchitectureSearch, load_search
 from epnas.store import StoreError, StoreNotFound, check_root, join_uri, open_store
 
@@ -307,12 +307,8 @@ def _si(value: float) -> str:
 def print_summary(summary: dict) -> None:
     """The best feasible architecture, its metrics, and where the artifacts are."""
     c = summary["children"]
-    if summary["phase"] == "Succeeded":
-        where = f"finished after {summary['episode']} episode{'s' * (summary['episode'] != 1)}"
-    else:
-        where = f"episode {summary['episode'] + 1}/{summary['episodes']} ({summary['step']} of {summary['stepsPerEpisode']} steps done)"
     console.print(
-        f"[bold]{summary['search']}[/bold]: {summary['phase']}, {where}; children {c['total']} "
+        f"[bold]{summary['search']}[/bold]: {summary['phase']}, {position_text(summary)}; children {c['total']} "
         f"({c['succeeded']} trained, {c['cached']} cached, {c['failed']} failed); feasible {summary['feasibleCount']}"
     )
     best = summary.get("bestFeasible")

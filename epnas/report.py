@@ -204,6 +204,18 @@ def arch_boxes(arch: dict) -> tuple[list[str], list[tuple[int, int]]]:
     return labels, [(b["src1"], i) for i, b in enumerate(branches, 1) if b.get("src1", i - 1) != i - 1]
 
 
+def arch_text(arch: dict) -> str:
+    """The network on one line, the diagram's boxes in order: ``conv2d(channels 16, width 3, relu) →
+    maxpool(width 2)``; a skip or merge input is written ``merge ← i`` / ``from i`` (i: 0 = input)."""
+    labels, skips = arch_boxes(arch)
+    parts = []
+    for i, label in enumerate(labels[1:], 1):
+        op, *fields = label.split("\n")
+        fields += [f"from {src}" for src, to in skips if to == i and not any(f.endswith(f"← {src}") for f in fields)]
+        parts.append(f"{op}({', '.join(f for f in fields if f)})" if any(fields) else op)
+    return " → ".join(parts) or "(empty)"
+
+
 def arch_figure(arch: dict):
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch

@@ -499,6 +499,14 @@ def _brief(record: ChildRecord | None) -> dict | None:
     }
 
 
+def position_text(summary: dict) -> str:
+    """Where a search stands, in the words ``epnas status`` and the cluster status share:
+    ``finished after 3 episodes`` or ``episode 2/3 (1 of 3 steps done)``."""
+    if summary["phase"] == "Succeeded":
+        return f"finished after {summary['episode']} episode{'s' * (summary['episode'] != 1)}"
+    return f"episode {summary['episode'] + 1}/{summary['episodes']} ({summary['step']} of {summary['stepsPerEpisode']} steps done)"
+
+
 def summarize(search: ArchitectureSearch, state: LoopState, history: list[ChildRecord], phase: str, steps: int, store_uri: str) -> dict:
     """The search at a glance: progress, counts, the best and the best feasible child."""
     done = [r for r in history if r.status != "failed"]
@@ -512,6 +520,7 @@ def summarize(search: ArchitectureSearch, state: LoopState, history: list[ChildR
         "step": state.step,
         "episodes": search.spec.budget.episodes,
         "stepsPerEpisode": steps,
+        "plannedChildren": search.spec.budget.episodes * steps * search.spec.budget.branches,
         "children": {
             "total": len(history),
             "succeeded": sum(r.status == "succeeded" for r in history),

@@ -54,14 +54,26 @@ class Metadata(BaseModel):
 
 
 class RandomStart(_Model):
-    depth: Int = Field(3, ge=1, le=32, description="layers (or cell branches) of the random starting network")
+    """A random starting network drawn from the search space's value tables."""
+
+    depth: Int = Field(
+        3, ge=1, le=32,
+        description="Layers (cell branches, for image-module) of the random starting network, capped at what the space allows; "
+        "1 to 32. Default 3.",
+    )
 
 
 class InitialArchitecture(_Model):
-    """Exactly one of a random network of a given depth or an explicit architecture."""
+    """The network every branch starts from: exactly one of a random network of a given depth or an explicit architecture."""
 
-    random: RandomStart | None = None
-    architecture: dict[str, Any] | None = Field(None, description="an architecture as epnas.arch.Arch JSON")
+    random: RandomStart | None = Field(
+        None, description="Start from a random network of the given depth, seeded by spec.seed. Set either random or architecture, not both."
+    )
+    architecture: dict[str, Any] | None = Field(
+        None,
+        description="Start from this architecture, in epnas's architecture JSON: layers for image-layer and kws-layer, "
+        "cell and stack for image-module (space defaults to spec.searchSpace). Set either random or architecture, not both.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "InitialArchitecture":
@@ -71,11 +83,32 @@ class InitialArchitecture(_Model):
 
 
 class Dataset(_Model):
-    kind: Literal["digits", "cifar10", "npz", "synthetic"] = "digits"
-    uri: str | None = Field(None, description="directory or store URI (cifar10, npz)")
-    input_shape: list[Int] | None = Field(None, min_length=3, max_length=3, description="(C, H, W); required for npz")
-    num_classes: Int | None = Field(None, ge=2, description="required for npz")
-    options: dict[str, Any] = Field(default_factory=dict, description="kind-specific options, e.g. synthetic: {samples: 512}")
+    """The data children are trained, validated and tested on. Nothing is ever downloaded."""
+
+    kind: Literal["digits", "cifar10", "npz", "synthetic"] = Field(
+        "digits",
+        description="The dataset: digits (scikit-learn's 8x8 digits, built in), cifar10 (CIFAR-10 python batches at uri), "
+        "npz (arrays x_train, y_train, x_val, y_val and optionally x_test, y_test in the .npz file at uri) or "
+        "synthetic (seeded class templates plus noise). Default digits.",
+    )
+    uri: str | None = Field(
+        None,
+        description="Where the data is, as a path, file:// or s3:// URI: the directory of data_batch_1..5 and test_batch (cifar10) "
+        "or the .npz file (npz). Required for cifar10 and npz, ignored otherwise.",
+    )
+    input_shape: list[Int] | None = Field(
+        None, min_length=3, max_length=3,
+        description="Shape of one input sample as [C, H, W], each positive. Required for npz; for synthetic the shape generated "
+        "(default: the search space's input shape); for other kinds it must match the data.",
+    )
+    num_classes: Int | None = Field(
+        None, ge=2, description="Number of classes, at least 2. Required for npz; for synthetic the classes generated (default 10)."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Kind-specific options. synthetic takes samples (default 512), noise (1.0), seed and shift "
+        "(0: each sample rolled along H by up to this many pixels). Default: none.",
+    )
 
     @model_validator(mode="after")
     def _needs(self) -> "Dataset":
@@ -89,7 +122,8 @@ class Dataset(_Model):
 
 
 class Constraint(_Model):
-    """``min <= U <= max`` on one metric; violations cost ``penalty ** V`` (EPNAS Eq. 2)."""
+    """A bound min <= U <= max on one resource metric U of a child, computed analytically from its architecture.
+    A violation multiplies the child's reward by penalty to the power V, the relative violation (EPNAS Eq. 2)."""
 
     # the cross-field rules again as CEL rules of the CRD, so that `kubectl apply` refuses them at once
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
@@ -97,10 +131,17 @@ class Constraint(_Model):
         {"rule": "!has(self.min) || !has(self.max) || self.min <= self.max", "message": "min must not be greater than max"},
     ]})
 
-    metric: Literal["modelSize", "flops", "computeIntensity"]
-    min: Float | None = Field(None, gt=0)
-    max: Float | None = Field(None, gt=0)
-    penalty: Float = Field(0.9, gt=0, lt=1, description="base penalty p_i")
+    metric: Literal["modelSize", "flops", "computeIntensity"] = Field(
+        description="The metric bounded: modelSize (trainable parameters), flops (floating-point operations of one inference "
+        "at batch 1, a multiply-add counting 2) or computeIntensity (FLOPs per byte moved, float32). Required."
+    )
+    min: Float | None = Field(None, gt=0, description="Lower bound on the metric, greater than 0. Set min, max or both; min must not exceed max.")
+    max: Float | None = Field(None, gt=0, description="Upper bound on the metric, greater than 0. Set min, max or both; max must not be below min.")
+    penalty: Float = Field(
+        0.9, gt=0, lt=1,
+        description="Base p of the penalty p^V that multiplies a violating child's reward; the smaller, the harsher. "
+        "Between 0 and 1, exclusive. Default 0.9.",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> "Constraint":
@@ -112,52 +153,109 @@ class Constraint(_Model):
 
 
 class Budget(_Model):
-    episodes: Int = Field(15, ge=1)
-    steps_per_episode: Int | None = Field(None, ge=1, description="default 10 (layer spaces) or 5 (module space)")
-    branches: Int = Field(8, ge=1, le=512)
-    top_k: Int = Field(8, ge=1)
+    """How much to search: episodes times steps per episode times branches children, unless stopped earlier."""
+
+    episodes: Int = Field(
+        15, ge=1,
+        description="Number of episodes; after each the policy learns and the best networks seed the next. At least 1. Default 15. "
+        "Raising it on a finished search continues the search.",
+    )
+    steps_per_episode: Int | None = Field(
+        None, ge=1,
+        description="Morphing steps per episode; each step trains one child per branch. At least 1. "
+        "Default when unset: 10 for image-layer and kws-layer, 5 for image-module.",
+    )
+    branches: Int = Field(8, ge=1, le=512, description="Children trained per step, each morphing the network of its own branch; 1 to 512. Default 8.")
+    top_k: Int = Field(
+        8, ge=1, description="How many of the best networks seed the next episode; the branches start from them in turn. At least 1. Default 8."
+    )
     max_children: Int | None = Field(
-        None, ge=1, description="stop once this many children were trained (served from cache is free); checked between steps"
+        None, ge=1,
+        description="Stop the search once this many children were trained (children served from cache are free); "
+        "checked between steps. At least 1. Default: no limit.",
     )
     max_failed_children: Int | None = Field(
-        None, ge=0, description="end the search Failed once more children than this failed (default: only when every child of a step failed)"
+        None, ge=0,
+        description="End the search Failed once more children than this failed. At least 0. "
+        "Default: only when every child of a step failed.",
     )
 
 
 class PolicySpec(_Model):
-    learning_rate: Float = Field(6e-4, gt=0)
-    embedding_size: Int = Field(32, ge=1, description="layer embedding and network-embedding LSTM units")
-    hidden_size: Int = Field(128, ge=1, description="scale and insert LSTM units")
-    scale_groups: Int = Field(4, ge=1, description="F")
-    init_range: Float = Field(0.1, gt=0, description="weights ~ U(-r, r)")
-    entropy_weight: Float = Field(0.0, ge=0)
-    baseline_decay: Float = Field(0.9, ge=0, lt=1, description="moving-average baseline b <- d·b + (1-d)·R")
+    """The LSTM policy that samples morphing actions, and its REINFORCE training (EPNAS section 4.1 defaults).
+    Used by the epnas and epnas-paper strategies; ignored by random."""
+
+    learning_rate: Float = Field(6e-4, gt=0, description="Adam learning rate of the policy's update after each episode; greater than 0. Default 0.0006.")
+    embedding_size: Int = Field(
+        32, ge=1, description="Size of the layer embeddings and units of the LSTM that embeds a network; at least 1. Default 32."
+    )
+    hidden_size: Int = Field(128, ge=1, description="Units of the scale and insert decoder LSTM cells; at least 1. Default 128.")
+    scale_groups: Int = Field(
+        4, ge=1,
+        description="F: the layers (or cell branches) are split into this many contiguous groups, and the scale action "
+        "picks a channel and a width direction per group. At least 1. Default 4.",
+    )
+    init_range: Float = Field(
+        0.1, gt=0, description="Every policy parameter is initialised uniformly in [-initRange, initRange]; greater than 0. Default 0.1."
+    )
+    entropy_weight: Float = Field(
+        0.0, ge=0, description="Weight of the entropy bonus in the policy's loss, which keeps it exploring; 0 turns it off. Default 0."
+    )
+    baseline_decay: Float = Field(
+        0.9, ge=0, lt=1,
+        description="Decay d of the moving-average reward baseline, b = d*b + (1-d)*R; at least 0 and below 1. Default 0.9.",
+    )
 
 
 class Screening(_Model):
     """Zero-cost screening by the default epnas strategy: each child is the first feasible, new network among the policy's samples, reached in at most maxMorphs morphs. Ignored by epnas-paper and random."""
 
-    candidates: Int = Field(32, ge=1, le=1024, description="actions sampled from the policy per branch and morph")
-    max_morphs: Int = Field(4, ge=1, le=16, description="morphs one child may take to reach a feasible, new network")
+    candidates: Int = Field(32, ge=1, le=1024, description="Actions sampled from the policy per branch and morph; 1 to 1024. Default 32.")
+    max_morphs: Int = Field(
+        4, ge=1, le=16, description="Morphs one child may take to reach a feasible network not trained before; 1 to 16. Default 4."
+    )
 
 
 class ChildTraining(_Model):
-    """How children are trained; ``None`` numbers take the regime's defaults (``regime_defaults``)."""
+    """How children are trained during the search. Numbers left unset take the regime's defaults."""
 
-    regime: Literal["standard", "prediction"] = "prediction"
-    epochs: Int | None = Field(None, ge=1)
-    batch_size: Int | None = Field(None, ge=1)
-    lr: Float | None = Field(None, gt=0)
-    lr_min: Float | None = Field(None, ge=0)
-    momentum: Float = Field(0.9, ge=0, lt=1)
-    weight_decay: Float = Field(5e-4, ge=0)
-    t0: Int = Field(10, ge=1, description="SGDR first period (epochs)")
-    t_mult: Int = Field(2, ge=1)
-    channel_factor: Float = Field(1.0, gt=0, le=1, description="EcoNAS proxy: channels × factor")
-    resolution: Int | None = Field(None, ge=1, description="EcoNAS proxy: inputs resized to this H=W")
-    sample_ratio: Float = Field(1.0, gt=0, le=1, description="EcoNAS proxy: fraction of training samples")
-    parameter_sharing: bool = True
-    timeout_seconds: Int = Field(3600, ge=1)
+    regime: Literal["standard", "prediction"] = Field(
+        "prediction",
+        description="prediction: a short performance-prediction run (10 epochs, batch 1024, lr 0.5 decayed by a cosine to 0 "
+        "after a warm-up); standard: SGD with warm restarts (20 epochs, batch 128, lr 0.05 to 0.001). Default prediction.",
+    )
+    epochs: Int | None = Field(None, ge=1, description="Epochs of training; at least 1. Default when unset: 20 (standard) or 10 (prediction).")
+    batch_size: Int | None = Field(None, ge=1, description="Training batch size; at least 1. Default when unset: 128 (standard) or 1024 (prediction).")
+    lr: Float | None = Field(None, gt=0, description="Peak SGD learning rate; greater than 0. Default when unset: 0.05 (standard) or 0.5 (prediction).")
+    lr_min: Float | None = Field(
+        None, ge=0, description="Learning rate the cosine schedule decays to; at least 0. Default when unset: 0.001 (standard) or 0 (prediction)."
+    )
+    momentum: Float = Field(0.9, ge=0, lt=1, description="SGD momentum, Nesterov when above 0; at least 0 and below 1. Default 0.9.")
+    weight_decay: Float = Field(5e-4, ge=0, description="SGD weight decay (L2); at least 0. Default 0.0005.")
+    t0: Int = Field(10, ge=1, description="Length in epochs of the first period of SGDR, the standard regime's schedule; at least 1. Default 10.")
+    t_mult: Int = Field(2, ge=1, description="Factor by which each SGDR period is longer than the one before (standard regime); at least 1. Default 2.")
+    channel_factor: Float = Field(
+        1.0, gt=0, le=1,
+        description="EcoNAS proxy: every channel count is multiplied by this factor (rounded, at least 1) for training; "
+        "above 0 and at most 1. Default 1 (off).",
+    )
+    resolution: Int | None = Field(
+        None, ge=1, description="EcoNAS proxy: inputs are resized to this height and width, in pixels; at least 1. Default: the data's own size."
+    )
+    sample_ratio: Float = Field(
+        1.0, gt=0, le=1,
+        description="EcoNAS proxy: fraction of the training samples used, a seeded subset; above 0 and at most 1. Default 1 (all).",
+    )
+    parameter_sharing: bool = Field(
+        True,
+        description="Whether children start from the search's shared weight dictionary (keyed by layer index and op type) "
+        "and add their trained weights to it. Default true.",
+    )
+    timeout_seconds: Int = Field(
+        3600, ge=1,
+        description="Seconds one child may train: training stops after the epoch that passes it and the child is scored as it is; "
+        "on one machine a child still running after this long is killed as a failed attempt. At least 1. Default 3600.",
+    )
 
     def resolved(self) -> "ChildTraining":
         """A copy with every ``None`` number replaced by the regime's default."""
@@ -166,12 +264,18 @@ class ChildTraining(_Model):
 
 
 class FinalTraining(ChildTraining):
-    """After the search, the ``top`` best feasible children trained again from scratch (no shared
-    weights), by default in the standard regime: the models to ship.  Results under ``final/``."""
+    """After the search, the top best feasible children trained again from scratch (no shared weights),
+    by default in the standard regime: the models to ship. Results go under final/ in the store."""
 
-    top: Int = Field(0, ge=0, le=16, description="how many of the best feasible children to train again (0: none)")
-    regime: Literal["standard", "prediction"] = "standard"
-    parameter_sharing: bool = Field(False, description="ignored: final models train from scratch")
+    top: Int = Field(
+        0, ge=0, le=16, description="How many of the best feasible children to train again after the search; 0 to 16. Default 0 (none)."
+    )
+    regime: Literal["standard", "prediction"] = Field(
+        "standard",
+        description="standard: SGD with warm restarts (20 epochs, batch 128, lr 0.05 to 0.001); prediction: a short "
+        "performance-prediction run (10 epochs, batch 1024, lr 0.5 decayed by a cosine to 0). Default standard.",
+    )
+    parameter_sharing: bool = Field(False, description="Ignored: final models always train from scratch, without shared weights. Default false.")
 
     def child_training(self) -> ChildTraining:
         """The regime a final child's task carries (resolved, no sharing, no ``top``)."""
@@ -187,25 +291,42 @@ def regime_defaults(regime: str) -> dict[str, Any]:
 
 
 class Trainer(_Model):
-    """Where and how a child's Job runs in a cluster (ignored by the local executor, but for ``image``)."""
+    """Where and how each child's Kubernetes Job runs in a cluster; ignored when epnas search runs on one machine.
+    A field left unset takes the installation's trainer default (the chart's trainer values), else the default named here."""
 
-    image: str = "ghcr.io/epnas/epnas-trainer:0.1.0"
-    gpu: Int = Field(1, ge=0, description="nvidia.com/gpu per child")
-    cpu: str = Field("2", pattern=QUANTITY)
-    memory: str = Field("8Gi", pattern=QUANTITY)
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = Field(default_factory=list)
-    affinity: dict[str, Any] | None = None
-    priority_class_name: str | None = Field(None, description="PriorityClass of the children's pods")
-    image_pull_secrets: list[str] = Field(default_factory=list, description="names of Secrets to pull the trainer image with")
+    image: str = Field("ghcr.io/epnas/epnas-trainer:0.1.0", description="Container image that trains a child. Default ghcr.io/epnas/epnas-trainer:0.1.0.")
+    gpu: Int = Field(1, ge=0, description="NVIDIA GPUs (nvidia.com/gpu) requested per child; 0 trains on CPU. Default 1.")
+    cpu: str = Field("2", pattern=QUANTITY, description="CPU request of a child's pod, as a Kubernetes quantity such as 2 or 500m. Default 2.")
+    memory: str = Field("8Gi", pattern=QUANTITY, description="Memory request and limit of a child's pod, as a Kubernetes quantity such as 8Gi. Default 8Gi.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels a child's pod must match, as a pod's nodeSelector. Default: none.")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, description="Tolerations of the children's pods, as in a pod spec, e.g. for a tainted GPU node pool. Default: none."
+    )
+    affinity: dict[str, Any] | None = Field(
+        None, description="Affinity of the children's pods, as in a pod spec (nodeAffinity, podAffinity, podAntiAffinity). Default: none."
+    )
+    priority_class_name: str | None = Field(None, description="PriorityClass of the children's pods. Default: none.")
+    image_pull_secrets: list[str] = Field(
+        default_factory=list, description="Names of Secrets in the search's namespace to pull the trainer image with. Default: none."
+    )
     service_account_name: str | None = Field(
-        None, description="ServiceAccount of the children's pods (IRSA or Workload Identity for the store); default: the namespace's default"
+        None,
+        description="ServiceAccount of the children's pods, e.g. one with IRSA or Workload Identity access to the store. "
+        "Default: the namespace's default ServiceAccount.",
     )
-    backoff_limit: Int = Field(2, ge=0)
+    backoff_limit: Int = Field(
+        2, ge=0,
+        description="Retries of a failed child, the Job's backoffLimit; invalid input (exit 2) and divergence (exit 3) are never "
+        "retried. At least 0. Default 2.",
+    )
     active_deadline_seconds: Int = Field(
-        3600, ge=1, description="seconds one attempt of a child may run, counted from its pod's start (time queued for a node does not count)"
+        3600, ge=1,
+        description="Seconds one attempt of a child may run, counted from its pod's start (time queued for a node does not count); "
+        "at least 1. Default 3600.",
     )
-    ttl_seconds_after_finished: Int = Field(86400, ge=0)
+    ttl_seconds_after_finished: Int = Field(
+        86400, ge=0, description="Seconds a finished child's Job is kept before Kubernetes deletes it; at least 0. Default 86400 (one day)."
+    )
 
 
 def with_trainer_defaults(search: "ArchitectureSearch", defaults: dict[str, Any]) -> "ArchitectureSearch":
@@ -219,37 +340,80 @@ def with_trainer_defaults(search: "ArchitectureSearch", defaults: dict[str, Any]
 
 
 class StoreSpec(_Model):
-    uri: str | None = Field(None, pattern=r"^(file|s3)://", description="file:///abs/dir or s3://bucket/prefix")
-    endpoint: str | None = Field(None, pattern=r"^https?://[^\s/]+(/\S*)?$", description="S3 endpoint URL (MinIO), http:// or https://")
-    secret_name: str | None = Field(None, description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
-    region: str | None = None
+    """Where the search keeps its state, its children and the shared weights: a directory or an S3-compatible bucket."""
+
+    uri: str | None = Field(
+        None, pattern=r"^(file|s3)://",
+        description="Root of the store, file:///abs/dir or s3://bucket/prefix. Required in a cluster, where a search's data lives at "
+        "<uri>/<namespace>/<name>/<uid>; on one machine the default is ./runs.",
+    )
+    endpoint: str | None = Field(
+        None, pattern=r"^https?://[^\s/]+(/\S*)?$",
+        description="Endpoint URL of an S3-compatible store such as MinIO, http:// or https://. Default: AWS S3, unless the environment sets EPNAS_S3_ENDPOINT.",
+    )
+    secret_name: str | None = Field(
+        None,
+        description="Secret in the search's namespace with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, given to the children's pods. "
+        "Default: none.",
+    )
+    region: str | None = Field(None, description="S3 region of the bucket. Default: AWS_REGION or AWS_DEFAULT_REGION from the environment, else us-east-1.")
     resume_uid: str | None = Field(
         None,
         pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
-        description="in a cluster: continue the earlier search of this name and namespace whose uid this is "
-        "(its data stays at <uri>/<namespace>/<name>/<uid>); without it a new object starts fresh",
+        description="In a cluster: the uid of an earlier search of the same name and namespace to continue "
+        "(its data stays at <uri>/<namespace>/<name>/<uid>). Default: a new object starts fresh.",
     )
 
 
 class SearchSpec(_Model):
-    search_space: Literal["image-layer", "image-module", "kws-layer"] = "image-layer"
+    """A hardware-aware architecture search: the space, the data, the resource constraints, the budget and how children are trained."""
+
+    search_space: Literal["image-layer", "image-module", "kws-layer"] = Field(
+        "image-layer",
+        description="The search space: image-layer (image networks morphed layer by layer, EPNAS Table 2), image-module "
+        "(a cell of branches stacked into an image network, EPNAS Table 3) or kws-layer (keyword-spotting networks layer "
+        "by layer, RENA). Default image-layer.",
+    )
     strategy: Literal["epnas", "epnas-paper", "random"] = Field(
         "epnas",
-        description="epnas: the policy with zero-cost screening and feasibility-first seeding (default); "
-        "epnas-paper: the paper's algorithm exactly; random: uniform actions in the same loop",
+        description="How children are proposed: epnas, the policy with zero-cost screening and feasibility-first seeding (default); "
+        "epnas-paper, the paper's algorithm exactly; random, uniform actions in the same loop.",
     )
-    seed: Int = Field(0, ge=0, description="seeds the policy, the random start and every child")
-    initial_architecture: InitialArchitecture = Field(default_factory=lambda: InitialArchitecture(random=RandomStart()))
-    dataset: Dataset = Field(default_factory=Dataset)
-    constraints: list[Constraint] = Field(default_factory=list)
-    budget: Budget = Field(default_factory=Budget)
-    policy: PolicySpec = Field(default_factory=PolicySpec)
-    screening: Screening = Field(default_factory=Screening)
-    child_training: ChildTraining = Field(default_factory=ChildTraining)
-    final_training: FinalTraining = Field(default_factory=FinalTraining)
-    trainer: Trainer = Field(default_factory=Trainer)
-    store: StoreSpec = Field(default_factory=StoreSpec)
-    parallelism: Int | None = Field(None, ge=1, description="children trained at once (default: all of a step, or CPU count locally)")
+    seed: Int = Field(0, ge=0, description="Seed of the policy, the random starting network and every child's training; at least 0. Default 0.")
+    initial_architecture: InitialArchitecture = Field(
+        default_factory=lambda: InitialArchitecture(random=RandomStart()),
+        description="The network every branch starts from: a random network or an explicit architecture. Default: a random network of depth 3.",
+    )
+    dataset: Dataset = Field(default_factory=Dataset, description="The data children are trained and scored on. Default: the digits dataset.")
+    constraints: list[Constraint] = Field(
+        default_factory=list,
+        description="Resource constraints on the children; a child is feasible when it meets all of them, and each violation "
+        "lowers its reward. Default: none.",
+    )
+    budget: Budget = Field(default_factory=Budget, description="How much to search: episodes, steps per episode, branches and optional early stops.")
+    policy: PolicySpec = Field(
+        default_factory=PolicySpec,
+        description="The policy network that proposes morphs, and its training; used by the epnas and epnas-paper strategies.",
+    )
+    screening: Screening = Field(
+        default_factory=Screening, description="Zero-cost screening of the default epnas strategy; ignored by epnas-paper and random."
+    )
+    child_training: ChildTraining = Field(
+        default_factory=ChildTraining, description="How each child is trained during the search; numbers left unset take the regime's defaults."
+    )
+    final_training: FinalTraining = Field(
+        default_factory=FinalTraining,
+        description="Training the best feasible children again from scratch after the search, to get the models to ship; "
+        "off unless top is above 0.",
+    )
+    trainer: Trainer = Field(
+        default_factory=Trainer, description="Where and how each child's Kubernetes Job runs; ignored when epnas search runs on one machine."
+    )
+    store: StoreSpec = Field(default_factory=StoreSpec, description="Where the search keeps its state, children and shared weights.")
+    parallelism: Int | None = Field(
+        None, ge=1,
+        description="Children trained at once; at least 1. Default: every child of a step in a cluster, or the CPU count on one machine.",
+    )
 
     @property
     def steps_per_episode(self) -> int:
@@ -384,17 +548,27 @@ def parse_search(data: Any) -> ArchitectureSearch:
 _DROP = {"title", "discriminator"}
 
 
-def crd_openapi_schema() -> dict[str, Any]:
+def structural_schema(model: type[BaseModel], *, mode: Literal["validation", "serialization"] = "validation") -> dict[str, Any]:
+    """A pydantic model's JSON schema made structural for a CRD (see ``crd_openapi_schema``)."""
+    raw = model.model_json_schema(by_alias=True, mode=mode)
+    defs = raw.pop("$defs", {})
+    return _structural(raw, defs)
+
+
+def crd_openapi_schema(status: type[BaseModel] | None = None) -> dict[str, Any]:
     """The ``openAPIV3Schema`` of the CRD: the spec model's JSON schema made structural.
 
     ``$ref`` are inlined, ``anyOf [X, null]`` becomes ``X`` with ``nullable: true``,
     ``const`` becomes a one-value ``enum``, numeric ``exclusiveMinimum``/``Maximum`` become
-    OpenAPI v3.0's ``minimum`` + ``exclusiveMinimum: true``, free-form objects keep unknown fields, and
-    ``status`` is an open object the controller owns.
+    OpenAPI v3.0's ``minimum`` + ``exclusiveMinimum: true``, free-form objects keep unknown fields.
+    ``status`` is the controller's: ``status`` (its model) describes the fields, and unknown
+    ones are kept, so an older CRD never prunes what a newer controller writes.
     """
-    raw = SearchSpec.model_json_schema(by_alias=True, mode="validation")
-    defs = raw.pop("$defs", {})
-    spec = _structural(raw, defs)
+    spec = structural_schema(SearchSpec)
+    status_schema: dict[str, Any] = {"type": "object"}
+    if status is not None:
+        status_schema = structural_schema(status, mode="serialization")
+    status_schema["x-kubernetes-preserve-unknown-fields"] = True
     return {
         "type": "object",
         "required": ["spec"],
@@ -403,7 +577,7 @@ def crd_openapi_schema() -> dict[str, Any]:
             "kind": {"type": "string"},
             "metadata": {"type": "object"},
             "spec": spec,
-            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            "status": status_schema,
         },
     }
 

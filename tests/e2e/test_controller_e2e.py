@@ -53,7 +53,7 @@ def test_search_runs_to_success_as_jobs(control_plane, node_agent, minio, bucket
     # status: progress, best architecture, counts, conditions
     counts = status["children"]
     assert counts["succeeded"] + counts["cached"] + counts["failed"] == CHILDREN and counts["failed"] == 0
-    assert status["bestHash"] and status["bestArchitecture"]["layers"] and 0 < status["bestAccuracy"] <= 1
+    assert status["bestHash"] and status["bestArchitecture"].startswith(("conv", "sep", "dep", "max", "avg", "dense")) and 0 < status["bestAccuracy"] <= 1
     assert "bestReward" in status and status["feasibleCount"] >= 1 and "bestFeasibleAccuracy" in status
     assert status["observedGeneration"] == obj["metadata"]["generation"]
     conditions = {c["type"]: c for c in status["conditions"]}
@@ -93,9 +93,17 @@ def test_search_runs_to_success_as_jobs(control_plane, node_agent, minio, bucket
 
     # kubectl get nas: the printer columns
     table = control_plane.kubectl("get", "nas", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "EPISODE", "STEP", "BEST-ACC", "FEASIBLE", "AGE"]
-    assert table[1].split()[:3] == ["tiny", "Succeeded", "2"]
-    assert float(table[1].split()[4]) == status["bestFeasibleAccuracy"]  # BEST-ACC: the best feasible child's
+    assert table[0].split() == ["NAME", "PHASE", "CHILDREN", "BEST-ACC", "FEASIBLE", "REASON", "AGE"]
+    row = table[1].split()
+    assert row[:3] == ["tiny", "Succeeded", f"{CHILDREN}/{CHILDREN}"] and row[5] == "Completed", table
+    assert float(row[3]) == status["bestFeasibleAccuracy"] == round(status["bestFeasibleAccuracy"], 4)  # BEST-ACC
+    wide = control_plane.kubectl("get", "nas", "-n", namespace, "-o", "wide").stdout
+    assert "finished after 2 episodes" in wide, wide  # POSITION, in `epnas status`'s words
+    assert status["startTime"] <= status["completionTime"] and status["reason"] == "Completed"
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {"Running": "False", "Succeeded": "True",
+                                                                        "NoFeasibleChild": "False"}
+    described = control_plane.kubectl("describe", "nas", "tiny", "-n", namespace).stdout
+    assert f"Best Architecture:  {status['bestArchitecture']}" in described and "→" in status["bestArchitecture"]
 
     # Events on the object
     reasons = [e.reason for e in events_of(control_plane, namespace, "tiny")]

@@ -36,9 +36,19 @@ def test_short_names_and_printer_columns(installed_crd, namespace):
     for resource in ("nas", "archsearch", "architecturesearches"):
         out = installed_crd.kubectl("get", resource, "-n", namespace)
         header = out.stdout.splitlines()[0].split()
-        assert header == ["NAME", "PHASE", "EPISODE", "STEP", "BEST-ACC", "FEASIBLE", "AGE"], out.stdout
+        assert header == ["NAME", "PHASE", "CHILDREN", "BEST-ACC", "FEASIBLE", "REASON", "AGE"], out.stdout
     wide = installed_crd.kubectl("get", "nas", "-n", namespace, "-o", "wide").stdout.splitlines()[0].split()
-    assert wide == ["NAME", "PHASE", "EPISODE", "STEP", "BEST-ACC", "FEASIBLE", "AGE", "FINAL-ACC", "FINAL-MODEL"], wide
+    assert wide == ["NAME", "PHASE", "CHILDREN", "BEST-ACC", "FEASIBLE", "REASON", "AGE", "POSITION", "FINAL-ACC",
+                    "FINAL-MODEL"], wide
+
+
+@pytest.mark.parametrize("field", ["spec.budget.episodes", "spec.trainer.image", "spec.constraints.metric",
+                                   "status.progress", "status.bestFeasibleAccuracy", "status.conditions.reason"])
+def test_kubectl_explain_describes_spec_and_status_fields(installed_crd, field):
+    out = installed_crd.kubectl("explain", f"architecturesearch.{field}")
+
+    description = out.stdout.split("DESCRIPTION:", 1)[1]
+    assert "<no description>" not in description and "``" not in description and description.strip(), out.stdout
 
 
 def test_structural_errors_are_rejected_by_the_schema(installed_crd, namespace):

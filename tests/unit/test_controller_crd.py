@@ -23,9 +23,10 @@ def test_names_subresource_and_columns() -> None:
     (version,) = doc["spec"]["versions"]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
-    assert columns == {"Phase": ".status.phase", "Episode": ".status.episode", "Step": ".status.step",
+    assert columns == {"Phase": ".status.phase", "Children": ".status.progress",
                        "Best-Acc": ".status.bestFeasibleAccuracy", "Feasible": ".status.feasibleCount",
-                       "Age": ".metadata.creationTimestamp", "Final-Acc": ".status.finalModel.valAccuracy",
+                       "Reason": ".status.reason", "Age": ".metadata.creationTimestamp",
+                       "Position": ".status.position", "Final-Acc": ".status.finalModel.valAccuracy",
                        "Final-Model": ".status.finalModel.uri"}
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert spec["properties"]["policy"]["properties"]["learningRate"] == {

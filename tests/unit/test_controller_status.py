@@ -34,15 +34,57 @@ def test_from_summary() -> None:
 
 def test_conditions_keep_transition_time_until_status_changes() -> None:
     c = st.phase_conditions([], phase="Running", reason=st.Reason.STARTED, message="go", now="t1")
-    assert {x["type"]: x["status"] for x in c} == {"Running": "True", "Succeeded": "False", "Failed": "False"}
+    assert {x["type"]: x["status"] for x in c} == {"Running": "True"}  # no Succeeded/Failed before either happens
     c = st.phase_conditions(c, phase="Running", reason=st.Reason.STEP_COMPLETED, message="step", now="t2")
     running = next(x for x in c if x["type"] == "Running")
     assert running["lastTransitionTime"] == "t1" and running["reason"] == "StepCompleted" and running["message"] == "step"
     c = st.phase_conditions(c, phase="Succeeded", reason=st.Reason.COMPLETED, message="done", now="t3")
     by = {x["type"]: x for x in c}
-    assert by["Running"]["status"] == "False" and by["Running"]["lastTransitionTime"] == "t3"
+    assert set(by) == {"Running", "Succeeded"}
+    assert by["Running"] == {"type": "Running", "status": "False", "reason": "Succeeded", "message": "the search succeeded",
+                             "lastTransitionTime": "t3"}
     assert by["Succeeded"] == {"type": "Succeeded", "status": "True", "reason": "Completed", "message": "done", "lastTransitionTime": "t3"}
-    assert by["Failed"]["lastTransitionTime"] == "t1"
+    # an extension runs it again: Succeeded goes, Running is True again
+    c = st.phase_conditions(c, phase="Running", reason=st.Reason.STARTED, message="again", now="t4")
+    assert {x["type"]: (x["status"], x["lastTransitionTime"]) for x in c} == {"Running": ("True", "t4")}
+    failed = st.phase_conditions(c, phase="Failed", reason=st.Reason.TOO_MANY_FAILURES, message="12 of 20 failed", now="t5")
+    assert {x["type"]: (x["status"], x["reason"]) for x in failed} == {"Running": ("False", "Failed"), "Failed": ("True", "TooManyFailures")}
+
+
+def test_status_reads_as_katib_does_rounded_camel_case_one_line_architecture() -> None:
+    layers = [{"op": "conv2d", "src1": 0, "channels": 16, "width": 3, "activation": "relu"}, {"op": "maxpool", "src1": 1, "width": 2}]
+    summary = {**SUMMARY, "plannedChildren": 16,
+               "best": {**SUMMARY["best"], "valAccuracy": 0.5966666666666667, "reward": 0.51234567,
+                        "metrics": {"params": 10, "size_bytes": 40, "compute_intensity": 1.5},
+                        "arch": {"space": "image-layer", "layers": layers}}}
+    out = st.from_summary(summary)
+
+    assert out["bestAccuracy"] == 0.5967 and out["bestReward"] == 0.5123
+    assert out["bestMetrics"] == {"params": 10, "sizeBytes": 40, "computeIntensity": 1.5}
+    assert out["bestArchitecture"] == "conv2d(channels 16, width 3, relu) → maxpool(width 2)"
+    assert out["progress"] == "9/16" and out["plannedChildren"] == 16
+    assert out["position"] == "episode 2/2 (2 of 2 steps done)"
+    assert st.from_summary({**summary, "phase": "Succeeded", "episode": 2, "step": 0})["position"] == "finished after 2 episodes"
+
+
+def test_no_feasible_message_names_the_best_infeasible_child() -> None:
+    message = st.no_feasible_message(SUMMARY)
+
+    assert "none of the 7 measured children met every constraint" in message
+    assert "e001-s01-c00" in message and "0.9000" in message and "spec.constraints" in message
+
+
+def test_status_schema_describes_every_field_the_status_holds() -> None:
+    from controller.crd import crd
+
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    final = {"child": "c", "uri": "s3://b/f", "valAccuracy": 0.7, "testAccuracy": 0.6, "metrics": {"params": 5}}
+    written = {**st.from_summary({**SUMMARY, "plannedChildren": 16, "finalModel": final}),
+               "phase": "Running", "reason": "Started", "message": "m", "observedGeneration": 1,
+               "startTime": "t", "completionTime": "t", "conditions": []}
+    assert set(written) <= set(schema["properties"]), set(written) - set(schema["properties"])
+    assert all(field.get("description") for field in schema["properties"].values())
+    assert schema["x-kubernetes-preserve-unknown-fields"] is True
 
 
 def obj(phase=None, generation=1, observed=None, deleting=False) -> dict:
