@@ -40,8 +40,10 @@ What it does, and the rules a test (or a later engineer) can rely on:
   `envFrom` and `env`: literal values, `secretKeyRef`, `configMapKeyRef` (with `optional`),
   `fieldRef` (metadata.name/namespace/uid, metadata.labels['k'], metadata.annotations['k'],
   spec.nodeName, spec.serviceAccountName, status.podIP and status.hostIP → 127.0.0.1),
-  `resourceFieldRef` (requests/limits, divisor 1). A missing non-optional Secret/ConfigMap
-  leaves the container Waiting with reason `CreateContainerConfigError`, retried each second.
+  `resourceFieldRef` (the container's requests/limits; a missing limit is the node's
+  allocatable, a missing request 0; divided by `divisor` and rounded up). A missing
+  non-optional Secret/ConfigMap leaves the container Waiting with reason
+  `CreateContainerConfigError`, retried each second.
 * **Files.** Every pod gets a directory `<workdir>/pods/<ns>_<name>_<uid8>/`; the process runs
   in its `work/` subdir (or in the host dir of `workingDir` when that is a mountPath).
   Volumes: `emptyDir` and `persistentVolumeClaim` → a fresh dir in the pod dir, `configMap` and
@@ -62,7 +64,10 @@ What it does, and the rules a test (or a later engineer) can rely on:
   PodScheduled, PodReadyToStartContainers, Initialized, ContainersReady, Ready, podIP/hostIP
   127.0.0.1, containerStatuses running; then Succeeded/Failed with terminated exitCode, reason
   `Completed`/`Error`, message. restartPolicy Never, OnFailure (restart on non-zero exit) and
-  Always (restart on any exit) are honoured; init containers run one after the other first.
+  Always (restart on any exit) are honoured, with `restartCount` and `lastState`; init
+  containers run one after the other first, and one that exits non-zero fails the pod
+  without starting the rest, whatever the restartPolicy (the kubelet would restart it
+  unless the policy is Never).
   Readiness/liveness probes are ignored (a running container is ready).
 * **Deletion.** When a pod gets a deletionTimestamp its process groups get SIGTERM, then
   SIGKILL after the grace period; the final status is posted and the pod deleted with grace
@@ -296,6 +301,18 @@ def container_argv(images: Mapping[str, list[str]], container: Pod, env: Mapping
             "add one to node_agent.images"
         )
     return [*prefix, *command, *args]
+
+
+def resource_field_value(ref: Mapping[str, Any], container: Pod, allocatable: Mapping[str, str]) -> str:
+    """A `resourceFieldRef` env value as the kubelet computes it: the container's request or
+    limit (a missing limit is the node's allocatable, a missing request 0) divided by
+    `divisor` (unset or 0 means 1) and rounded up to an integer."""
+    kind, _, resource = ref["resource"].partition(".")
+    value = ((container.get("resources") or {}).get(kind) or {}).get(resource)
+    if value is None:
+        value = allocatable.get(resource, "0") if kind == "limits" else "0"
+    divisor = parse_quantity(ref.get("divisor") or "1") or Decimal(1)
+    return str(int((parse_quantity(value) / divisor).to_integral_value(rounding="ROUND_CEILING")))
 
 
 def exit_code(returncode: int) -> int:
@@ -773,12 +790,7 @@ class PodRunner(threading.Thread):
         if "fieldRef" in source:
             return self._field_value(source["fieldRef"]["fieldPath"])
         if "resourceFieldRef" in source:
-            kind, _, resource = source["resourceFieldRef"]["resource"].partition(".")
-            value = ((container.get("resources") or {}).get(kind) or {}).get(resource)
-            if value is None:
-                value = self.agent.config.allocatable.get(resource, "0")
-            quantity = parse_quantity(value)
-            return str(int(quantity.to_integral_value(rounding="ROUND_CEILING")))
+            return resource_field_value(source["resourceFieldRef"], container, self.agent.config.allocatable)
         return None
 
     def _field_value(self, path: str) -> str:

@@ -1,4 +1,5 @@
-"""The node agent's pure decisions (scheduling, argv, $(VAR) expansion), no cluster needed."""
+"""The node agent's pure decisions (scheduling, resource sums, argv, $(VAR) expansion,
+resourceFieldRef values), no cluster needed."""
 
 from __future__ import annotations
 
@@ -51,6 +52,69 @@ def test_unschedulable_reason(name, spec, reason_part):
 def test_resources_used_by_running_pods_count():
     spec = {"containers": [{"resources": {"requests": {"cpu": "1"}}}]}
     assert node_agent.unschedulable_reason(spec, NodeConfig(), {"cpu": Decimal("1.5")}) is not None
+
+
+def _requests(**resources: str) -> dict:
+    return {"resources": {"requests": resources}}
+
+
+@pytest.mark.parametrize(("name", "spec", "expected"), [
+    ("nothing asked", {"containers": [{}]}, {"pods": 1}),
+    ("summed over containers", {"containers": [_requests(cpu="500m", memory="1Gi"), _requests(cpu="250m")]},
+     {"pods": 1, "cpu": Decimal("0.75"), "memory": 2**30}),
+    ("a limit stands in for a missing request only", {"containers": [
+        {"resources": {"limits": {"cpu": "2", "nvidia.com/gpu": "1"}, "requests": {"cpu": "1"}}}]},
+     {"pods": 1, "cpu": 1, "nvidia.com/gpu": 1}),
+    ("an init container larger than the sum wins", {
+        "initContainers": [_requests(cpu="1")], "containers": [_requests(cpu="300m"), _requests(cpu="300m")]},
+     {"pods": 1, "cpu": 1}),
+    ("an init container smaller than the sum does not", {
+        "initContainers": [_requests(cpu="500m")], "containers": [_requests(cpu="300m"), _requests(cpu="300m")]},
+     {"pods": 1, "cpu": Decimal("0.6")}),
+    ("init containers are not summed (they run one at a time)", {
+        "initContainers": [_requests(cpu="1"), _requests(cpu="1")], "containers": [_requests(cpu="500m")]},
+     {"pods": 1, "cpu": 1}),
+])
+def test_pod_requests(name, spec, expected):
+    assert node_agent.pod_requests(spec) == expected
+
+
+@pytest.mark.parametrize(("name", "used", "short"), [
+    ("empty node", {}, []),
+    ("exactly full fits", {"nvidia.com/gpu": Decimal(2), "cpu": Decimal(1)}, []),
+    ("one gpu too many", {"nvidia.com/gpu": Decimal(3)}, ["nvidia.com/gpu"]),
+    ("cpu and gpu", {"cpu": Decimal("1.5"), "nvidia.com/gpu": Decimal(3)}, ["cpu", "nvidia.com/gpu"]),
+    ("pod slots", {"pods": Decimal(110)}, ["pods"]),
+])
+def test_requests_fit_next_to_what_the_running_pods_use(name, used, short):
+    """A request fits when used + request <= allocatable (cpu 2, gpu 4, pods 110), per resource."""
+    requests = node_agent.pod_requests({"containers": [
+        {"resources": {"requests": {"cpu": "1"}, "limits": {"nvidia.com/gpu": "2"}}}]})
+    assert sorted(node_agent.insufficient_resources(requests, used, NodeConfig().allocatable)) == short
+
+
+def test_a_zero_request_of_an_unknown_resource_fits():
+    assert node_agent.insufficient_resources({"example.com/fpga": Decimal(0)}, {}, NodeConfig().allocatable) == []
+
+
+SIZED = {"resources": {"requests": {"cpu": "250m", "memory": "64Mi"}, "limits": {"cpu": "1500m", "memory": "128Mi"}}}
+
+
+@pytest.mark.parametrize(("name", "container", "ref", "expected"), [
+    ("cpu limit rounded up to cores", SIZED, {"resource": "limits.cpu"}, "2"),
+    ("cpu request in millicores", SIZED, {"resource": "requests.cpu", "divisor": "1m"}, "250"),
+    ("cpu request rounded up", SIZED, {"resource": "requests.cpu"}, "1"),
+    ("divisor 0 (the API server's default) is 1", SIZED, {"resource": "limits.cpu", "divisor": "0"}, "2"),
+    ("memory limit in bytes", SIZED, {"resource": "limits.memory"}, "134217728"),
+    ("memory request in Mi", SIZED, {"resource": "requests.memory", "divisor": "1Mi"}, "64"),
+    ("memory limit in Gi rounded up", SIZED, {"resource": "limits.memory", "divisor": "1Gi"}, "1"),
+    ("missing cpu limit: the node's allocatable", {}, {"resource": "limits.cpu"}, "2"),
+    ("missing memory limit: the node's allocatable", {}, {"resource": "limits.memory"}, str(24 * 2**30)),
+    ("missing cpu request: 0", {}, {"resource": "requests.cpu"}, "0"),
+    ("missing memory request: 0", {}, {"resource": "requests.memory", "divisor": "1Mi"}, "0"),
+])
+def test_resource_field_ref_values_are_the_kubelets(name, container, ref, expected):
+    assert node_agent.resource_field_value(ref, container, NodeConfig().allocatable) == expected
 
 
 def test_taint_without_toleration_is_unschedulable():
