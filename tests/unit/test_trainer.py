@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -10,7 +11,10 @@ import sys
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
+
+import child_trainer.train
 
 from child_trainer.cli import main, termination_message
 from child_trainer.data import load_dataset
@@ -70,7 +74,10 @@ def test_valid_child_in_every_space_writes_a_result(space, tmp_path, capsys):
     assert main(argv_for(child_dir)) == 0
     result = load_result((child_dir / "result.json").read_text())
     assert result.epochs_run == 2 and len(result.history["val_acc"]) == 2
-    assert 0 <= result.val_accuracy <= 1 and result.metrics["params"] > 0
+    splits = load_dataset(Dataset.model_validate(SYNTHETIC), space=space, seed=3)
+    model = build_model(parse_arch(ARCHS[space]), splits.input_shape, splits.num_classes)
+    assert 0 <= result.val_accuracy <= 1
+    assert result.metrics["params"] == sum(p.numel() for p in model.parameters())  # torch's own count
     assert result.weights_key == "children/e000-s00-c00/weights.safetensors"
     assert (child_dir / "weights.safetensors").is_file()
     assert result.arch_hash == parse_arch(ARCHS[space]).hash
@@ -115,12 +122,33 @@ def test_lr_schedules():
     assert lr_at(prediction, 10, 20, 2) == pytest.approx(0.0)
 
 
-def test_flags_override_regime_and_numbers(tmp_path):
+def test_flags_override_regime_and_numbers(tmp_path, monkeypatch):
+    """Each flag reaches the training that runs: the batches the model is trained on, the
+    training samples it is given, the channels of the weights it writes."""
+    seen: dict = {"batches": []}
+    real_train_child = child_trainer.train.train_child
+
+    def spying(model, splits, training, **kwargs):  # the real training, watched
+        seen.update(training=training, train_samples=len(splits.train[0]))
+        model.register_forward_pre_hook(
+            lambda module, inputs: seen["batches"].append(len(inputs[0])) if module.training and torch.is_grad_enabled() else None)
+        return real_train_child(model, splits, training, **kwargs)
+
+    monkeypatch.setattr(child_trainer.train, "train_child", spying)
     child_dir = write_task(tmp_path, ARCHS["image-layer"], training={"regime": "prediction", "epochs": 5})
     assert main(argv_for(child_dir, "--regime", "standard", "--epochs", "1", "--batch-size", "32", "--sample-ratio", "0.5", "--channel-factor", "0.5")) == 0
     result = load_result((child_dir / "result.json").read_text())
     assert result.epochs_run == 1
     assert result.history["lr"][0] < 0.05
+    assert seen["training"].regime == "standard" and seen["training"].batch_size == 32
+    full = load_dataset(Dataset.model_validate(SYNTHETIC), space="image-layer", seed=3).train[0]
+    assert seen["train_samples"] == math.ceil(len(full) * 0.5)
+    batches = seen["batches"]
+    assert batches and set(batches[:-1]) == {32} and batches[-1] <= 32, batches
+    assert sum(batches) >= seen["train_samples"] - 1  # one epoch over the half (a last batch of 1 is skipped)
+    weights = safetensors.torch.load_file(child_dir / "weights.safetensors")
+    assert weights["body.0_conv2d.op.conv.weight"].shape[0] == 8  # 16 channels × 0.5
+    assert weights["body.2_dep-sep-conv2d.op.pw.weight"].shape[0] == 8
 
 
 def test_bare_architecture_with_dataset_flag(tmp_path):

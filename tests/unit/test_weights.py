@@ -45,24 +45,33 @@ def store(tmp_path):
 # ---------------------------------------------------------------- fit_tensor
 
 
+def ring(t):
+    """``t`` with a one-element zero ring around its two last (spatial) dimensions: 3×3 → 5×5."""
+    return torch.nn.functional.pad(t, (1, 1, 1, 1))
+
+
+# expected(stored, fresh): the fitted tensor, written out by hand for each case
 @pytest.mark.parametrize(
-    ("name", "stored_shape", "fresh_shape", "copied"),
+    ("name", "stored_shape", "fresh_shape", "copied", "expected"),
     [
-        ("same shape", (4, 2, 3, 3), (4, 2, 3, 3), 72),
-        ("grow out channels", (4, 2, 3, 3), (6, 2, 3, 3), 72),
-        ("shrink out channels", (6, 2, 3, 3), (4, 2, 3, 3), 72),
-        ("grow in channels", (4, 2, 3, 3), (4, 3, 3, 3), 72),
-        ("kernel 3 to 5", (4, 2, 3, 3), (4, 2, 5, 5), 72),
-        ("kernel 5 to 3", (4, 2, 5, 5), (4, 2, 3, 3), 72),
-        ("depthwise grow", (4, 1, 3, 3), (8, 1, 5, 5), 36),
-        ("vector shrink", (8,), (5,), 5),
+        ("same shape", (4, 2, 3, 3), (4, 2, 3, 3), 72, lambda s, f: s),
+        ("grow out channels", (4, 2, 3, 3), (6, 2, 3, 3), 72, lambda s, f: torch.cat([s, f[4:]])),
+        ("shrink out channels", (6, 2, 3, 3), (4, 2, 3, 3), 72, lambda s, f: s[:4]),
+        ("grow in channels", (4, 2, 3, 3), (4, 3, 3, 3), 72, lambda s, f: torch.cat([s, f[:, 2:]], dim=1)),
+        ("kernel 3 to 5", (4, 2, 3, 3), (4, 2, 5, 5), 72, lambda s, f: ring(s)),
+        ("kernel 5 to 3", (4, 2, 5, 5), (4, 2, 3, 3), 72, lambda s, f: s[:, :, 1:4, 1:4]),
+        ("depthwise grow", (4, 1, 3, 3), (8, 1, 5, 5), 36, lambda s, f: torch.cat([ring(s), f[4:]])),
+        ("vector shrink", (8,), (5,), 5, lambda s, f: s[:5]),
+        ("vector grow", (3,), (5,), 3, lambda s, f: torch.cat([s, f[3:]])),
     ],
 )
-def test_fit_tensor_copies_the_overlap(name, stored_shape, fresh_shape, copied):
+def test_fit_tensor_copies_the_overlap(name, stored_shape, fresh_shape, copied, expected):
     stored = torch.arange(1, math_prod(stored_shape) + 1, dtype=torch.float32).reshape(stored_shape)
-    out, n = fit_tensor(stored, torch.full(fresh_shape, -7.0))
-    assert tuple(out.shape) == fresh_shape
+    fresh = torch.full(fresh_shape, -7.0)
+    out, n = fit_tensor(stored, fresh)
+    assert torch.equal(out, expected(stored, fresh))
     assert n == copied
+    assert torch.equal(fresh, torch.full(fresh_shape, -7.0))  # the fresh tensor itself is not written
 
 
 def math_prod(shape):
@@ -155,20 +164,37 @@ def test_push_then_merge_then_pull_copies_exact_shapes(store):
     assert "num_batches_tracked" not in json.dumps(store.get_json("weights/index.json"))
 
 
-def test_pull_grows_channels_and_kernel(store):
-    key = push_child(store, "children/a", model_of(conv_arch(16, 3)))
-    merge(store, "weights", [(key, 0.5, "a")])
-    child = model_of(conv_arch(32, 5), seed=3)
+def _pulled(store, parent, child):
+    """Push and merge ``parent``, pull into ``child``: (parent's, child's fresh, child's pulled state, report)."""
+    merge(store, "weights", [(push_child(store, "children/a", parent), 0.5, "a")])
+    before = {name: t.clone() for name, t in shareable_state(child).items()}
     report = pull(store, "weights", child)
-    assert 0 < report.inherited < report.total
-    assert report.tensors_fitted > 0
+    return shareable_state(parent), before, shareable_state(child), report
+
+
+def test_pull_grows_channels_and_kernel(store):
+    old, fresh, new, report = _pulled(store, model_of(conv_arch(16, 3)), model_of(conv_arch(32, 5), seed=3))
+    conv = "body.0_conv2d.op.conv.weight"
+    # the parent's 16 kernels, each in a zero ring; the other 16 are the child's own
+    assert torch.equal(new[conv], torch.cat([ring(old[conv]), fresh[conv][16:]]))
+    for bn in ("weight", "bias", "running_mean", "running_var"):
+        name = f"body.0_conv2d.op.bn.{bn}"
+        assert torch.equal(new[name], torch.cat([old[name], fresh[name][16:]])), name
+    assert torch.equal(new["head.fc.weight"], torch.cat([old["head.fc.weight"], fresh["head.fc.weight"][:, 16:]], dim=1))
+    assert torch.equal(new["head.fc.bias"], old["head.fc.bias"])
+    # parameters only: conv 16·9 + bn 2·16 + fc 10·16 + 10, out of 32·25 + 2·32 + 10·32 + 10
+    assert (report.inherited, report.total) == (346, 1194)
+    assert (report.tensors_copied, report.tensors_fitted) == (1, 6)
 
 
 def test_pull_depthwise_from_smaller(store):
-    key = push_child(store, "children/a", model_of(conv_arch(16, 5, op="dep-sep-conv2d")))
-    merge(store, "weights", [(key, 0.5, "a")])
-    child = model_of(conv_arch(32, 3, op="dep-sep-conv2d"), seed=3)
-    assert pull(store, "weights", child).inherited > 0
+    parent = model_of(conv_arch(16, 5, op="dep-sep-conv2d"))
+    old, fresh, new, report = _pulled(store, parent, model_of(conv_arch(32, 3, op="dep-sep-conv2d"), seed=3))
+    dw, pw = "body.0_dep-sep-conv2d.op.dw.weight", "body.0_dep-sep-conv2d.op.pw.weight"
+    assert torch.equal(new[dw], old[dw][:, :, 1:4, 1:4])  # the 5×5 kernel's centre
+    assert torch.equal(new[pw], torch.cat([old[pw], fresh[pw][16:]]))
+    # dw 9 + pw 16 + bn 2·16 + fc 10·16 + 10, out of 9 + 32 + 2·32 + 10·32 + 10
+    assert (report.inherited, report.total) == (227, 435)
 
 
 def test_pull_without_dictionary_inherits_nothing(store):
@@ -228,9 +254,13 @@ def test_mismatching_object_is_skipped(store):
     tensors = safetensors.torch.load(store.get_bytes(obj))
     tensors["head.fc.weight"] = torch.zeros(3, 3)
     store.put_bytes(obj, safetensors.torch.save(tensors))
-    report = pull(store, "weights", model_of(conv_arch(), seed=9))
+    fresh = model_of(conv_arch(), seed=9)
+    before = {name: t.clone() for name, t in shareable_state(fresh).items()}
+    report = pull(store, "weights", fresh)
     assert any("head.fc.weight" in w for w in report.warnings)
-    assert 0 < report.inherited < report.total
+    assert torch.equal(shareable_state(fresh)["head.fc.weight"], before["head.fc.weight"])  # starts fresh
+    assert torch.equal(shareable_state(fresh)["head.fc.bias"], tensors["head.fc.bias"])  # the rest is inherited
+    assert report.inherited == report.total - 160
 
 
 def test_merge_skips_a_corrupt_child(store):
@@ -250,6 +280,10 @@ def test_cell_network_round_trip(store):
     torch.manual_seed(1)
     fresh = build_model(arch, (3, 8, 8), 10)
     assert pull(store, "weights", fresh).fraction == 1.0
+    pulled = shareable_state(fresh)
+    assert pulled.keys() == shareable_state(model).keys()
+    for name, tensor in shareable_state(model).items():
+        assert torch.equal(pulled[name], tensor), name
 
 
 @pytest.mark.parametrize("damage", [b"{truncated", b"[]", b'{"tensors": {"x": [{"object": 1}]}}'])
