@@ -247,19 +247,24 @@ def _cifar10(dataset: Dataset, space: str) -> Splits:
 
 
 def augment_images(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip, 4-pixel zero-pad-and-crop, brightness (±0.25) and contrast (0.8–1.2) per image."""
+    """Random horizontal flip, 4-pixel zero-pad-and-crop, brightness (±0.25) and contrast (0.8–1.2) per image.
+
+    The random numbers come from ``generator`` (a CPU generator) and are moved to
+    ``x``'s device, so a batch on a GPU is augmented there with the same draws.
+    """
     n, _, h, w = x.shape
-    flip = torch.rand(n, generator=generator) < 0.5
+    device = x.device
+    flip = (torch.rand(n, generator=generator) < 0.5).to(device, non_blocking=True)
     x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
     padded = F.pad(x, (4, 4, 4, 4))
-    dy = torch.randint(0, 9, (n,), generator=generator)
-    dx = torch.randint(0, 9, (n,), generator=generator)
-    rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).view(n, 1, h, 1).expand(n, x.shape[1], h, w + 8)
+    dy = torch.randint(0, 9, (n,), generator=generator).to(device, non_blocking=True)
+    dx = torch.randint(0, 9, (n,), generator=generator).to(device, non_blocking=True)
+    rows = (dy.view(n, 1) + torch.arange(h, device=device).view(1, h)).view(n, 1, h, 1).expand(n, x.shape[1], h, w + 8)
     x = padded.gather(2, rows)
-    cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
+    cols = (dx.view(n, 1) + torch.arange(w, device=device).view(1, w)).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
     x = x.gather(3, cols)
-    brightness = (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.5
-    contrast = 0.8 + 0.4 * torch.rand(n, 1, 1, 1, generator=generator)
+    brightness = ((torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.5).to(device, non_blocking=True)
+    contrast = (0.8 + 0.4 * torch.rand(n, 1, 1, 1, generator=generator)).to(device, non_blocking=True)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return (x - mean) * contrast + mean + brightness
 

@@ -256,6 +256,17 @@ class ChildTraining(_Model):
         description="Seconds one child may train: training stops after the epoch that passes it and the child is scored as it is; "
         "on one machine a child still running after this long is killed as a failed attempt. At least 1. Default 3600.",
     )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Arithmetic of training and evaluation: fp32; bf16 (mixed precision, bfloat16 autocast); fp16 (mixed precision, "
+        "float16 autocast with a gradient scaler); auto: bf16 on a CUDA GPU that supports it, fp16 on other CUDA GPUs and fp32 "
+        "on CPU, where training stays bit-for-bit reproducible. bf16 asked for on a GPU without it trains in fp16. Default auto.",
+    )
+    compile: bool = Field(
+        False,
+        description="Whether the child's network is compiled with torch.compile before training; when compiling fails the child "
+        "trains without it and its result carries a warning. Pays off on GPUs for long runs. Default false.",
+    )
 
     def resolved(self) -> "ChildTraining":
         """A copy with every ``None`` number replaced by the regime's default."""
