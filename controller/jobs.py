@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from epnas.errors import NOT_RETRIED
-from epnas.executors.base import ChildOutcome, ChildRun, SearchStopped
+from epnas.executors.base import ChildOutcome, ChildRun, SearchStopped, exit_reason
 from epnas.spec import API_VERSION, KIND, SearchSpec
 
 from controller.kube import Gone, Kube, KubeError, Obj
@@ -230,7 +230,9 @@ def outcome_of(child: str, job: Obj, pods: list[Obj]) -> ChildOutcome:
     code, message, kubelet_reason = last_termination(pods)
     detail = _message_text(message)
     reason = failure_reason(job)
-    if kubelet_reason in TELLING_REASONS:
+    if code in NOT_RETRIED:  # the trainer's own verdict, the same reason as on one machine
+        reason, detail = exit_reason(code), f"{detail} (Job {reason})" if detail else f"the Job ended {reason}"
+    elif kubelet_reason in TELLING_REASONS:
         reason, detail = kubelet_reason, detail or f"the last attempt ended {kubelet_reason} ({reason})"
     return ChildOutcome(child, code, reason, detail, max(1, attempts), seconds)
 

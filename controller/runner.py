@@ -272,7 +272,9 @@ class SearchRunner:
                 message = "search finished without a feasible child: no child met every constraint"
                 self.conditions = st.set_condition(self.conditions, kind="NoFeasibleChild", status=True, reason=st.Reason.NO_FEASIBLE_CHILD,
                                                    message=st.no_feasible_message(summary), now=self.clock())
-            self._set_phase("Succeeded", st.Reason.COMPLETED, message, fields=st.from_summary(summary))
+            # REASON in `kubectl get nas` reads NoFeasibleChild when there is no model to ship
+            reason = st.Reason.COMPLETED if feasible else st.Reason.NO_FEASIBLE_CHILD
+            self._set_phase("Succeeded", reason, message, fields=st.from_summary(summary))
         if not feasible:
             self._event("Warning", "NoFeasibleChild", st.no_feasible_message(summary))
         self._event("Normal", "Succeeded", message)

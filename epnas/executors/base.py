@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from epnas.errors import DIVERGED, INVALID_INPUT
+
 
 @dataclass(frozen=True)
 class ChildRun:
@@ -43,6 +45,14 @@ class ChildRun:
 class SearchStopped(Exception):
     """``should_stop()`` said so (e.g. the search's custom resource was deleted): the loop ends
     between steps, leaving the store as a resumable checkpoint.  Executors raise it too."""
+
+
+def exit_reason(code: int | None) -> str:
+    """The reason a trainer's exit code gives a child, the same wherever it ran: 0 ``Completed``,
+    2 ``InvalidInput``, 3 ``Diverged`` (both never retried), anything else ``Error``."""
+    if code == 0:
+        return "Completed"
+    return {INVALID_INPUT: "InvalidInput", DIVERGED: "Diverged"}.get(code if code is not None else -1, "Error")
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
-from epnas.errors import DIVERGED, INVALID_INPUT, NOT_RETRIED
-from epnas.executors.base import ChildOutcome, ChildRun
+from epnas.errors import NOT_RETRIED
+from epnas.executors.base import ChildOutcome, ChildRun, exit_reason
 
 STDERR_TAIL_CHARS = 2000
 WORKER_MODULE = "child_trainer.worker"
@@ -165,7 +165,7 @@ class LocalExecutor:
                 )
                 try:
                     code = proc.wait(timeout=run.timeout_s)
-                    reason = _reason(code)
+                    reason = exit_reason(code)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
@@ -211,7 +211,7 @@ class LocalExecutor:
             try:
                 worker = self._worker_in(slot)
                 code = worker.request(request, run.timeout_s)
-                reason = _reason(code)
+                reason = exit_reason(code)
             except _DeadlineExceeded:
                 code, reason = None, f"DeadlineExceeded after {run.timeout_s:g} s"
             except _WorkerDied as died:
@@ -224,8 +224,6 @@ class LocalExecutor:
         return ChildOutcome(run.child, code, reason, tail, attempt)
 
 
-def _reason(code: int) -> str:
-    return "Completed" if code == 0 else {INVALID_INPUT: "InvalidInput", DIVERGED: "Diverged"}.get(code, "Error")
 
 
 def _exit_description(returncode: int | None) -> str:

@@ -434,3 +434,33 @@ def test_dashboard_covers_the_issue_panels():
                  "epnas_kubernetes_api_errors_total", "epnas_store_errors_total"):
         assert name in used
     assert "histogram_quantile(" in used
+
+
+def notes_manifest(notes: str) -> dict:
+    """The search NOTES.txt prints between ``<<'EOF'`` and ``EOF``, de-indented and parsed."""
+    body = notes.split("<<'EOF'\n", 1)[1].split("\n     EOF", 1)[0]
+    return yaml.safe_load("\n".join(line[5:] for line in body.splitlines()))
+
+
+@pytest.mark.parametrize("sets, uri, gpu_hint", [
+    (["store.allowed={s3://epnas/searches}", "store.endpoint=http://minio.minio:9000", "store.existingSecret=epnas-s3",
+      "watchNamespaces={team-a}"], "s3://epnas/searches", "trainer: {gpu: 0}"),
+    (["store.bucket=models", "trainer.gpu=0"], "s3://models/searches", "trainer: {gpu: 1}"),
+])
+def test_notes_print_a_search_this_installation_runs(helm, control_plane, crds, sets, uri, gpu_hint):
+    """NOTES.txt's search is the embedded default with this installation's store filled in, the
+    server accepts it, and every command that names the search names its namespace."""
+    args = [a for s in sets for a in ("--set", s)]
+    notes = helm("install", "r", str(CHART), "-n", "team-a", "--dry-run=client", *args).stdout.split("NOTES:", 1)[1]
+    search = notes_manifest(notes)
+
+    example = yaml.safe_load((pathlib.Path(__file__).parents[2] / "examples" / "digits-quick.yaml").read_text())
+    assert {k: v for k, v in search["spec"].items() if k != "store"} == {k: v for k, v in example["spec"].items() if k != "store"}
+    assert search["spec"]["store"]["uri"] == uri and parse_search(search).spec.store.uri == uri
+    if "store.existingSecret=epnas-s3" in sets:
+        assert search["spec"]["store"] == {"uri": uri, "endpoint": "http://minio.minio:9000", "secretName": "epnas-s3"}
+    applied = control_plane.kubectl("apply", "--dry-run=server", "-n", "default", "-f", "-", input_text=yaml.safe_dump(search), check=False)
+    assert applied.returncode == 0, applied.stderr
+    commands = [line.strip() for line in notes.splitlines() if line.strip().startswith("kubectl") and (" nas " in line or " jobs " in line)]
+    assert commands and all(" -n " in c for c in commands), commands
+    assert gpu_hint in notes

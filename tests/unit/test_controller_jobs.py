@@ -128,6 +128,18 @@ def test_a_failed_child_keeps_the_kubelets_telling_reason(pods, reason, detail) 
     assert (outcome.reason, outcome.stderr_tail) == (reason, detail)
 
 
+@pytest.mark.parametrize(("code", "reason"), [(2, "InvalidInput"), (3, "Diverged")])
+def test_the_trainers_own_verdict_is_the_reason_as_on_one_machine(code, reason) -> None:
+    """Exit 2 and 3 fail the Job by its podFailurePolicy; the child's reason is the trainer's
+    (the local executor's words), the Job's kept in the detail."""
+    failed = job([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}], failed=1)
+    outcome = outcome_of("c", failed, [pod(code, "2026-01-01T00:00:40Z", json.dumps({"message": "loss became non-finite"}))])
+
+    assert (outcome.exit_code, outcome.reason, outcome.stderr_tail) == (code, reason, "loss became non-finite (Job PodFailurePolicy)")
+    bare = outcome_of("c", failed, [pod(code, "2026-01-01T00:00:40Z", "")])
+    assert (bare.reason, bare.stderr_tail) == (reason, "the Job ended PodFailurePolicy")
+
+
 def test_placement_and_identity_fields_reach_the_pod() -> None:
     pod_spec = job_manifest(RUN, spec=spec(priorityClassName="gpu-batch", imagePullSecrets=["regcred"], serviceAccountName="trainer"),
                             owner=OWNER)["spec"]["template"]["spec"]
