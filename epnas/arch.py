@@ -41,9 +41,8 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from epnas.errors import Problem, SpecError
-from epnas.space import POOL_OPS, LayerSpace, ModuleSpace, get_space
-
-Shape = tuple[int, int, int]
+from epnas.ops import BRANCH_OPS, NO_OP, OP_FIELDS, Shape, branch_op, field_values, layer_op, same_out
+from epnas.space import LayerSpace, ModuleSpace, get_space
 
 
 class _Frozen(BaseModel):
@@ -51,7 +50,7 @@ class _Frozen(BaseModel):
 
 
 class Layer(_Frozen):
-    """One layer of a layer-by-layer graph; which fields an op needs is in ``OP_FIELDS``."""
+    """One layer of a layer-by-layer graph; which fields an op needs is in ``epnas.ops.LAYER_OPS``."""
 
     op: str
     src1: int
@@ -120,23 +119,6 @@ class Arch(_Frozen):
 
 # ---------------------------------------------------------------- validation
 
-OP_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
-    "image-layer": {
-        "conv2d": ("channels", "width", "activation"),
-        "dep-sep-conv2d": ("channels", "width", "activation"),
-        "maxpool": ("width",),
-        "avgpool": ("width",),
-        "add": (),
-    },
-    "kws-layer": {
-        "conv2d": ("channels", "width", "freq_width", "stride_time", "stride_freq", "activation"),
-        "dep-sep-conv2d": ("channels", "width", "freq_width", "stride_time", "stride_freq", "activation"),
-        "dilated-conv2d": ("channels", "width", "freq_width", "dilation", "activation"),
-        "gru": ("channels", "directions"),
-        "avgpool": ("width", "freq_width"),
-        "fc": ("channels", "activation"),
-    },
-}
 _INT_FIELDS = ("channels", "width", "freq_width", "stride_time", "stride_freq", "dilation", "directions")
 
 
@@ -237,7 +219,7 @@ def _cell_problems(arch: Arch, space: ModuleSpace) -> list[Problem]:
             continue
         if not 0 <= branch.src1 <= j:
             problems.append(Problem(f"{where}.src1", f"{branch.src1} out of range 0..{j}"))
-        if branch_ops(branch.type)[1] != "none":
+        if branch_ops(branch.type)[1] != NO_OP:
             if branch.src2 is None:
                 problems.append(Problem(f"{where}.src2", f"required for branch type {branch.type}"))
             elif not 0 <= branch.src2 <= j:
@@ -252,6 +234,15 @@ def branch_ops(branch_type: str) -> tuple[str, str]:
     return first, second
 
 
+def branch_inputs(branch: Branch) -> list[tuple[str, int]]:
+    """The branch's ops with the source each reads: ``[(a, src1)]``, and ``(b, src2)`` unless ``b`` is ``none``."""
+    first, second = branch_ops(branch.type)
+    inputs = [(first, branch.src1)]
+    if second != NO_OP:
+        inputs.append((second, branch.src2 if branch.src2 is not None else 0))
+    return inputs
+
+
 # ---------------------------------------------------------------- canonical form
 
 
@@ -262,9 +253,10 @@ def canonical(arch: Arch) -> Arch:
     an ``add`` layer without a skip is the identity and is removed (readers of its
     output read its input), as is a layer whose output nothing reads (not the last);
     the last layer is kept unless it is an identity of the layer before it.  Cells: a
-    one-op branch has no ``src2``; ``width`` matters only to a ``conv``, ``pool`` only to
-    a pooling op, ``channels`` and ``activation`` only to convolutions (others read 0 /
-    ``relu``).  The result is for hashing and comparison; it need not validate.
+    one-op branch has no ``src2``; a field no op of the branch reads (``epnas.ops.BRANCH_OPS``
+    fields: ``width`` is a ``conv``'s, ``pool`` a pooling op's, ``channels`` and ``activation``
+    the convolutions') reads 0 (``activation``: ``relu``).  The result is for hashing and
+    comparison; it need not validate.
     """
     if arch.layers is not None:
         return arch.model_copy(update={"layers": _canonical_layers(list(arch.layers))})
@@ -314,30 +306,19 @@ def _reindex(src: int | None, removed: int, replacement: int) -> int | None:
 
 def _canonical_branch(branch: Branch) -> Branch:
     ops = branch_ops(branch.type)
-    convs = any(op not in ("maxpool", "avgpool", "none") for op in ops)
+    read = {name for op in ops if op in BRANCH_OPS for name in BRANCH_OPS[op].fields}
     return branch.model_copy(
         update={
-            "src2": branch.src2 if ops[1] != "none" else None,
-            "width": branch.width if "conv" in ops else 0,
-            "pool": branch.pool if any(op in ("maxpool", "avgpool") for op in ops) else 0,
-            "channels": branch.channels if convs else 0,
-            "activation": branch.activation if convs else "relu",
+            "src2": branch.src2 if ops[1] != NO_OP else None,
+            "width": branch.width if "width" in read else 0,
+            "pool": branch.pool if "pool" in read else 0,
+            "channels": branch.channels if "channels" in read else 0,
+            "activation": branch.activation if "activation" in read else "relu",
         }
     )
 
 
 # ---------------------------------------------------------------- shapes
-
-
-def same_out(size: int, stride: int) -> int:
-    """Output length of a SAME-padded window: ``ceil(size / stride)``."""
-    return -(-size // stride)
-
-
-def same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow SAME padding (before, after) for one dimension."""
-    total = max((same_out(size, stride) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
 
 
 @dataclass(frozen=True)
@@ -360,51 +341,25 @@ def merged_shape(a: Shape, b: Shape | None, merge: str) -> Shape:
     return (channels, a[1], a[2])
 
 
-def layer_out_shape(layer: Layer, x: Shape, space: str) -> Shape:
-    """Output shape of ``layer`` on a merged input of shape ``x``."""
-    c, h, w = x
-    op = layer.op
-    if op == "add":
-        return x
-    if space == "image-layer":
-        if op in POOL_OPS:
-            return (c, same_out(h, 2), same_out(w, 2))
-        return (layer.channels, h, w)
-    if op in ("conv2d", "dep-sep-conv2d"):
-        return (layer.channels, same_out(h, layer.stride_time), same_out(w, layer.stride_freq))
-    if op == "dilated-conv2d":
-        return (layer.channels, h, w)
-    if op == "avgpool":
-        return (c, same_out(h, layer.width), same_out(w, layer.freq_width))
-    if op == "gru":
-        return (layer.channels * layer.directions, h, 1)
-    if op == "fc":
-        return (layer.channels, 1, 1)
-    raise SpecError.one("op", f"unknown op {op!r}")
-
-
 def trace_layers(arch: Arch, input_shape: Shape) -> list[Node]:
-    """Shapes of every layer of a validated layer graph on ``input_shape``."""
+    """Shapes of every layer of a validated layer graph on ``input_shape`` (each op's
+    ``out_shape`` in ``epnas.ops.LAYER_OPS``)."""
     tensors: list[Shape] = [tuple(input_shape)]
     nodes = []
     for i, layer in enumerate(arch.layers):
         a = tensors[layer.src1]
         b = tensors[layer.src2] if layer.src2 is not None else None
         merged = merged_shape(a, b, layer.merge)
-        out = layer_out_shape(layer, merged, arch.space)
+        out = layer_op(arch.space, layer.op).out_shape(layer, merged)
         nodes.append(Node(i, layer, a, b, merged, out))
         tensors.append(out)
     return nodes
 
 
 def branch_out_channels(branch: Branch, sources: list[int]) -> int:
-    """Channels a branch writes, given the channel count of every source."""
-    first, second = branch_ops(branch.type)
-
-    def op_channels(op: str, src: int) -> int:
-        return 0 if op == "none" else sources[src] if op in ("maxpool", "avgpool") else branch.channels
-
-    return op_channels(first, branch.src1) + op_channels(second, branch.src2 if branch.src2 is not None else 0)
+    """Channels a branch writes, given the channel count of every source: the sum of its ops'
+    ``out_channels`` (the outputs are concatenated)."""
+    return sum(branch_op(op).out_channels(branch, sources[src]) for op, src in branch_inputs(branch))
 
 
 def cell_output_branches(cell: Cell) -> list[int]:
@@ -443,22 +398,6 @@ def random_arch(space_name: str, depth: int, rng: _random.Random) -> Arch:
     return parse_arch(Arch(space=space.name, layers=layers))
 
 
-def field_values(space: LayerSpace, op: str, name: str) -> tuple:
-    """The value table a layer field of ``op`` takes its values from (``OP_FIELDS`` names the fields):
-    pooling widths come from ``pool_widths`` where the space has them, a dilation from ``strides_freq``."""
-    tables = {
-        "channels": space.channels,
-        "width": space.pool_widths if op in POOL_OPS and space.pool_widths else space.widths,
-        "freq_width": space.freq_widths,
-        "stride_time": space.strides_time,
-        "stride_freq": space.strides_freq,
-        "dilation": space.strides_freq,
-        "activation": space.activations,
-        "directions": space.directions,
-    }
-    return tables[name]
-
-
 def random_layer(space: LayerSpace, index: int, rng: _random.Random, op: str | None = None) -> Layer:
     """A random layer at ``index`` reading the previous tensor (``src1 = index``), no skip."""
     op = op or rng.choice(space.ops)
@@ -471,7 +410,7 @@ def random_layer(space: LayerSpace, index: int, rng: _random.Random, op: str | N
 def random_branch(space: ModuleSpace, index: int, rng: _random.Random) -> Branch:
     """A random branch at position ``index`` (sources 0..index)."""
     branch_type = rng.choice(space.branch_types)
-    two_ops = branch_ops(branch_type)[1] != "none"
+    two_ops = branch_ops(branch_type)[1] != NO_OP
     return Branch(
         type=branch_type,
         src1=rng.randint(0, index),

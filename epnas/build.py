@@ -1,7 +1,8 @@
 """Architecture + input shape + classes → ``torch.nn.Module``.
 
 Decode, then build: ``epnas.arch`` has already validated the architecture and
-``trace_layers`` worked out every shape; this module only instantiates.
+``trace_layers`` worked out every shape; each op's module comes from its declaration in
+``epnas.ops`` (made of the blocks below); this module only instantiates and wires.
 
 Parameter names encode (layer index, op type) so the shared weight dictionary can
 key on them::
@@ -25,14 +26,13 @@ from epnas.arch import (
     Arch,
     Branch,
     Stack,
-    branch_ops,
+    branch_inputs,
     branch_out_channels,
     cell_output_branches,
-    same_pad,
     stage_channels,
     trace_layers,
 )
-from epnas.metrics import act_channels
+from epnas.ops import act_channels, branch_op, layer_op, same_pad
 
 
 class Activation(nn.Module):
@@ -204,7 +204,9 @@ class LayerNet(nn.Module):
         super().__init__()
         nodes = trace_layers(arch, input_shape)
         self.sources = [(n.layer.src1, n.layer.src2) for n in nodes]
-        self.body = nn.ModuleDict({f"{n.index}_{n.layer.op}": LayerBlock(Merge(n.layer.merge), _layer_op(arch.space, n), n.layer.keep) for n in nodes})
+        self.body = nn.ModuleDict(
+            {f"{n.index}_{n.layer.op}": LayerBlock(Merge(n.layer.merge), layer_op(arch.space, n.layer.op).module(n.layer, n.merged), n.layer.keep) for n in nodes}
+        )
         self.head = Head(nodes[-1].out[0], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -214,48 +216,19 @@ class LayerNet(nn.Module):
         return self.head(tensors[-1])
 
 
-def _layer_op(space: str, node) -> nn.Module:
-    layer, (c, _, w) = node.layer, node.merged
-    op = layer.op
-    if op == "add":
-        return nn.Identity()
-    if space == "image-layer":
-        if op in ("maxpool", "avgpool"):
-            return Pool(op, (layer.width, layer.width), (2, 2))
-        return ConvUnit(c, layer.channels, (layer.width, layer.width), activation=layer.activation, separable=op == "dep-sep-conv2d")
-    if op in ("conv2d", "dep-sep-conv2d"):
-        kernel, stride = (layer.width, layer.freq_width), (layer.stride_time, layer.stride_freq)
-        return ConvUnit(c, layer.channels, kernel, stride, activation=layer.activation, separable=op == "dep-sep-conv2d")
-    if op == "dilated-conv2d":
-        return ConvUnit(c, layer.channels, (layer.width, layer.freq_width), dilation=layer.dilation, activation=layer.activation)
-    if op == "avgpool":
-        return Pool("avgpool", (layer.width, layer.freq_width), (layer.width, layer.freq_width))
-    if op == "gru":
-        return GRU(c * w, layer.channels, layer.directions)
-    return FullyConnected(c * node.merged[1] * w, layer.channels, layer.activation)
-
-
 class BranchOps(nn.Module):
     """One cell branch: ``op1`` on Src1, ``op2`` (if any) on Src2, outputs concatenated."""
 
     def __init__(self, branch: Branch, sources: list[int]):
         super().__init__()
-        first, second = branch_ops(branch.type)
         self.src1, self.src2 = branch.src1, branch.src2
-        self.op1 = _branch_op(first, branch, sources[branch.src1])
-        self.op2 = _branch_op(second, branch, sources[branch.src2]) if second != "none" else None
+        ops = [branch_op(op).module(branch, sources[src]) for op, src in branch_inputs(branch)]
+        self.op1 = ops[0]
+        self.op2 = ops[1] if len(ops) > 1 else None
 
     def forward(self, sources: list[torch.Tensor]) -> torch.Tensor:
         out = self.op1(sources[self.src1])
         return out if self.op2 is None else torch.cat([out, self.op2(sources[self.src2])], dim=1)
-
-
-def _branch_op(op: str, branch: Branch, c_in: int) -> nn.Module:
-    if op in ("maxpool", "avgpool"):
-        return Pool(op, (branch.pool, branch.pool), (1, 1))
-    if op == "conv":
-        return ConvUnit(c_in, branch.channels, (branch.width, branch.width), activation=branch.activation)
-    return Conv1x7(c_in, branch.channels, branch.activation)
 
 
 class Conv1x7(nn.Module):

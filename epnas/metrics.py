@@ -16,47 +16,28 @@ Batch 1, float32 (4 bytes).  For every unit (a layer, a cell op, the stem, the h
 * **bytes moved**: each unit reads its weights and its inputs and writes its output
   once: ``4 · (params + input elements + output elements)``.
 * **compute intensity** = total FLOPs / total bytes moved (FLOPs per byte).
+
+Each op's own cost is declared with the op (``epnas.ops``: ``LAYER_OPS``, ``BRANCH_OPS``,
+the ``Cost`` primitives); this module adds what lies between ops — merges, the inputs a
+layer reads, the stem, the reductions, the cell projection and the head — and totals them.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 from epnas.arch import (
     Arch,
-    Branch,
-    Layer,
     Node,
     Shape,
     Stack,
-    branch_ops,
+    branch_inputs,
     branch_out_channels,
     cell_output_branches,
-    same_out,
     stage_channels,
     trace_layers,
 )
-
-BYTES_PER_VALUE = 4
-GRU_POINTWISE_PER_HIDDEN = 17
-
-
-@dataclass(frozen=True)
-class Cost:
-    """Parameters, FLOPs and elements read (inputs) and written (output) by one unit."""
-
-    params: int = 0
-    flops: int = 0
-    read: int = 0
-    write: int = 0
-
-    def __add__(self, other: "Cost") -> "Cost":
-        return Cost(self.params + other.params, self.flops + other.flops, self.read + other.read, self.write + other.write)
-
-    @property
-    def bytes_moved(self) -> int:
-        return BYTES_PER_VALUE * (self.params + self.read + self.write)
+from epnas.ops import BYTES_PER_VALUE, Cost, branch_op, conv_cost, layer_op, numel, same_out
 
 
 @dataclass(frozen=True)
@@ -77,30 +58,6 @@ class Metrics:
         return asdict(self)
 
 
-def numel(shape: Shape | None) -> int:
-    return 0 if shape is None else math.prod(shape)
-
-
-def act_channels(channels: int, activation: str | None) -> int:
-    """Channels an activation writes: ``crelu`` concatenates relu(x) and relu(−x)."""
-    return 2 * channels if activation == "crelu" else channels
-
-
-def conv_cost(c_in: int, c_out: int, kh: int, kw: int, out_hw: int, activation: str | None, separable: bool = False) -> Cost:
-    """activation → conv (or depthwise k×k + pointwise 1×1) → batch-norm; ``out_hw`` = H'·W'.
-
-    The activation runs on the input (``in_hw`` is folded into ``read``/flops by callers).
-    """
-    c_act = act_channels(c_in, activation)
-    if separable:
-        params = c_act * kh * kw + c_act * c_out
-        flops = 2 * c_act * kh * kw * out_hw + 2 * c_act * c_out * out_hw
-    else:
-        params = c_act * kh * kw * c_out
-        flops = 2 * c_act * kh * kw * c_out * out_hw
-    return Cost(params=params + 2 * c_out, flops=flops + c_out * out_hw, write=c_out * out_hw)
-
-
 def merge_cost(node: Node) -> int:
     """FLOPs of resampling ``src2`` to ``src1``'s size and of an ``add`` merge."""
     if node.src2 is None:
@@ -114,38 +71,10 @@ def merge_cost(node: Node) -> int:
 
 
 def layer_cost(node: Node, space: str) -> Cost:
-    """Cost of one layer of a layer graph, merge included."""
-    layer: Layer = node.layer
-    c, h, w = node.merged
-    out = node.out
-    read = numel(node.src1) + numel(node.src2)
-    base = Cost(flops=merge_cost(node), read=read)
-    act_flops = act_channels(c, layer.activation) * h * w if layer.activation else 0
-    op = layer.op
-    if op == "add":
-        unit = Cost(write=numel(out))
-    elif op in ("maxpool", "avgpool"):
-        window = layer.width * (layer.freq_width if space == "kws-layer" else layer.width)
-        unit = Cost(flops=window * numel(out), write=numel(out))
-    elif op in ("conv2d", "dep-sep-conv2d", "dilated-conv2d"):
-        kh, kw = (layer.width, layer.width) if space == "image-layer" else (layer.width, layer.freq_width)
-        unit = conv_cost(c, out[0], kh, kw, out[1] * out[2], layer.activation, separable=op == "dep-sep-conv2d")
-        unit = unit + Cost(flops=act_flops)
-    elif op == "gru":
-        unit = gru_cost(features=c * w, steps=h, hidden=layer.channels, directions=layer.directions)
-    elif op == "fc":
-        n_in = c * h * w
-        unit = Cost(params=n_in * out[0] + out[0], flops=act_flops + 2 * n_in * out[0] + out[0], write=out[0])
-    else:  # validated architectures never get here
-        raise ValueError(f"unknown op {op!r}")
-    return base + unit
-
-
-def gru_cost(features: int, steps: int, hidden: int, directions: int) -> Cost:
-    """GRU: per step and direction ``2·in·3h + 2·h·3h`` matmul FLOPs plus ``17h`` point-wise."""
-    params = directions * (3 * hidden * features + 3 * hidden * hidden + 6 * hidden)
-    per_step = 2 * features * 3 * hidden + 2 * hidden * 3 * hidden + GRU_POINTWISE_PER_HIDDEN * hidden
-    return Cost(params=params, flops=directions * steps * per_step, write=directions * hidden * steps)
+    """Cost of one layer of a layer graph: reading both inputs, the merge (``merge_cost``),
+    then the op's own cost (``epnas.ops.LAYER_OPS``) on the merged input."""
+    base = Cost(flops=merge_cost(node), read=numel(node.src1) + numel(node.src2))
+    return base + layer_op(space, node.layer.op).cost(node.layer, node.merged)
 
 
 def head_cost(body_out: Shape, num_classes: int) -> Cost:
@@ -159,33 +88,14 @@ def head_cost(body_out: Shape, num_classes: int) -> Cost:
     )
 
 
-def branch_op_cost(op: str, branch: Branch, c_in: int, hw: int) -> Cost:
-    """One op of a cell branch on an input with ``c_in`` channels and ``hw`` pixels (stride 1)."""
-    if op == "none":
-        return Cost()
-    if op in ("maxpool", "avgpool"):
-        return Cost(flops=branch.pool**2 * c_in * hw, read=c_in * hw, write=c_in * hw)
-    act_flops = act_channels(c_in, branch.activation) * hw
-    if op == "conv":
-        conv = conv_cost(c_in, branch.channels, branch.width, branch.width, hw, branch.activation)
-        return conv + Cost(flops=act_flops, read=c_in * hw)
-    # "1x7-7x1": activation → 1×7 conv → 7×1 conv → batch-norm
-    c_act = act_channels(c_in, branch.activation)
-    c = branch.channels
-    params = c_act * 7 * c + c * 7 * c + 2 * c
-    flops = act_flops + 2 * c_act * 7 * c * hw + 2 * c * 7 * c * hw + c * hw
-    return Cost(params=params, flops=flops, read=c_in * hw, write=c * hw)
-
-
 def cell_cost(arch: Arch, c_in: int, c_out: int, hw: int) -> Cost:
-    """One cell: every branch op, then the relu → 1×1 conv → batch-norm projection."""
+    """One cell: every branch op (``epnas.ops.BRANCH_OPS``, each reading its source), then the
+    relu → 1×1 conv → batch-norm projection of the concatenated outputs."""
     sources = [c_in]
     total = Cost()
     for branch in arch.cell.branches:
-        first, second = branch_ops(branch.type)
-        total = total + branch_op_cost(first, branch, sources[branch.src1], hw)
-        if second != "none":
-            total = total + branch_op_cost(second, branch, sources[branch.src2], hw)
+        for op, src in branch_inputs(branch):
+            total = total + branch_op(op).cost(branch, sources[src], hw)
         sources.append(branch_out_channels(branch, sources))
     concat = sum(sources[j + 1] for j in cell_output_branches(arch.cell))
     projection = conv_cost(concat, c_out, 1, 1, hw, "relu") + Cost(flops=concat * hw, read=concat * hw)

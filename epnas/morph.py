@@ -21,12 +21,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from epnas.arch import Arch, Branch, Cell, Layer, OP_FIELDS, _reindex, branch_ops, parse_arch, remove_layer_at
-from epnas.space import POOL_OPS, LayerSpace, ModuleSpace, get_space, step_along
+from epnas.arch import Arch, Branch, Cell, Layer, _reindex, branch_ops, parse_arch, remove_layer_at
+from epnas.ops import NO_OP, OP_FIELDS, field_choice, field_values, table
+from epnas.space import LayerSpace, ModuleSpace, get_space, step_along
 
 DIRECTIONS = (+1, 0, -1)
 KINDS = ("insert", "keep", "remove")
 EXTRA_POSITIONS = 5
+LAYER_CHOICES = ("channels", "activation", "width", "merge", "pool", "freq_width", "stride_time", "stride_freq", "directions")
+"""The insert decoder's choices for a layer after ``op``, in order; each indexes the space table
+``epnas.ops.TABLES`` names (``merge``: add or concat), and one the space has no table for is left out."""
 
 
 def insert_fields(space: LayerSpace | ModuleSpace) -> list[tuple[str, int]]:
@@ -40,23 +44,8 @@ def insert_fields(space: LayerSpace | ModuleSpace) -> list[tuple[str, int]]:
             ("pool", len(space.pool_widths)),
             ("propagate", 2),
         ]
-    fields = [
-        ("op", len(space.ops)),
-        ("channels", len(space.channels)),
-        ("activation", len(space.activations)),
-        ("width", len(space.widths)),
-        ("merge", 2),
-    ]
-    if space.pool_widths:
-        fields.append(("pool", len(space.pool_widths)))
-    if space.name == "kws-layer":
-        fields += [
-            ("freq_width", len(space.freq_widths)),
-            ("stride_time", len(space.strides_time)),
-            ("stride_freq", len(space.strides_freq)),
-            ("directions", len(space.directions)),
-        ]
-    return fields
+    sizes = ((name, 2 if name == "merge" else len(table(space, name))) for name in LAYER_CHOICES)
+    return [("op", len(space.ops)), *((name, n) for name, n in sizes if n)]
 
 
 def max_positions(space: LayerSpace | ModuleSpace) -> int:
@@ -140,14 +129,13 @@ def scale(arch: Arch, channel: tuple[int, ...], width: tuple[int, ...]) -> Arch:
 
 
 def _scale_layer(layer: Layer, space: LayerSpace, dc: int, dw: int) -> Layer:
-    update: dict[str, Any] = {}
-    if layer.channels is not None:
-        update["channels"] = step_along(space.channels, layer.channels, dc)
-    if layer.width is not None:
-        table = space.pool_widths if layer.op in POOL_OPS and space.pool_widths else space.widths
-        update["width"] = step_along(table, layer.width, dw)
-    if layer.freq_width is not None:
-        update["freq_width"] = step_along(space.freq_widths, layer.freq_width, dw)
+    """Channels step by ``dc``, widths (and KWS frequency widths) by ``dw``, each along its table."""
+    steps = {"channels": dc, "width": dw, "freq_width": dw}
+    update: dict[str, Any] = {
+        name: step_along(field_values(space, layer.op, name), getattr(layer, name), direction)
+        for name, direction in steps.items()
+        if getattr(layer, name) is not None
+    }
     return layer.model_copy(update=update)
 
 
@@ -181,23 +169,15 @@ def _insert_remove_layer(arch: Arch, space: LayerSpace, action: Action) -> Morph
 
 
 def decode_layer(space: LayerSpace, action: Action, position: int) -> Layer:
-    """The layer an insert action describes, at ``position`` (reads ``t[position]``)."""
+    """The layer an insert action describes, at ``position`` (reads ``t[position]``): each field of
+    its op is ``field_values(...)[choice]`` of the choice that picks it (``field_choice``: a pooling
+    width is the ``pool`` choice where the space has pooling widths, a dilation ``stride_freq``)."""
     choice = action.insert
     op = space.ops[choice["op"]]
     src2 = action.src2 if action.src2 < position else None
     params: dict[str, Any] = {"op": op, "src1": position, "src2": src2, "merge": ("add", "concat")[choice["merge"]]}
-    values = {
-        "channels": lambda: space.channels[choice["channels"]],
-        "width": lambda: space.pool_widths[choice["pool"]] if op in POOL_OPS and space.pool_widths else space.widths[choice["width"]],
-        "freq_width": lambda: space.freq_widths[choice["freq_width"]],
-        "stride_time": lambda: space.strides_time[choice["stride_time"]],
-        "stride_freq": lambda: space.strides_freq[choice["stride_freq"]],
-        "dilation": lambda: space.strides_freq[choice["stride_freq"]],
-        "activation": lambda: space.activations[choice["activation"]],
-        "directions": lambda: space.directions[choice["directions"]],
-    }
     for name in OP_FIELDS[space.name][op]:
-        params[name] = values[name]()
+        params[name] = field_values(space, op, name)[choice[field_choice(space, op, name)]]
     return Layer(**params)
 
 
@@ -241,7 +221,7 @@ def decode_branch(space: ModuleSpace, action: Action, position: int) -> Branch:
     branch, or the cell input), Src2 the sampled source."""
     choice = action.insert
     branch_type = space.branch_types[choice["op"]]
-    two_ops = branch_ops(branch_type)[1] != "none"
+    two_ops = branch_ops(branch_type)[1] != NO_OP
     return Branch(
         type=branch_type,
         src1=position,

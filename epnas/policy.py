@@ -40,11 +40,13 @@ from torch import Tensor, nn
 
 from epnas.arch import Arch, Branch, Layer
 from epnas.morph import EXTRA_POSITIONS, Action, insert_fields, max_positions
-from epnas.space import POOL_OPS, LayerSpace, ModuleSpace, nearest_index
+from epnas.ops import slot_value, table
+from epnas.space import LayerSpace, ModuleSpace, nearest_index
 from epnas.spec import PolicySpec
 
 INSERT, KEEP, REMOVE = 0, 1, 2
 SCALE_OPTIONS = 3
+OPTIONAL_SLOTS = ("pool", "freq_width", "stride_time", "stride_freq", "dilation", "directions", "keep")
 
 Feature = tuple[str, int, Callable[[Any], int]]
 
@@ -81,30 +83,25 @@ def _named(values: Sequence[str], pick: Callable[[Any], Any]) -> Callable[[Any],
     return index
 
 
+def _slot_feature(space: LayerSpace, name: str) -> Feature:
+    """The numeric feature of slot ``name`` (``epnas.ops.TABLES``): the layer's value in that slot."""
+    values = table(space, name)
+    return (name, len(values) + 1, _numeric(values, lambda layer: slot_value(space, layer, name)))
+
+
 def layer_features(space: LayerSpace) -> list[Feature]:
-    """``(name, table size, layer → index)`` for every embedded feature of a layer."""
-    is_pool = lambda layer: layer.op in POOL_OPS and bool(space.pool_widths)  # noqa: E731
+    """``(name, table size, layer → index)`` for every embedded feature of a layer: op, channels,
+    width, activation, merge, skip, then each of ``OPTIONAL_SLOTS`` the space has a table for (a
+    pooling op's width is embedded as ``pool`` where the space has pooling widths)."""
     features: list[Feature] = [
         ("op", len(space.ops) + 1, _named(space.ops, lambda layer: layer.op)),
-        ("channels", len(space.channels) + 1, _numeric(space.channels, lambda layer: layer.channels)),
-        ("width", len(space.widths) + 1, _numeric(space.widths, lambda layer: None if is_pool(layer) else layer.width)),
+        _slot_feature(space, "channels"),
+        _slot_feature(space, "width"),
         ("activation", len(space.activations) + 1, _named(space.activations, lambda layer: layer.activation)),
         ("merge", 3, lambda layer: 0 if layer.src2 is None else 1 + ("add", "concat").index(layer.merge)),
         ("skip", 2, lambda layer: int(layer.src2 is not None)),
     ]
-    tables = {
-        "pool": (space.pool_widths, lambda layer: layer.width if is_pool(layer) else None),
-        "freq_width": (space.freq_widths, lambda layer: layer.freq_width),
-        "stride_time": (space.strides_time, lambda layer: layer.stride_time),
-        "stride_freq": (space.strides_freq, lambda layer: layer.stride_freq),
-        "dilation": (space.strides_freq, lambda layer: layer.dilation),
-        "directions": (space.directions, lambda layer: layer.directions),
-        "keep": (space.keep_probs, lambda layer: layer.keep),
-    }
-    for name, (values, pick) in tables.items():
-        if values:
-            features.append((name, len(values) + 1, _numeric(values, pick)))
-    return features
+    return features + [_slot_feature(space, name) for name in OPTIONAL_SLOTS if table(space, name)]
 
 
 def branch_features(space: ModuleSpace) -> list[Feature]:

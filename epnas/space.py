@@ -23,7 +23,9 @@ class LayerSpace:
     ``widths`` are square filter widths (image) or kernel sizes in time (KWS);
     ``freq_widths`` the KWS kernel sizes in frequency; ``strides_time`` /
     ``strides_freq`` the KWS strides (``strides_freq`` doubles as the dilation
-    rate of ``dilated-conv2d``); ``pool_widths`` the image pooling widths.
+    rate of ``dilated-conv2d``); ``pool_widths`` the image pooling widths;
+    ``keep_probs`` the table a layer's dropout ``keep`` (a user's, never sampled) is
+    embedded against.  What each op needs and computes is declared in ``epnas.ops``.
     """
 
     name: SpaceName
@@ -39,7 +41,6 @@ class LayerSpace:
     strides_freq: tuple[int, ...] = ()
     directions: tuple[int, ...] = ()
     keep_probs: tuple[float, ...] = ()
-    repeats: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,6 @@ IMAGE_MODULE = ModuleSpace(
 KWS_LAYER = LayerSpace(
     name="kws-layer",
     ops=("conv2d", "dep-sep-conv2d", "dilated-conv2d", "gru", "avgpool", "fc"),
-    repeats=(1, 2, 3, 4, 5),
     widths=(1, 4, 8, 16, 20),
     freq_widths=(1, 2, 4, 8, 10),
     channels=(4, 12, 16, 32, 64, 128, 192, 256),
@@ -107,8 +107,6 @@ KWS_LAYER = LayerSpace(
 SPACES: dict[str, LayerSpace | ModuleSpace] = {
     s.name: s for s in (IMAGE_LAYER, IMAGE_MODULE, KWS_LAYER)
 }
-
-POOL_OPS = frozenset({"maxpool", "avgpool"})
 
 
 def get_space(name: str) -> LayerSpace | ModuleSpace:

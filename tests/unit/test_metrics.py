@@ -16,8 +16,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from epnas.arch import Arch, Layer, parse_arch, random_arch
 from epnas.build import GRU, Activation, Head, Merge, Pool, build_model
-from epnas.metrics import GRU_POINTWISE_PER_HIDDEN, compute_metrics
+from epnas.metrics import compute_metrics
 from epnas.morph import apply_action, random_action
+from epnas.ops import GRU_POINTWISE_PER_HIDDEN
 from epnas.space import SPACES
 
 CLASSES = 10
