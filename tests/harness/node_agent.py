@@ -376,7 +376,7 @@ class PodRunner(threading.Thread):
         self._grace_s = 30.0
         self._shutdown = False
         self._start_time = _now()
-        self._initialized = not self.init_runs
+        self._init_done = not self.init_runs
         self._phase = "Pending"
 
     # -- control from the agent
@@ -415,7 +415,7 @@ class PodRunner(threading.Thread):
                 self._phase = "Failed"
                 self._post_status()
                 return self.agent.runner_done(self)
-        self._initialized = True
+        self._init_done = True
         for run, container in zip(self.runs, self.spec["containers"]):
             if not self._start(run, container, volumes):
                 return self._finish_terminated()
@@ -622,7 +622,7 @@ class PodRunner(threading.Thread):
             "startTime": self._start_time,
             "conditions": [
                 condition("PodReadyToStartContainers", True),
-                condition("Initialized", self._initialized, "ContainersNotInitialized"),
+                condition("Initialized", self._init_done, "ContainersNotInitialized"),
                 condition("ContainersReady", ready, not_ready_reason),
                 condition("Ready", ready, not_ready_reason),
                 condition("PodScheduled", True),
