@@ -9,6 +9,11 @@ dataset, input shape mismatch, bad flags), one stderr line starting with
 ``epnas-trainer: invalid input:`` and no result written; 3 training diverged (a
 non-finite loss), one line ``epnas-trainer: diverged: ...``, nothing written; 1 any
 other fault.  2 and 3 are never retried.
+
+``main`` is the one place an ``epnas.errors.EpnasError`` becomes its exit code, its reason in
+the termination log and one line ``epnas-trainer: <reason in words>: <message>``; any other
+exception is a bug: its traceback, then the line ``epnas-trainer: error: <type>: <message>``
+(the last line is the failed child's reason), exit 1.
 """
 
 from __future__ import annotations
@@ -19,27 +24,20 @@ import os
 import pathlib
 import re
 import sys
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic.alias_generators import to_camel
 
 from epnas.arch import with_channel_factor
-from epnas.errors import DIVERGED, INVALID_INPUT, SpecError
+from epnas.errors import FAULT, Diverged, EpnasError, InvalidInput, SpecError, one_line
 from epnas.store import StoreError, StoreNotFound, join_uri, open_store, split_uri
 from epnas.task import CHILD_ID, ChildResult, ChildTask, load_task
 
 PROG = "epnas-trainer"
 TERMINATION_LIMIT = 4096
 RESULT_FILE = "result.json"
-
-
-class InvalidInput(Exception):
-    """Input the trainer can never succeed on: exit 2, never retried."""
-
-
-class Diverged(Exception):
-    """Training diverged (``TrainOutcome.diverged``): exit 3, never retried, nothing written."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,33 +105,25 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as stop:  # --help
         summary["exitCode"] = stop.code if isinstance(stop.code, int) else 0
         return summary["exitCode"]
-    except InvalidInput as err:
-        message = _one_line(str(err))
-        summary.update(exitCode=INVALID_INPUT, reason="InvalidInput", message=message)
-        print(f"{PROG}: invalid input: {message}", file=sys.stderr)
-        return INVALID_INPUT
-    except Diverged as err:
-        message = _one_line(str(err))
-        summary.update(exitCode=DIVERGED, reason="Diverged", message=message)
-        print(f"{PROG}: diverged: {message}", file=sys.stderr)
-        return DIVERGED
-    except StoreError as err:
-        message = _one_line(str(err))
-        summary.update(exitCode=1, reason="StoreError", message=message)
-        print(f"{PROG}: store error: {message}", file=sys.stderr)
-        return 1
-    except Exception as err:  # a fault: the Job's backoff retries it
-        message = _one_line(f"{type(err).__name__}: {err}")
-        summary.update(exitCode=1, reason="Fault", message=message)
+    except EpnasError as err:
+        message = one_line(str(err))
+        summary.update(exitCode=err.exit_code, reason=err.reason, message=message)
+        print(f"{PROG}: {reason_words(err.reason)}: {message}", file=sys.stderr)
+        return err.exit_code
+    except Exception as err:  # a bug or an unforeseen fault: the Job's backoff retries it
+        message = one_line(f"{type(err).__name__}: {err}")
+        summary.update(exitCode=FAULT, reason="Fault", message=message)
+        traceback.print_exc(file=sys.stderr)
         print(f"{PROG}: error: {message}", file=sys.stderr)
-        return 1
+        return FAULT
     finally:
         if log_path:
             write_termination_log(log_path, summary)
 
 
-def _one_line(text: str) -> str:
-    return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or "unknown error"
+def reason_words(reason: str) -> str:
+    """An error's ``reason`` as the words of the trainer's stderr line: ``InvalidInput`` → ``invalid input``."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", reason).lower()
 
 
 # ---------------------------------------------------------------- decode
@@ -251,7 +241,7 @@ def run(job: Job) -> ChildResult:
 def _run(job: Job) -> ChildResult:
     import torch
 
-    from child_trainer.data import DatasetError, load_dataset
+    from child_trainer.data import load_dataset
     from child_trainer.train import train_child
     from epnas.build import build_model
     from epnas.metrics import compute_metrics
@@ -262,10 +252,7 @@ def _run(job: Job) -> ChildResult:
     _set_threads(torch)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        splits = load_dataset(task.dataset, space=task.arch.space, seed=task.seed, resolution=training.resolution, sample_ratio=training.sample_ratio)
-    except DatasetError as err:
-        raise InvalidInput(str(err)) from None
+    splits = load_dataset(task.dataset, space=task.arch.space, seed=task.seed, resolution=training.resolution, sample_ratio=training.sample_ratio)
     arch = with_channel_factor(task.arch, training.channel_factor)
     torch.manual_seed(task.seed)
     model = build_model(arch, splits.input_shape, splits.num_classes)
@@ -328,7 +315,7 @@ def _check_fits(model, splits, torch) -> None:
         with torch.no_grad():
             logits = model(splits.val[0][:2])
     except RuntimeError as err:
-        raise InvalidInput(f"the architecture does not fit input shape {list(splits.input_shape)}: {_one_line(str(err))}") from None
+        raise InvalidInput(f"the architecture does not fit input shape {list(splits.input_shape)}: {one_line(str(err))}") from None
     if logits.shape[-1] != splits.num_classes:
         raise InvalidInput(f"the model writes {logits.shape[-1]} logits for {splits.num_classes} classes")
 

@@ -17,7 +17,7 @@
   sample rolled along H by up to ±shift, which rewards translation-invariant layers).
 
 Nothing is ever downloaded.  Problems with the data (missing file, wrong shape)
-raise ``DatasetError``, which the trainer reports as invalid input.
+raise ``epnas.errors.DatasetError`` (an ``InvalidInput``): the trainer exits 2.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from epnas.errors import DatasetError
 from epnas.space import get_space
 from epnas.spec import Dataset
 from epnas.store import StoreError, StoreNotFound, join_uri, open_store, split_uri
@@ -43,10 +44,6 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-
-
-class DatasetError(ValueError):
-    """The dataset is missing, unreadable or does not match its declared shape."""
 
 
 @dataclass

@@ -48,6 +48,8 @@ import sys
 import traceback
 from typing import IO, Any, Iterator
 
+from epnas.errors import FAULT, INVALID_INPUT
+
 TERMINATION_ENV = "EPNAS_TERMINATION_LOG"
 
 
@@ -128,12 +130,12 @@ def run_request(request: dict) -> int:
         try:
             code = main(list(request["argv"]))
         except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else FAULT)
         except Exception:
             traceback.print_exc(file=sys.stderr)
-            code = 1
+            code = FAULT
     _release_memory()
-    return code if isinstance(code, int) else 1
+    return code if isinstance(code, int) else FAULT
 
 
 def _release_memory() -> None:
@@ -157,7 +159,7 @@ def serve(requests: IO[bytes], replies: IO[str]) -> int:
             problem = check_request(request)
         if problem:
             print(f"child_trainer.worker: bad request: {problem}", file=sys.stderr, flush=True)
-            reply: dict[str, Any] = {"exit_code": 2, "error": problem}
+            reply: dict[str, Any] = {"exit_code": INVALID_INPUT, "error": problem}
         else:
             reply = {"exit_code": run_request(request)}
         replies.write(json.dumps(reply) + "\n")

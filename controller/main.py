@@ -13,6 +13,10 @@ last version it saw when a watch ends or breaks, and listing again on 410 Gone. 
 says what an event means; ``Controller`` does it.  SIGTERM/SIGINT stop every loop between
 steps, release the Lease and exit 0; a lost Lease stops every loop and exits 1 (the kubelet
 restarts the replica as a candidate).
+
+Exit codes: 0 stopped by a signal; 2 invalid flags (``epnas.errors.InvalidInput``: one line
+``epnas controller: …`` on stderr, no traceback; argparse's own usage errors too); 1 a lost
+Lease or another ``EpnasError`` fault.  Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import pathlib
 import shlex
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -32,6 +37,7 @@ from typing import Literal
 
 import pydantic
 
+from epnas.errors import FAULT, EpnasError, InvalidInput, message_lines
 from epnas.spec import Trainer
 
 from controller import http, kube as kube_mod
@@ -43,6 +49,7 @@ from controller.runner import SearchRunner
 from controller.tenancy import StorePolicy
 
 LOG = logging.getLogger("epnas.controller")
+PROG = "epnas controller"
 WATCH_WINDOW_S = 60
 RETRY_S = 2.0
 STALL_S = 3 * WATCH_WINDOW_S  # no watch progress for this long: /healthz fails
@@ -190,18 +197,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def trainer_defaults_arg(text: str) -> dict:
-    """``--trainer-defaults``: a JSON object of ``spec.trainer`` fields, checked against the model."""
+    """``--trainer-defaults``: a JSON object of ``spec.trainer`` fields, checked against the model;
+    anything else raises ``InvalidInput`` naming the flag and the fields."""
     try:
         defaults = json.loads(text)
     except ValueError as err:
-        raise ValueError(f"not JSON: {err}") from None
+        raise InvalidInput(f"--trainer-defaults: not JSON: {err}") from None
     if not isinstance(defaults, dict):
-        raise ValueError("must be a JSON object of spec.trainer fields")
+        raise InvalidInput("--trainer-defaults: must be a JSON object of spec.trainer fields")
     try:
         Trainer.model_validate(defaults)
     except pydantic.ValidationError as err:
         problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in err.errors())
-        raise ValueError(problems) from None
+        raise InvalidInput(f"--trainer-defaults: {problems}") from None
     return defaults
 
 
@@ -224,19 +232,28 @@ def identity() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the controller with ``argv`` (default ``sys.argv[1:]``) until a signal or a lost Lease;
+    return the exit code.  The one place an ``EpnasError`` becomes its lines on stderr and its
+    exit code; any other exception propagates with its traceback."""
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
+    try:
+        return serve(args)
+    except EpnasError as err:
+        for line in message_lines(err, PROG):
+            print(line, file=sys.stderr)
+        return err.exit_code
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Check the flags (``InvalidInput``), then lead (or wait to), watch and run searches until
+    SIGTERM/SIGINT (0) or a lost Lease (1)."""
     try:
         lease = LeaseConfig(namespace=lease_namespace(args.leader_election_namespace), name=args.leader_election_id,
                             lease_duration_s=args.lease_duration, renew_deadline_s=args.renew_deadline, retry_period_s=args.retry_period)
     except ValueError as err:
-        print(f"epnas controller: {err}")
-        return 2
-    try:
-        trainer_defaults = trainer_defaults_arg(args.trainer_defaults)
-    except ValueError as err:
-        print(f"epnas controller: --trainer-defaults: {err}")
-        return 2
+        raise InvalidInput(f"--lease-duration / --renew-deadline / --retry-period: {err}") from None
+    trainer_defaults = trainer_defaults_arg(args.trainer_defaults)
     metrics = Metrics()
     api_client = kube_mod.load_api_client(kubeconfig=args.kubeconfig)
     kube = Kube(api_client, on_error=lambda verb: metrics.api_errors.labels(verb=verb).inc())
@@ -301,4 +318,4 @@ def main(argv: list[str] | None = None) -> int:
         elector.release()
     server.shutdown()
     LOG.info("stopped after %.0f s%s", time.monotonic() - started, " (lost the leader Lease)" if lost.is_set() else "")
-    return 1 if lost.is_set() else 0
+    return FAULT if lost.is_set() else 0

@@ -1,6 +1,9 @@
 """The ``epnas`` command: ``search`` (the embedded default), ``status``, ``validate``, ``train``, ``controller``.
 
 Exit codes: 0 done, 2 invalid input (every problem listed on stderr), 1 anything else.
+Commands raise ``epnas.errors.EpnasError`` and never exit themselves: ``EpnasGroup.invoke`` is
+the one place that prints an error's lines and exits with its code, without a traceback.  Any
+other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import pathlib
 import shlex
 import shutil
 import sys
+from typing import Any
 
 import click
 from rich.console import Console
@@ -19,43 +23,59 @@ from rich.table import Table
 
 from epnas.checkpoint import SUMMARY, pin_search, read_history
 from epnas.records import ChildRecord, ranked_children
-from epnas.errors import INVALID_INPUT, CorruptState, SpecError
+from epnas.errors import CorruptState, EpnasError, InvalidInput, SpecError, message_lines
 from epnas.executors.local import LocalExecutor
 from epnas.search import SearchFailed, SearchLoop, StepReport, position_text
 from epnas.spec import ArchitectureSearch, load_search
-from epnas.store import StoreError, StoreNotFound, check_root, join_uri, open_store
+from epnas.store import StoreError, StoreNotFound, StoreURIError, check_root, join_uri, open_store
 
 console = Console(stderr=False)
 errors = Console(stderr=True, soft_wrap=True)  # messages name files and fields: never cut them
 
 
+PROGS = {"export": "epnas export", "report": "epnas report"}
+"""How the error lines of a command begin: ``epnas: …`` unless it is named here."""
+
+
+class EpnasGroup(click.Group):
+    """The ``epnas`` group: the one place where an ``EpnasError`` raised by any command becomes
+    its lines on stderr (``message_lines``) and its exit code (``EpnasError.exit_code``), with no
+    traceback.  Any other exception propagates, so it is printed with its traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EpnasError as err:
+            for line in message_lines(err, PROGS.get(ctx.invoked_subcommand or "", "epnas")):
+                click.echo(line, err=True)
+            ctx.exit(err.exit_code)
+
+
 def read_search(path: str) -> ArchitectureSearch:
-    """Load and validate a search file; on any problem print them all and exit 2."""
+    """Load and validate a search file.  Raises ``InvalidInput`` if it cannot be read, and a
+    ``SpecError`` headed by its name listing every problem if it is not a valid search."""
     try:
         text = pathlib.Path(path).read_bytes()
     except OSError as err:
-        errors.print(f"epnas: cannot read {path}: {err.strerror}")
-        sys.exit(INVALID_INPUT)
+        raise InvalidInput(f"cannot read {path}: {err.strerror}") from None
     try:
         return load_search(text, source=path)
     except SpecError as err:
-        errors.print(f"epnas: {path} is not a valid ArchitectureSearch ({len(err.problems)} problem{'s' * (len(err.problems) > 1)}):", markup=False)
-        for problem in err.problems:
-            errors.print(f"  {problem}", markup=False, highlight=False)
-        sys.exit(INVALID_INPUT)
+        count = len(err.problems)
+        raise SpecError(err.problems, heading=f"{path} is not a valid ArchitectureSearch ({count} problem{'s' * (count > 1)}):") from None
 
 
 def store_root(search: ArchitectureSearch, override: str | None) -> str:
-    """``--store``, else the spec's ``store.uri``, else ``file://$PWD/runs``; a malformed one exits 2."""
+    """``--store``, else the spec's ``store.uri``, else ``file://$PWD/runs``; a malformed one
+    raises ``StoreURIError`` (exit 2) naming both places it may come from."""
     uri = override if override is not None else (search.spec.store.uri or pathlib.Path("runs").resolve().as_uri())
     try:
         return check_root(uri)
-    except StoreError as err:
-        errors.print(f"epnas: --store / spec.store.uri: {err}", markup=False)
-        sys.exit(INVALID_INPUT)
+    except StoreURIError as err:
+        raise StoreURIError(f"--store / spec.store.uri: {err}") from None
 
 
-@click.group()
+@click.group(cls=EpnasGroup)
 @click.version_option(package_name="epnas")
 def main() -> None:
     """EPNAS: efficient progressive neural architecture search under resource constraints."""
@@ -77,8 +97,7 @@ def search(file: str, store_uri: str | None, parallelism: int | None, trainer_co
         store = open_store(search_uri, endpoint=spec_doc.spec.store.endpoint, region=spec_doc.spec.store.region)
         _write_search_file(store, spec_doc)
     except StoreError as err:
-        errors.print(f"epnas: store {root}: {err}", markup=False)
-        sys.exit(1)
+        raise StoreError(f"store {root}: {err}", transient=err.transient) from None
     executor = LocalExecutor(
         parallelism=parallelism or spec_doc.spec.parallelism,
         endpoint=spec_doc.spec.store.endpoint,
@@ -97,35 +116,27 @@ def search(file: str, store_uri: str | None, parallelism: int | None, trainer_co
         loop = SearchLoop(spec_doc, store=store, store_uri=search_uri, executor=executor, on_step=on_step)
         try:
             summary = loop.run()
-        except CorruptState as err:
-            progress.stop()
-            errors.print(f"epnas: {err}", markup=False)
-            sys.exit(1)
         except SearchFailed as err:
             progress.stop()
             print_summary(open_store(search_uri, endpoint=spec_doc.spec.store.endpoint, region=spec_doc.spec.store.region).get_json(SUMMARY))
-            errors.print(f"epnas: search {spec_doc.name} failed: {err}", markup=False)
-            sys.exit(1)
+            raise EpnasError(f"search {spec_doc.name} failed: {err}") from None
         progress.update(task, completed=total, description=f"done: {summary['children']['total']} children")
     print_summary(summary)
 
 
 def trainer_argv(command: str | None) -> list[str] | None:
     """``--trainer-command`` split like a shell would; an unparsable one, or a program that is
-    not there, exits 2 before anything is written."""
+    not there, raises ``InvalidInput`` (exit 2) before anything is written."""
     if command is None:
         return None
     try:
         argv = shlex.split(command)
     except ValueError as err:
-        errors.print(f"epnas: --trainer-command {command!r}: {err}", markup=False)
-        sys.exit(INVALID_INPUT)
+        raise InvalidInput(f"--trainer-command {command!r}: {err}") from None
     if not argv:
-        errors.print("epnas: --trainer-command is empty", markup=False)
-        sys.exit(INVALID_INPUT)
+        raise InvalidInput("--trainer-command is empty")
     if shutil.which(argv[0]) is None:
-        errors.print(f"epnas: --trainer-command: {argv[0]!r} is not an executable program (not on PATH, or not executable)", markup=False)
-        sys.exit(INVALID_INPUT)
+        raise InvalidInput(f"--trainer-command: {argv[0]!r} is not an executable program (not on PATH, or not executable)")
     return argv
 
 
@@ -141,20 +152,15 @@ def progress_line(report: StepReport) -> str:
 
 def _write_search_file(store, search: ArchitectureSearch) -> None:
     """Pin the spec (``epnas.checkpoint.pin_search``): a rerun that only extends the search
-    continues it; any other difference is refused, naming every differing field (exit 2)."""
-    try:
-        pinned = pin_search(store, search)
-    except CorruptState as err:
-        errors.print(f"epnas: {err}", markup=False)
-        sys.exit(1)
+    continues it; any other difference raises ``InvalidInput`` naming every differing field
+    (exit 2); a damaged stored spec raises ``CorruptState`` (exit 1)."""
+    pinned = pin_search(store, search)
     if pinned.refused:
-        errors.print(
-            f"epnas: {store.uri} already holds search {search.name!r} with a different spec; these fields differ: {', '.join(pinned.refused)}. "
+        raise InvalidInput(
+            f"{store.uri} already holds search {search.name!r} with a different spec; these fields differ: {', '.join(pinned.refused)}. "
             "Only budget.episodes (up), budget.maxChildren, budget.maxFailedChildren, parallelism, finalTraining and trainer may change; "
-            "use another name or store",
-            markup=False,
+            "use another name or store"
         )
-        sys.exit(INVALID_INPUT)
     if pinned.extensions:
         errors.print(f"epnas: extending search {search.name!r}: {', '.join(pinned.extensions)} changed; continuing from its checkpoint", markup=False)
 
@@ -203,18 +209,14 @@ def search_root(target: str, store_uri: str | None) -> str:
 def export(target: str, store_uri: str | None, child: str | None, out_dir: str | None, no_onnx: bool, allow_infeasible: bool) -> None:
     """Export a trained child of a search (TARGET: its search file, directory or URI) as TorchScript,
     ONNX (checked with onnxruntime), safetensors + arch.json and a model card."""
-    from epnas.export import ExportError, choose_child, export_child
+    from epnas.export import choose_child, export_child
 
     uri = search_root(target, store_uri)
     store = open_store(uri)
-    try:
-        if out_dir is None:
-            chosen = choose_child([ChildRecord.from_json(r) for r in read_history(store, 10**9)], child, allow_infeasible)
-            out_dir = str(pathlib.Path("export") / f"{uri.rstrip('/').rsplit('/', 1)[-1]}-{chosen.child}")
-        done = export_child(store, pathlib.Path(out_dir), child, onnx=not no_onnx, allow_infeasible=allow_infeasible)
-    except (ExportError, CorruptState, StoreError) as err:
-        errors.print(f"epnas export: {err}", markup=False)
-        sys.exit(1)
+    if out_dir is None:
+        chosen = choose_child([ChildRecord.from_json(r) for r in read_history(store, 10**9)], child, allow_infeasible)
+        out_dir = str(pathlib.Path("export") / f"{uri.rstrip('/').rsplit('/', 1)[-1]}-{chosen.child}")
+    done = export_child(store, pathlib.Path(out_dir), child, onnx=not no_onnx, allow_infeasible=allow_infeasible)
     card = done.card
     console.print(f"exported {card['search']}/{done.child} (val {card['valAccuracy']:.4f}, test {card['testAccuracy']:.4f}, "
                   f"{'feasible' if card['feasible'] else 'INFEASIBLE'}) to {done.out}: {', '.join(done.files)}", highlight=False)
@@ -230,18 +232,11 @@ def report(target: str, store_uri: str | None, out_dir: str | None) -> None:
     """Write report.html (self-contained) and its PNGs for a search (TARGET: its search file, directory or URI):
     every child's accuracy and reward, feasible children per episode, Pareto fronts with the constraints,
     the top children, the best network drawn, policy loss and entropy."""
-    try:
-        from epnas.report import ReportError, write_report
-    except ImportError as err:
-        errors.print(f"epnas report needs the [report] extra ({err.name} is missing): pip install 'epnas[report]'", markup=False)
-        sys.exit(1)
+    from epnas.report import write_report
+
     uri = search_root(target, store_uri)
     out = pathlib.Path(out_dir) if out_dir else pathlib.Path("report") / uri.rstrip("/").rsplit("/", 1)[-1]
-    try:
-        done = write_report(open_store(uri), out)
-    except (ReportError, CorruptState, StoreError) as err:
-        errors.print(f"epnas report: {err}", markup=False)
-        sys.exit(1)
+    done = write_report(open_store(uri), out)
     console.print(f"report: {done.html} ({len(done.images)} plots)", highlight=False)
 
 
@@ -258,16 +253,10 @@ def status(target: str, store_uri: str | None, top: int, as_json: bool) -> None:
     try:
         summary = store.get_json(SUMMARY)
     except StoreNotFound:
-        errors.print(f"epnas: no search state under {search_uri} (no {SUMMARY})", markup=False)
-        sys.exit(1)
+        raise StoreNotFound(f"no search state under {search_uri} (no {SUMMARY})") from None
     except StoreError as err:
-        errors.print(f"epnas: {join_uri(search_uri, SUMMARY)} is damaged: {err}", markup=False)
-        sys.exit(1)
-    try:
-        records = [ChildRecord.from_json(r) for r in read_history(store, 10**9)]
-    except CorruptState as err:
-        errors.print(f"epnas: {err}", markup=False)
-        sys.exit(1)
+        raise CorruptState(f"{join_uri(search_uri, SUMMARY)} is damaged: {err}") from None
+    records = [ChildRecord.from_json(r) for r in read_history(store, 10**9)]
     ranked = ranked_children(records)[:top]
     failed = [r for r in records if r.status == "failed"]
     if as_json:

@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 from epnas.arch import with_channel_factor
 from epnas.build import build_model
 from epnas.checkpoint import SEARCH_FILE, SUMMARY, read_history
-from epnas.errors import CorruptState
+from epnas.errors import CorruptState, EpnasError
 from epnas.metrics import compute_metrics
 from epnas.records import ChildRecord, ranked_children
 from epnas.reward import compute_reward
@@ -49,8 +49,11 @@ ONNX_TOLERANCE = 1e-4
 CHECK_BATCH = 4
 
 
-class ExportError(RuntimeError):
-    """The export cannot be made (no such child, no feasible child, a missing extra); the message says why."""
+class ExportError(EpnasError, RuntimeError):
+    """The export cannot be made (no such child, no feasible child, a missing extra); the message says why.
+    A fault, exit 1."""
+
+    reason = "ExportError"
 
 
 @dataclass

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from epnas.checkpoint import SEARCH_FILE, SUMMARY, UPDATES_PREFIX, read_history
-from epnas.errors import CorruptState
+from epnas.errors import CorruptState, EpnasError
 from epnas.records import ChildRecord, ranked_children
 from epnas.spec import load_search
 from epnas.store import Store, StoreError, StoreNotFound, join_uri
@@ -38,8 +38,11 @@ SHORT = {"channels": "channels", "width": "width", "freq_width": "freq width", "
          "stride_freq": "stride f", "activation": "", "directions": "directions", "dilation": "dilation", "keep": "keep"}
 
 
-class ReportError(RuntimeError):
-    """Nothing to report (no history); the message says where it looked."""
+class ReportError(EpnasError, RuntimeError):
+    """Nothing to report (no history; the message says where it looked), or the ``[report]``
+    extra is missing (it says what to install).  A fault, exit 1."""
+
+    reason = "ReportError"
 
 
 @dataclass
@@ -51,8 +54,14 @@ class Report:
 
 
 def write_report(store: Store, out: pathlib.Path) -> Report:
-    """Write ``report.html`` and its PNGs for the search rooted at ``store`` into ``out``."""
-    import matplotlib
+    """Write ``report.html`` and its PNGs for the search rooted at ``store`` into ``out``.
+
+    Raises ``ReportError`` when there is no history or matplotlib (the ``[report]`` extra) is
+    missing, ``CorruptState`` when a file it reads is damaged."""
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ReportError(f"the [report] extra is needed ({err.name} is missing): pip install 'epnas[report]'") from None
 
     matplotlib.use("Agg")
     records = [ChildRecord.from_json(r) for r in read_history(store, 10**9)]

@@ -12,8 +12,8 @@
   so a reader never sees a partial one either.
 
 Keys are ``/``-separated and relative to the store root.  Every failure raises
-``StoreError`` (``StoreNotFound`` for a missing key); messages name the store and
-key, never credentials.
+``StoreError`` (``StoreNotFound`` for a missing key, ``StoreURIError`` for a URI that names
+no store: invalid input, exit 2); messages name the store and key, never credentials.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from epnas.errors import INVALID_INPUT, EpnasError, InvalidInput
+
 T = TypeVar("T")
 
 RETRY_DEADLINE_S = 60.0
@@ -38,12 +40,14 @@ TEMP_PREFIX = ".tmp-"
 PERMANENT_CODES = ("AccessDenied", "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidBucketName")
 
 
-class StoreError(RuntimeError):
-    """A store operation failed (message without credentials).
+class StoreError(EpnasError, RuntimeError):
+    """A store operation failed (message without credentials): a fault, exit 1.
 
     ``transient``: the store did not answer or answered 5xx until the retry deadline passed:
     waiting may fix it (a controller resumes the search later instead of failing it).
     """
+
+    reason = "StoreError"
 
     def __init__(self, message: str, *, transient: bool = False):
         super().__init__(message)
@@ -52,6 +56,14 @@ class StoreError(RuntimeError):
 
 class StoreNotFound(StoreError):
     """The key does not exist."""
+
+
+class StoreURIError(StoreError, InvalidInput):
+    """A URI that names no store or object (empty, a foreign scheme, no bucket, no absolute
+    path, no key): invalid input, exit 2."""
+
+    exit_code = INVALID_INPUT
+    reason = "InvalidInput"
 
 
 def split_uri(uri: str) -> tuple[str, str]:
@@ -66,7 +78,7 @@ def split_uri(uri: str) -> tuple[str, str]:
         return str(path.parent), path.name
     head, _, key = rest.rstrip("/").rpartition("/")
     if not key or (scheme == "s3" and not head):
-        raise StoreError(f"{_redact(uri)}: no object key in the URI")
+        raise StoreURIError(f"{_redact(uri)}: no object key in the URI")
     return f"{scheme}://{head}", key
 
 
@@ -79,7 +91,7 @@ S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 def check_root(uri: str) -> str:
-    """``uri`` if it names a store root plainly, else ``StoreError`` saying what is wrong.
+    """``uri`` if it names a store root plainly, else ``StoreURIError`` saying what is wrong.
 
     Accepted: ``file:///absolute/dir`` (or ``file://localhost/…``), ``s3://bucket[/prefix]``
     with an S3 bucket name (3–63 of ``a-z 0-9 . -``), or a non-empty plain path.  Refused:
@@ -87,25 +99,25 @@ def check_root(uri: str) -> str:
     other scheme.
     """
     if not uri or not uri.strip():
-        raise StoreError("the store URI is empty; use file:///abs/dir, s3://bucket/prefix or a directory")
+        raise StoreURIError("the store URI is empty; use file:///abs/dir, s3://bucket/prefix or a directory")
     scheme, sep, rest = uri.partition("://")
     if not sep:
         if ":" in uri.split("/", 1)[0]:
-            raise StoreError(f"{_redact(uri)}: not a store URI; use file:///abs/dir, s3://bucket/prefix or a directory")
+            raise StoreURIError(f"{_redact(uri)}: not a store URI; use file:///abs/dir, s3://bucket/prefix or a directory")
         return uri
     if scheme == "file":
         parsed = urllib.parse.urlparse(uri)
         if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/") or parsed.path.strip("/") == "":
-            raise StoreError(f"{_redact(uri)}: file URIs must be file:///absolute/dir (not the root directory)")
+            raise StoreURIError(f"{_redact(uri)}: file URIs must be file:///absolute/dir (not the root directory)")
         return uri
     if scheme == "s3":
         bucket = rest.partition("/")[0]
         if not bucket:
-            raise StoreError(f"{_redact(uri)}: no bucket in the URI; use s3://bucket/prefix")
+            raise StoreURIError(f"{_redact(uri)}: no bucket in the URI; use s3://bucket/prefix")
         if not S3_BUCKET.match(bucket):
-            raise StoreError(f"{_redact(uri)}: {bucket!r} is not an S3 bucket name (3-63 characters of a-z, 0-9, '.', '-')")
+            raise StoreURIError(f"{_redact(uri)}: {bucket!r} is not an S3 bucket name (3-63 characters of a-z, 0-9, '.', '-')")
         return uri
-    raise StoreError(f"{_redact(uri)}: unsupported store scheme {scheme!r}; use file:// or s3://")
+    raise StoreURIError(f"{_redact(uri)}: unsupported store scheme {scheme!r}; use file:// or s3://")
 
 
 def open_store(uri: str, *, endpoint: str | None = None, region: str | None = None) -> "Store":
@@ -116,14 +128,14 @@ def open_store(uri: str, *, endpoint: str | None = None, region: str | None = No
     if scheme == "file":
         parsed = urllib.parse.urlparse(uri)
         if parsed.netloc not in ("", "localhost"):
-            raise StoreError(f"{_redact(uri)}: file URIs must be file:///absolute/path")
+            raise StoreURIError(f"{_redact(uri)}: file URIs must be file:///absolute/path")
         return FileStore(pathlib.Path(urllib.parse.unquote(parsed.path)))
     if scheme == "s3":
         bucket, _, prefix = rest.partition("/")
         if not bucket:
-            raise StoreError(f"{_redact(uri)}: no bucket in the URI")
+            raise StoreURIError(f"{_redact(uri)}: no bucket in the URI")
         return S3Store(bucket, prefix.strip("/"), endpoint=endpoint or os.environ.get("EPNAS_S3_ENDPOINT") or None, region=region)
-    raise StoreError(f"{_redact(uri)}: unsupported store scheme {scheme!r}; use file:// or s3://")
+    raise StoreURIError(f"{_redact(uri)}: unsupported store scheme {scheme!r}; use file:// or s3://")
 
 
 class Store:
