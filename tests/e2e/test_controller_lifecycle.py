@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from e2e_helpers import events_of, read_search, search_jobs, wait_for_phase
+from kubernetes import client as k8s_client
 
 
 def wait_for_jobs(control_plane, namespace: str, name: str, ctl, *, timeout_s: float = 300) -> list:
@@ -51,20 +52,33 @@ def test_two_searches_progress_independently(control_plane, node_agent, minio, b
     budget = {"episodes": 1, "stepsPerEpisode": 2, "branches": 2, "topK": 2}
     control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml("alpha", bucket, budget=budget))
     control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml("beta", bucket, budget=budget, seed=9))
-    alpha = wait_for_phase(control_plane, namespace, "alpha", ("Succeeded", "Failed"), timeout_s=600, proc=ctl)
-    beta = wait_for_phase(control_plane, namespace, "beta", ("Succeeded", "Failed"), timeout_s=600, proc=ctl)
+    # both run at the same time: one list of the namespace's Jobs (one moment) holds unfinished
+    # Jobs of both searches; polled every 0.1 s until both have ended
+    batch = k8s_client.BatchV1Api(control_plane.api_client())
+    overlaps, deadline = 0, time.monotonic() + 600
+    while any(read_search(control_plane, namespace, n).get("status", {}).get("phase") not in ("Succeeded", "Failed")
+              for n in ("alpha", "beta")):
+        assert time.monotonic() < deadline and ctl.proc.poll() is None, ctl.output()[-3000:]
+        listed = batch.list_namespaced_job(namespace, label_selector="epnas.io/search in (alpha,beta)").items
+        unfinished = {j.metadata.labels["epnas.io/search"] for j in listed if not _finished(j)}
+        overlaps += unfinished == {"alpha", "beta"}
+        time.sleep(0.1)
+    assert overlaps > 0, "no moment had unfinished Jobs of both searches: they ran one after the other"
+    print(f"two searches: {overlaps} polls saw unfinished Jobs of both")
+    alpha = wait_for_phase(control_plane, namespace, "alpha", ("Succeeded", "Failed"), timeout_s=10, proc=ctl)
+    beta = wait_for_phase(control_plane, namespace, "beta", ("Succeeded", "Failed"), timeout_s=10, proc=ctl)
     for obj in (alpha, beta):
         assert obj["status"]["phase"] == "Succeeded", obj["status"]
         assert sum(obj["status"]["children"].values()) == 4
     jobs = {name: search_jobs(control_plane, namespace, name) for name in ("alpha", "beta")}
     assert all(j.metadata.owner_references[0].name == name for name, js in jobs.items() for j in js)
-    # both ran at the same time: each one's first Job came before the other's last one
-    first = {n: min(j.metadata.creation_timestamp for j in js) for n, js in jobs.items()}
-    last = {n: max(j.metadata.creation_timestamp for j in js) for n, js in jobs.items()}
-    assert first["alpha"] <= last["beta"] and first["beta"] <= last["alpha"]
     for obj in (alpha, beta):  # <uri>/<namespace>/<name>/<uid>
         meta = obj["metadata"]
         assert obj["status"]["store"] == f"s3://{bucket}/searches/{namespace}/{meta['name']}/{meta['uid']}"
+
+
+def _finished(job) -> bool:
+    return any(c.type in ("Complete", "Failed") and c.status == "True" for c in job.status.conditions or [])
 
 
 def test_spec_change_after_start_is_refused_but_parallelism_is_live(control_plane, node_agent, minio, bucket, namespace, search_yaml,
@@ -97,7 +111,7 @@ def test_spec_change_after_start_is_refused_but_parallelism_is_live(control_plan
         assert time.monotonic() < deadline and ctl.proc.poll() is None, ctl.output()[-3000:]
         step1 = [j for j in search_jobs(control_plane, namespace, "steady") if j.metadata.labels["epnas.io/step"] == "1"]
         step1_jobs |= {j.metadata.name for j in step1}
-        running = [j for j in step1 if not any(c.type in ("Complete", "Failed") and c.status == "True" for c in j.status.conditions or [])]
+        running = [j for j in step1 if not _finished(j)]
         most_at_once = max(most_at_once, len(running))
         time.sleep(0.1)
     obj = read_search(control_plane, namespace, "steady")
