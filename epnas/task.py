@@ -69,6 +69,9 @@ class ChildResult(_Doc):
     epochs_run: int = Field(ge=0)
     inherited_fraction: float = Field(0.0, ge=0, le=1)
     device: str = "cpu"
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="the arithmetic training ran in (childTraining.precision resolved)")
+    channels_last: bool = Field(False, description="convolutions ran in channels_last memory format")
+    compiled: bool = Field(False, description="the model ran through torch.compile (false also when compiling failed and it fell back)")
     warnings: list[str] = Field(default_factory=list)
     weights_key: str | None = Field(None, description="children/<child>/weights.safetensors, relative to the search root")
     weights_uri: str | None = Field(None, description="full URI of the pushed weights")

@@ -318,3 +318,18 @@ def test_a_failing_compile_falls_back_to_eager_with_a_warning(monkeypatch, digit
     assert "\n" not in outcome.warnings[0]
     reference = train_child(eager, digits, _training(epochs=1), seed=0, device=CPU)
     assert outcome.history == reference.history  # the fallback trained exactly as eager training does
+
+
+def test_the_result_file_says_how_the_child_ran(tmp_path):
+    """result.json records the resolved precision and whether channels_last and compile were on."""
+    from child_trainer.cli import main
+    from epnas.task import load_result
+    from tests.unit.test_trainer import ARCHS, TINY, argv_for, write_task
+
+    fp32 = write_task(tmp_path / "a", ARCHS["image-layer"])
+    bf16 = write_task(tmp_path / "b", ARCHS["image-layer"], training={**TINY, "precision": "bf16"})
+    assert main(argv_for(fp32)) == 0 and main(argv_for(bf16)) == 0
+
+    plain, mixed = (load_result((d / "result.json").read_text()) for d in (fp32, bf16))
+    assert (plain.precision, plain.channels_last, plain.compiled) == ("fp32", False, False)
+    assert (mixed.precision, mixed.channels_last, mixed.compiled) == ("bf16", False, False)
