@@ -18,7 +18,7 @@ the index is written last, so a reader sees the old dictionary or the new one,
 never a mix; objects no longer referenced are deleted after the index switch
 (trainers pull before a step and the loop merges after it, so none is reading).
 
-* ``fit_tensor`` (pure): exact shape → copy; otherwise the overlapping block is
+* ``fit_tensor`` (pure): exact shape → the stored tensor as it is; otherwise the overlapping block is
   copied.  Channel-like dimensions align at index 0 (crop or grow); the spatial
   dimensions of 4-D kernels are centred, so 3→5 pads a zero ring and 5→3 keeps the
   centre.  Newly grown channels keep the model's fresh initialisation instead of
@@ -122,7 +122,8 @@ def shareable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def fit_tensor(stored: torch.Tensor, fresh: torch.Tensor) -> tuple[torch.Tensor, int]:
     """``stored`` fitted into ``fresh``'s shape, and how many elements came from ``stored``.
 
-    Same shape → a copy.  Otherwise (same number of dimensions) the overlap is
+    Same shape → ``stored`` itself in ``fresh``'s dtype and device (no copy: ``pull`` hands it
+    to ``load_state_dict``, which copies; cloning 64 MiB cost as much as decoding it).  Otherwise (same number of dimensions) the overlap is
     copied: channel-like dimensions from index 0, the two spatial dimensions of a
     4-D kernel centred (3→5 leaves a zero ring around the old kernel, 5→3 keeps
     its centre).  Elements outside the overlap keep ``fresh``'s values.
@@ -131,7 +132,7 @@ def fit_tensor(stored: torch.Tensor, fresh: torch.Tensor) -> tuple[torch.Tensor,
         raise ValueError(f"cannot fit a {stored.dim()}-D tensor into a {fresh.dim()}-D one")
     stored = stored.to(dtype=fresh.dtype, device=fresh.device)
     if stored.shape == fresh.shape:
-        return stored.clone(), stored.numel()
+        return stored, stored.numel()
     spatial = (2, 3) if fresh.dim() == 4 else ()
     src, dst = [], []
     for d, (s, t) in enumerate(zip(stored.shape, fresh.shape)):
@@ -269,7 +270,8 @@ def _stored_tensor(store, prefix, entry: Entry, name: str, objects: dict, warnin
 
 def push_child(store: Store, child_prefix: str, model: nn.Module, *, metadata: dict[str, str] | None = None) -> str:
     """Write the model's shareable tensors as ``<child_prefix>/weights.safetensors``; return that key."""
-    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in shareable_state(model).items()}
+    # no clone: serializing copies already (each tensor its own storage, as safetensors requires)
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in shareable_state(model).items()}
     key = _join(child_prefix, WEIGHTS_FILE)
     store.put_bytes(key, safetensors.torch.save(tensors, metadata=metadata))
     return key
