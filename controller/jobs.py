@@ -28,6 +28,7 @@ LABEL_SEARCH = "epnas.io/search"
 LABEL_EPISODE = "epnas.io/episode"
 LABEL_STEP = "epnas.io/step"
 LABEL_CHILD = "epnas.io/child"
+LABEL_QUEUE = "kueue.x-k8s.io/queue-name"  # Kueue's LocalQueue label: the Job waits suspended until admitted
 TERMINATION_LOG = "/dev/termination-log"
 TRAINER_COMMAND = ["python", "-m", "child_trainer"]
 RUN_AS_USER = 65532
@@ -72,7 +73,9 @@ def job_manifest(run: ChildRun, *, spec: SearchSpec, owner: Owner, command: list
 
     Store credentials only ever appear as ``secretKeyRef`` to ``spec.store.secretName``;
     ``nvidia.com/gpu`` limits (and ``--device cuda``) only when ``spec.trainer.gpu > 0``,
-    else ``--device cpu``.
+    else ``--device cpu``.  With ``spec.trainer.queueName`` the Job is created suspended with
+    Kueue's queue label, and Kueue unsuspends it once the LocalQueue's ClusterQueue admits it
+    (the time limit is the pod's, so waiting for admission does not count).
     """
     trainer = spec.trainer
     labels = {
@@ -124,18 +127,24 @@ def job_manifest(run: ChildRun, *, spec: SearchSpec, owner: Owner, command: list
         pod_spec["imagePullSecrets"] = [{"name": name} for name in trainer.image_pull_secrets]
     if trainer.service_account_name:
         pod_spec["serviceAccountName"] = trainer.service_account_name
+    job_labels = dict(labels)
+    job_spec: dict[str, Any] = {}
+    if trainer.queue_name:
+        job_labels[LABEL_QUEUE] = trainer.queue_name
+        job_spec["suspend"] = True
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             "name": job_name(owner.name, run.child),
             "namespace": owner.namespace,
-            "labels": labels,
+            "labels": job_labels,
             "ownerReferences": [
                 {"apiVersion": API_VERSION, "kind": KIND, "name": owner.name, "uid": owner.uid, "controller": True, "blockOwnerDeletion": True}
             ],
         },
         "spec": {
+            **job_spec,
             "backoffLimit": trainer.backoff_limit,
             "ttlSecondsAfterFinished": trainer.ttl_seconds_after_finished,
             "podFailurePolicy": {

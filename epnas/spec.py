@@ -325,6 +325,11 @@ class Trainer(_Model):
         description="ServiceAccount of the children's pods, e.g. one with IRSA or Workload Identity access to the store. "
         "Default: the namespace's default ServiceAccount.",
     )
+    queue_name: str | None = Field(
+        None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Kueue LocalQueue in the search's namespace that admits the children: each Job is created suspended with the "
+        "label kueue.x-k8s.io/queue-name, and Kueue starts it when the ClusterQueue has quota for it. Default: none (Jobs start at once).",
+    )
     backoff_limit: Int = Field(
         2, ge=0,
         description="Retries of a failed child, the Job's backoffLimit; invalid input (exit 2) and divergence (exit 3) are never "

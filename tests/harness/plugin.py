@@ -16,11 +16,12 @@ from kubernetes.client.rest import ApiException
 
 from harness import binaries, procs, rootfs
 from harness.controlplane import ControlPlane
+from harness.kueue import KueueServer
 from harness.minio import MinioServer
 from harness.node_agent import NodeAgent, NodeConfig, default_images
 
 LOGS_KEY = pytest.StashKey[dict[str, pathlib.Path]]()
-HARNESS_FIXTURES = {"control_plane", "node_agent", "minio", "bucket", "namespace", "helm"}
+HARNESS_FIXTURES = {"control_plane", "node_agent", "minio", "bucket", "namespace", "helm", "kueue"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -108,6 +109,16 @@ def node_agent(_node_agent_session: NodeAgent):
 def minio(harness_workdir: pathlib.Path, pytestconfig: pytest.Config):
     server = MinioServer(harness_workdir / "minio")
     _register_logs(pytestconfig, {"minio": server.log_path})
+    _start_or_fail(server)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def kueue(control_plane: ControlPlane, harness_workdir: pathlib.Path, pytestconfig: pytest.Config):
+    """The Kueue manager (harness/kueue.py) against `control_plane`: its CRDs installed, its webhooks registered."""
+    server = KueueServer(harness_workdir / "kueue", control_plane)
+    _register_logs(pytestconfig, {"kueue": server.log_path})
     _start_or_fail(server)
     yield server
     server.stop()

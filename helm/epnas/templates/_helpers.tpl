@@ -112,5 +112,6 @@ Jobs name the store Secret and the kubelet resolves it. */}}
 {{- with $t.priorityClassName }}{{ $_ := set $out "priorityClassName" . }}{{ end -}}
 {{- with $t.imagePullSecrets }}{{ $_ := set $out "imagePullSecrets" . }}{{ end -}}
 {{- with $t.serviceAccountName }}{{ $_ := set $out "serviceAccountName" . }}{{ end -}}
+{{- with $t.queueName }}{{ $_ := set $out "queueName" . }}{{ end -}}
 {{- toJson $out -}}
 {{- end }}
