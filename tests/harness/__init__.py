@@ -32,6 +32,9 @@ Fixtures (all defined in harness/plugin.py):
 * `images` (session) → {"controller": ref, "trainer": ref}: both images built by
   scripts/images with buildah (cached by their inputs' hash). `node_agent.local_images[name]
   = ref` makes the node agent run containers of image `name` in that image (harness/rootfs.py).
+* `kueue` (session) → `kueue.KueueServer`: the Kueue manager (pinned KUEUE_VERSION) against
+  `control_plane`, its CRDs applied from the same module version and its webhooks registered
+  (batch Jobs only when they carry `kueue.x-k8s.io/queue-name`); see harness/kueue.py.
 * `harness_workdir` (session) → pathlib.Path: where servers keep data and logs.
 
 Helpers: `harness.manifests` (python_pod / python_job / python_container builders),
