@@ -29,6 +29,8 @@ SUMMARY = "state/summary.json"
 PENDING = "state/pending-step.json"
 SEARCH_FILE = "search.yaml"
 UPDATES_PREFIX = "state/updates/"  # one JSON per episode: the policy update's loss, entropy, grad_norm
+WHAT_TO_DO = "restore it from a backup, or run `epnas search FILE --repair` to rebuild from what is intact"
+"""How every damaged-state message ends (``epnas.repair`` is the rebuild)."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ def pin_search(store: Store, search: ArchitectureSearch) -> Pinned:
 
 
 def _damaged_search_file(store: Store, err: Exception) -> str:
-    return f"{join_uri(store.uri, SEARCH_FILE)} is damaged ({err}); restore it, or use another name or store"
+    return f"{join_uri(store.uri, SEARCH_FILE)} is damaged ({err}); nothing was changed: {WHAT_TO_DO}"
 
 
 @dataclass
@@ -182,8 +184,7 @@ def read_state_json(store: Store, key: str) -> Any:
 
 def damaged(store: Store, key: str, what: str) -> str:
     """The one message for a damaged state file: which file, what is wrong, what to do."""
-    return (f"{join_uri(store.uri, key)} is damaged ({what}); nothing was changed: restore the file from a backup, "
-            "or start the search under another name or store")
+    return f"{join_uri(store.uri, key)} is damaged ({what}); nothing was changed: {WHAT_TO_DO}"
 
 
 def _first_line(err: BaseException) -> str:

@@ -21,10 +21,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from epnas.checkpoint import SUMMARY, pin_search, read_history
+from epnas.checkpoint import SUMMARY, pin_search, read_history, read_state_json
 from epnas.records import ChildRecord, ranked_children
-from epnas.errors import CorruptState, EpnasError, InvalidInput, SpecError, message_lines
+from epnas.errors import EpnasError, InvalidInput, SpecError, message_lines
 from epnas.executors.local import LocalExecutor
+from epnas.repair import repair_store
 from epnas.search import SearchFailed, SearchLoop, StepReport, position_text
 from epnas.spec import ArchitectureSearch, load_search
 from epnas.store import StoreError, StoreNotFound, StoreURIError, check_root, join_uri, open_store
@@ -87,15 +88,19 @@ def main() -> None:
 @click.option("--parallelism", type=click.IntRange(min=1), help="Children trained at once (default: spec.parallelism or the CPU count).")
 @click.option("--trainer-command", help="Command that runs the trainer, split like a shell would (default: the venv's python -m child_trainer).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def search(file: str, store_uri: str | None, parallelism: int | None, trainer_command: str | None, quiet: bool) -> None:
-    """Run (or resume) the search in FILE with children as local processes."""
+@click.option("--repair", is_flag=True, help="Damaged state: move the damaged files aside (*.damaged), rebuild from what is intact, resume.")
+def search(file: str, store_uri: str | None, parallelism: int | None, trainer_command: str | None, quiet: bool, repair: bool) -> None:
+    """Run (or resume) the search in FILE with children as local processes (``--repair``: ``epnas.repair``)."""
     spec_doc = read_search(file)
     root = store_root(spec_doc, store_uri)
     trainer = trainer_argv(trainer_command)
     search_uri = join_uri(root, spec_doc.name)
     try:
         store = open_store(search_uri, endpoint=spec_doc.spec.store.endpoint, region=spec_doc.spec.store.region)
-        _write_search_file(store, spec_doc)
+        if repair:
+            store = repair_store(store, spec_doc, search_uri, file, pin=_write_search_file, say=lambda line: errors.print(f"epnas: {line}", markup=False, highlight=False))
+        else:
+            _write_search_file(store, spec_doc)
     except StoreError as err:
         raise StoreError(f"store {root}: {err}", transient=err.transient) from None
     executor = LocalExecutor(
@@ -251,11 +256,9 @@ def status(target: str, store_uri: str | None, top: int, as_json: bool) -> None:
     search_uri = search_root(target, store_uri)
     store = open_store(search_uri)
     try:
-        summary = store.get_json(SUMMARY)
+        summary = read_state_json(store, SUMMARY)  # a damaged one raises CorruptState naming it
     except StoreNotFound:
         raise StoreNotFound(f"no search state under {search_uri} (no {SUMMARY})") from None
-    except StoreError as err:
-        raise CorruptState(f"{join_uri(search_uri, SUMMARY)} is damaged: {err}") from None
     records = [ChildRecord.from_json(r) for r in read_history(store, 10**9)]
     ranked = ranked_children(records)[:top]
     failed = [r for r in records if r.status == "failed"]

@@ -213,8 +213,8 @@ def read_index(store: Store, prefix: str, *, strict: bool = False) -> tuple[dict
             problems.append(f"weight index entry {name!r} malformed")
     if problems and strict:
         raise CorruptState(
-            f"{where} is damaged ({problems[0]}); restore it from a backup, or delete the weights/ directory "
-            "to start the shared weights afresh (children then train from scratch); nothing was changed"
+            f"{where} is damaged ({problems[0]}); nothing was changed: restore it from a backup, "
+            "or run `epnas search FILE --repair` to rebuild from what is intact"
         )
     return index, [f"{p}, skipped" for p in problems]
 
