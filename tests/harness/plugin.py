@@ -218,3 +218,16 @@ def images() -> dict[str, str]:
     except RuntimeError as error:
         pytest.fail(str(error), pytrace=False)
     return refs
+
+
+@pytest.fixture(scope="session")
+def argo(control_plane: ControlPlane, harness_workdir: pathlib.Path, pytestconfig: pytest.Config):
+    """Argo's workflow-controller (harness/argo.py) against `control_plane`: its CRDs installed,
+    its executor image built; `.use_node(node_agent, *images)` and `.grant_executor(ns)` per test."""
+    from harness.argo import ArgoServer
+
+    server = ArgoServer(harness_workdir / "argo", control_plane)
+    _register_logs(pytestconfig, {"workflow-controller": server.log_path})
+    _start_or_fail(server)
+    yield server
+    server.stop()
