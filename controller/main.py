@@ -53,6 +53,10 @@ PROG = "epnas controller"
 WATCH_WINDOW_S = 60
 RETRY_S = 2.0
 STALL_S = 3 * WATCH_WINDOW_S  # no watch progress for this long: /healthz fails
+# The API server keeps custom resources nested up to 10,000 levels (its JSON decoder's limit);
+# json.loads of such an object needs one recursion level per nesting level.  Below this the
+# watch could not decode the event (and retried it forever) and a relist raised RecursionError.
+RECURSION_LIMIT = 3 * 10_000
 SERVICE_ACCOUNT_NAMESPACE = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 Action = Literal["start", "observe", "stop", "skip"]
 
@@ -231,11 +235,18 @@ def identity() -> str:
     return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
 
 
+def allow_deep_objects() -> None:
+    """Raise the recursion limit to ``RECURSION_LIMIT``: every object the API server keeps then
+    decodes, and one nested too deeply fails ``InvalidSpec`` (``controller.runner.too_deep``)."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the controller with ``argv`` (default ``sys.argv[1:]``) until a signal or a lost Lease;
     return the exit code.  The one place an ``EpnasError`` becomes its lines on stderr and its
     exit code; any other exception propagates with its traceback."""
     args = parse_args(argv)
+    allow_deep_objects()
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
     try:
         return serve(args)

@@ -34,12 +34,12 @@ from epnas.checkpoint import SEARCH_FILE, pin_search
 from epnas.errors import SpecError
 from epnas.pinning import spec_changes
 from epnas.executors.base import ChildOutcome
-from epnas.search import SearchFailed, SearchLoop, SearchStopped, StepReport
-from epnas.spec import ArchitectureSearch, parse_search, with_trainer_defaults
+from epnas.search import SearchFailed, SearchLoop, SearchStopped, StepReport, child_id
+from epnas.spec import MAX_NESTING, ArchitectureSearch, parse_search, with_trainer_defaults
 from epnas.store import StoreError, open_store
 
 from controller import status as st
-from controller.jobs import TRAINER_COMMAND, JobExecutor, Owner
+from controller.jobs import TRAINER_COMMAND, JobExecutor, Owner, job_name
 from controller.kube import Kube, KubeError, Obj
 from controller.metrics import Metrics
 from controller.tenancy import StorePolicy, search_location
@@ -47,6 +47,7 @@ from controller.tenancy import StorePolicy, search_location
 LOG = logging.getLogger("epnas.controller")
 COMPONENT = "epnas-controller"
 RETRY_DELAYS_S = (5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0)  # then every 300 s, for as long as it takes
+MAX_JOB_NAME = 63  # a Job's name is also its pods' job-name label value: a DNS label
 
 
 class Transient(Exception):
@@ -68,6 +69,42 @@ def document(obj: Obj) -> dict[str, Any]:
     meta = obj["metadata"]
     return {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "metadata": {"name": meta["name"], "namespace": meta.get("namespace")},
             "spec": obj.get("spec") or {}}
+
+
+def too_deep(data: Any, limit: int = MAX_NESTING) -> str | None:
+    """The field under which ``data`` nests deeper than ``limit`` levels (the document is level 1
+    and every value counts, as ``epnas.spec.load_search`` counts a search file's YAML nodes),
+    shortened to its first four keys; ``None`` when it does not.  Iterative: the API server keeps
+    objects up to 10,000 levels deep, far past Python's recursion (the validation, the pinned
+    ``search.yaml``).  A custom resource never passes through ``load_search``, so this is its
+    nesting limit."""
+    stack: list[tuple[Any, tuple[str, ...], int]] = [(data, (), 1)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > limit:
+            head = ""
+            for key in path[:4]:
+                head += key if key.startswith("[") or not head else f".{key}"
+            return head
+        if isinstance(node, dict):
+            stack.extend((value, (*path, str(key)), depth + 1) for key, value in node.items())
+        elif isinstance(node, list):
+            stack.extend((value, (*path, f"[{i}]"), depth + 1) for i, value in enumerate(node))
+    return None
+
+
+def job_name_problem(search: ArchitectureSearch) -> str | None:
+    """Why the budget's last child (or its final training) would get a Job name over 63
+    characters, else ``None``.  Names are ``<search>-[final-]eNNN-sNN-cNN`` and the numbers widen
+    past 999 episodes, 99 steps or 99 branches: only a 40-character name with a huge budget gets
+    there, and its last Job could not be created."""
+    spec = search.spec
+    child = child_id(spec.budget.episodes - 1, spec.steps_per_episode - 1, spec.budget.branches - 1)
+    longest = job_name(search.name, f"final-{child}" if spec.final_training and spec.final_training.top else child)
+    if len(longest) <= MAX_JOB_NAME:
+        return None
+    return (f"with this spec.budget its Job names reach {len(longest)} characters ({longest}), more than {MAX_JOB_NAME}: "
+            f"shorten the name by {len(longest) - MAX_JOB_NAME}")
 
 
 def resolved_spec(search: ArchitectureSearch) -> dict[str, Any]:
@@ -154,7 +191,11 @@ class SearchRunner:
 
     def _parse(self, obj: Obj) -> ArchitectureSearch:
         """The CR as a search, its trainer completed from the installation's defaults (``--trainer-defaults``)."""
-        return with_trainer_defaults(parse_search(document(obj)), self.trainer_defaults)
+        doc = document(obj)
+        deep = too_deep(doc)
+        if deep is not None:
+            raise SpecError.one(deep, f"nested deeper than {MAX_NESTING} levels")
+        return with_trainer_defaults(parse_search(doc), self.trainer_defaults)
 
     def _doc(self, spec: dict[str, Any]) -> dict[str, Any]:
         return {"metadata": {"name": self.name}, "spec": spec}
@@ -208,6 +249,9 @@ class SearchRunner:
             search = self._parse(self.obj)
         except SpecError as err:
             return self._fail(st.Reason.INVALID_SPEC, "; ".join(str(p) for p in err.problems))
+        too_long = job_name_problem(search)
+        if too_long:
+            return self._fail(st.Reason.INVALID_SPEC, f"metadata.name: {too_long}")
         store_spec = search.spec.store
         if not store_spec.uri:
             return self._fail(st.Reason.STORE_MISSING, "spec.store.uri is required in a cluster (s3://bucket/prefix)")
