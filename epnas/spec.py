@@ -430,6 +430,12 @@ class SearchSpec(_Model):
         None, ge=1,
         description="Children trained at once; at least 1. Default: every child of a step in a cluster, or the CPU count on one machine.",
     )
+    executor: Literal["jobs", "argo"] = Field(
+        "jobs",
+        description="What runs a step's children in a cluster: jobs, one Kubernetes Job per child (default); argo, one Argo "
+        "Workflow per step with one node per child, where Argo Workflows is installed (the children's ServiceAccount needs "
+        "Argo's executor Role). Ignored when epnas search runs on one machine.",
+    )
 
     @property
     def steps_per_episode(self) -> int:

@@ -55,3 +55,53 @@ def test_workflow_controller_runs_a_one_container_workflow_to_succeeded(argo, co
     assert "hello from argo 42" in node_agent.container_log(namespace, pod.metadata.name, "main")
     nodes = workflow["status"]["nodes"]
     assert [n["phase"] for n in nodes.values() if n["type"] == "Pod"] == ["Succeeded"]
+
+
+# The children's "trainer": exits 2 (invalid input) for c01, 1 for c02 (retried), else 0.
+FAKE_TRAINER = ["python", "-c", "import sys; a = ' '.join(sys.argv); sys.exit(2 if 'c01/' in a else 1 if 'c02/' in a else 0)"]
+
+
+def test_argo_executor_runs_a_step_as_one_workflow_and_never_retries_exit_2(argo, crd, control_plane, node_agent,
+                                                                           python_image, namespace):
+    from controller.argo import ArgoExecutor, workflow_name
+    from controller.jobs import Owner
+    from controller.kube import Kube
+    from epnas.executors.base import ChildRun
+    from epnas.spec import API_VERSION, KIND, SearchSpec
+
+    argo.use_node(node_agent, python_image)
+    argo.grant_executor(namespace)
+    api = control_plane.api_client()
+    custom = k8s_client.CustomObjectsApi(api)
+    # the owner: an ArchitectureSearch that no controller runs here
+    search = custom.create_namespaced_custom_object("epnas.io", "v1alpha1", namespace, "architecturesearches",
+                                                    {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "s"}, "spec": {}})
+    spec = SearchSpec.model_validate({"executor": "argo", "trainer": {
+        "image": python_image, "gpu": 0, "cpu": "100m", "memory": "256Mi", "backoffLimit": 1, "activeDeadlineSeconds": 120}})
+    runs = [ChildRun("s", f"e000-s00-c{i:02d}", f"s3://b/s/e000-s00-c{i:02d}/arch.json", f"s3://b/s/e000-s00-c{i:02d}/", None,
+                     60.0, 0, 0, i) for i in range(3)]
+    finished = []
+    executor = ArgoExecutor(kube=Kube(api, on_error=lambda verb: None), spec=spec,
+                            owner=Owner("s", namespace, search["metadata"]["uid"]), parallelism=lambda: 2,
+                            should_stop=lambda: False, on_finished=finished.append, command=FAKE_TRAINER)
+
+    outcomes = {o.child: o for o in executor.submit(runs)}
+
+    assert (outcomes["e000-s00-c00"].exit_code, outcomes["e000-s00-c00"].reason, outcomes["e000-s00-c00"].attempts) == (0, "Completed", 1)
+    assert (outcomes["e000-s00-c01"].exit_code, outcomes["e000-s00-c01"].reason, outcomes["e000-s00-c01"].attempts) == (2, "InvalidInput", 1)
+    assert (outcomes["e000-s00-c02"].exit_code, outcomes["e000-s00-c02"].attempts) == (1, 2)  # retried backoffLimit times
+    assert sorted(o.child for o in finished) == sorted(outcomes)
+    name = workflow_name("s", 0, 0)
+    workflow = argo.workflow(namespace, name)
+    assert workflow["spec"]["parallelism"] == 2
+    assert workflow["metadata"]["ownerReferences"][0]["uid"] == search["metadata"]["uid"]
+    pods = k8s_client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=f"workflows.argoproj.io/workflow={name}").items
+    assert len(pods) == 4  # c00, c01 once; c02 twice
+    assert all(p.metadata.labels["epnas.io/search"] == "s" for p in pods)
+
+    # a restarted controller submits the same step again: it adopts the Workflow, no second one
+    again = ArgoExecutor(kube=Kube(api, on_error=lambda verb: None), spec=spec, owner=Owner("s", namespace, search["metadata"]["uid"]),
+                         parallelism=lambda: 2, should_stop=lambda: False, on_finished=lambda outcome: None, command=FAKE_TRAINER)
+    assert [(o.child, o.exit_code) for o in again.submit(runs)] == [(r.child, outcomes[r.child].exit_code) for r in runs]
+    listed = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "workflows")["items"]
+    assert [w["metadata"]["name"] for w in listed] == [name]
