@@ -24,6 +24,7 @@ Measured per scenario, over the window from creating the searches to all of them
 * **controller CPU per child**: utime + stime of the controller process (/proc/PID/stat) over
   the window, per child;
 * **peak RSS**: VmHWM of the controller process at the end (it starts fresh per scenario);
+* **peak in flight**: most Jobs at once between their POST and their last status write (audit);
 * **Job creation rate**: Jobs of a step / the time between its first and last Job POST
   (audit ``requestReceivedTimestamp``, microseconds), median over searches and steps;
 * **end → next step**: from the job controller's last status write of a step-0 Job (its
@@ -352,9 +353,17 @@ def analyse(events: list[dict], *, namespace: str, searches: list[str], t0: floa
             if ends:
                 gaps.append(next_step - max(ends))
     created = sum(len(t) for steps in posts.values() for t in steps.values())
+    # children in flight: a Job counts from its POST to its last status write (its Complete condition)
+    changes = sorted([(_ts(e["requestReceivedTimestamp"]), 1) for e in mine.values() if e.get("verb") == "create"
+                      and (e.get("objectRef") or {}).get("resource") == "jobs" and (e.get("responseStatus") or {}).get("code") == 201]
+                     + [(max(times), -1) for times in status_writes.values()])
+    in_flight = peak = 0
+    for _, change in changes:
+        in_flight += change
+        peak = max(peak, in_flight)
     leases = sum(n for k, n in kinds.items() if k.endswith(" leases"))
     return {"requests": len(mine), "requests_excl_leases": len(mine) - leases, "requests_by_kind": dict(sorted(kinds.items())),
-            "jobs_created": created, "job_create_rates_per_s": rates, "end_to_next_step_s": gaps,
+            "jobs_created": created, "peak_in_flight": peak, "job_create_rates_per_s": rates, "end_to_next_step_s": gaps,
             "first_job_s": first_job}
 
 
@@ -394,6 +403,7 @@ def run_scenario(stack: Stack, label: str, *, searches: int, branches: int, time
     cpu = cpu1 - cpu0
     result.update({
         "children": stats["jobs_created"],
+        "peak_in_flight": stats["peak_in_flight"],
         "wall_s": round(t1 - t0, 2),
         "controller_cpu_s": round(cpu, 3),
         "cpu_ms_per_child": round(1000 * cpu / children, 2),
@@ -416,7 +426,7 @@ def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 3) if values else None
 
 
-MEDIAN_FIELDS = ("children", "wall_s", "controller_cpu_s", "cpu_ms_per_child", "requests", "requests_per_child",
+MEDIAN_FIELDS = ("children", "peak_in_flight", "wall_s", "controller_cpu_s", "cpu_ms_per_child", "requests", "requests_per_child",
                  "requests_per_child_excl_leases", "peak_rss_mib", "rss_end_mib", "job_create_rate_per_s",
                  "end_to_next_step_s", "end_to_next_step_max_s", "first_job_s", "namespace_delete_s")
 
@@ -433,12 +443,12 @@ def combine(runs: list[dict]) -> dict:
 
 
 def table(scenarios: list[dict]) -> str:
-    head = ("| scenario | children (Jobs) | wall s | requests/child | excl. leases | CPU ms/child | peak RSS MiB "
+    head = ("| scenario | children (Jobs) | peak in flight | wall s | requests/child | excl. leases | CPU ms/child | peak RSS MiB "
             "| Jobs/s | end → next step s (max) |")
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for s in scenarios:
         gap = f"{s['end_to_next_step_s']} ({s['end_to_next_step_max_s']})" if s["end_to_next_step_s"] is not None else "–"
-        lines.append(f"| {s['label']}{' TIMED OUT' if s['timed_out'] else ''} | {s['children']} | {s['wall_s']} | "
+        lines.append(f"| {s['label']}{' TIMED OUT' if s['timed_out'] else ''} | {s['children']} | {s['peak_in_flight']} | {s['wall_s']} | "
                      f"{s['requests_per_child']} | {s['requests_per_child_excl_leases']} | {s['cpu_ms_per_child']} | "
                      f"{s['peak_rss_mib']} | {s['job_create_rate_per_s']} | {gap} |")
     return "\n".join(lines)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench" / "bench_scale.py"
-POSITIVE = ("children", "wall_s", "controller_cpu_s", "cpu_ms_per_child", "requests", "requests_per_child",
+POSITIVE = ("children", "peak_in_flight", "wall_s", "controller_cpu_s", "cpu_ms_per_child", "requests", "requests_per_child",
             "requests_per_child_excl_leases", "peak_rss_mib", "rss_end_mib", "job_create_rate_per_s",
             "end_to_next_step_s", "end_to_next_step_max_s", "first_job_s")
 
@@ -32,6 +32,7 @@ def test_the_scale_benchmark_reports_every_figure(tmp_path):
             assert scenario[field] is not None and scenario[field] > 0, (field, scenario)
         # two steps of every search trained (a repeated architecture is served from cache, not a Job)
         assert 0 < scenario["children"] <= scenario["planned_children"]
+        assert scenario["peak_in_flight"] <= scenario["children"]
         kinds = scenario["requests_by_kind"]
         assert kinds["create jobs"] == scenario["children"] and sum(kinds.values()) == scenario["requests"]
         assert scenario["requests_per_child"] >= scenario["requests_per_child_excl_leases"] >= 1
