@@ -553,11 +553,11 @@ class PlanGuard(Store):
         kept = _kept_result_hash(self.base, base.rsplit("/", 1)[-1])
         if task_hash in (None, arch_hash) and kept in (None, arch_hash):
             return
-        for name in ("result.json", "weights.safetensors", "arch.json"):
-            if self.base.exists(f"{base}/{name}"):
-                target = move_aside(self.base, f"{base}/{name}", ".superseded")
-                self.say(f"moved aside {base}/{name} (for another architecture than the resumed search plans) to {target}; "
-                         "the child is trained again")
+        final = f"{FINAL_PREFIX}{base.rsplit('/', 1)[-1]}"  # its final training was of the old architecture too
+        for key in [f"{folder}/{name}" for folder in (base, final) for name in ("result.json", "weights.safetensors", "arch.json")]:
+            if self.base.exists(key):
+                target = move_aside(self.base, key, ".superseded")
+                self.say(f"moved aside {key} (for another architecture than the resumed search plans) to {target}; it is trained again")
 
 
 def repair_store(store: Store, search: ArchitectureSearch, store_uri: str, source: str, *, pin: Callable[[Store, ArchitectureSearch], None],

@@ -107,10 +107,12 @@ def test_the_plan_guard_moves_aside_a_child_kept_for_another_architecture(tmp_pa
               "val_accuracy": 0.5, "test_accuracy": 0.5, "train_seconds": 1.0, "epochs_run": 1}
     store.put_json("children/e000-s00-c00/result.json", result)
     store.put_json("children/e000-s00-c01/result.json", {**result, "child": "e000-s00-c01", "arch_hash": parse_arch(arch).hash})
+    store.put_bytes("final/e000-s00-c00/result.json", b"{}")  # its final training, of the old architecture
     plan = {"children": [{"child": "e000-s00-c00", "arch": arch}, {"child": "e000-s00-c01", "arch": arch}]}
     PlanGuard(store, lines.append).put_bytes(PENDING, json.dumps(plan).encode())
     assert not store.exists("children/e000-s00-c00/result.json")
     assert json.loads(store.get_bytes("children/e000-s00-c00/result.json.superseded")) == result
     assert store.exists("children/e000-s00-c01/result.json"), "a matching child is served"
-    assert len(lines) == 1 and lines[0].startswith("moved aside children/e000-s00-c00/result.json")
+    assert len(lines) == 2 and lines[0].startswith("moved aside children/e000-s00-c00/result.json")
+    assert store.get_bytes("final/e000-s00-c00/result.json.superseded") == b"{}" and not store.exists("final/e000-s00-c00/result.json")
     assert store.exists(PENDING)
