@@ -12,9 +12,12 @@ One test walks the whole path:
 3. `kubectl apply -f` of examples/digits-quick.yaml, shrunk (1 epoch, 2 episodes × 1 step ×
    2 branches, CPU) and pointed at MinIO, ends Succeeded; its trainer pods ran in the
    restricted namespace, so Pod Security admitted them;
-4. a real Prometheus (Debian's `prometheus`) scrapes the controller pod's /metrics all along,
-   and every PromQL expression of the Grafana dashboard, through Prometheus's HTTP API,
-   returns at least one series;
+4. the chart's ServiceMonitor (`metrics.serviceMonitor.enabled`), validated by the Prometheus
+   Operator's real CRD, is turned into the scrape job the Operator would make
+   (harness/prometheus.py): a real Prometheus (Debian's `prometheus`) is handed the controller pod
+   by service discovery through the chart's Service (its selector, its `metrics` target port,
+   looked up on the API server), scrapes it all along, and every PromQL expression of the Grafana dashboard, through
+   Prometheus's HTTP API, returns at least one series;
 5. `helm uninstall` stops the controller; the CRD stays (Helm never deletes crds/), so the
    search is deleted with kubectl and the garbage collector removes its Jobs.
 """
@@ -26,7 +29,6 @@ import os
 import pathlib
 import shutil
 import socket
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -36,7 +38,8 @@ import pytest
 import yaml
 from kubernetes import client as k8s_client
 
-from harness import rootfs
+from harness import binaries, rootfs
+from harness.prometheus import PROMETHEUS, PROMETHEUS_HINT, Prometheus, ServiceMonitorDiscovery, servicemonitor_crd
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "epnas"
@@ -45,8 +48,6 @@ CONTROLLER_IMAGE = "epnas.local/epnas-controller"
 CONTROLLER_TAG = "e2e"
 TRAINER_IMAGE = "epnas.local/epnas-trainer:e2e"
 SEARCH = "digits-quick"
-PROMETHEUS = "/usr/bin/prometheus"
-PROMETHEUS_HINT = "install Prometheus with `scripts/test-deps` (apt-get install -y prometheus; `make testbin` runs it)"
 # Grafana's variables, as a dashboard with "All" searches selected would expand them.
 GRAFANA_VARIABLES = {"$namespace": ".*", "$search": ".*", "$__rate_interval": "2m"}
 
@@ -77,50 +78,22 @@ def wait_for(what: str, check, *, timeout_s: float, every_s: float = 1.0, detail
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{detail()}")
 
 
-class Prometheus:
-    """Debian's prometheus scraping one target every second; `.query(expr)` → result list."""
-
-    def __init__(self, *, target: str, workdir: pathlib.Path):
-        if not os.access(PROMETHEUS, os.X_OK):
-            pytest.fail(f"{PROMETHEUS} missing: {PROMETHEUS_HINT}", pytrace=False)
-        workdir.mkdir(parents=True, exist_ok=True)
-        config = workdir / "prometheus.yml"
-        config.write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": "epnas-controller", "static_configs": [{"targets": [target]}]}],
-        }))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "prometheus.log"
-        with open(self.log, "wb") as out:
-            self.process = subprocess.Popen(
-                [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-                stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
-        wait_for("Prometheus ready", lambda: http_get(f"{self.url}/-/ready")[0] == 200, timeout_s=60,
-                 detail=lambda: self.log.read_text(errors="replace")[-2000:])
-
-    def query(self, expr: str) -> list[dict]:
-        status, body = http_get(f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
-        assert status == 200, f"{expr}: HTTP {status} {body[:500]}"
-        answer = json.loads(body)
-        assert answer["status"] == "success", answer
-        return answer["data"]["result"]
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 @pytest.fixture(scope="session")
 def epnas_crd(control_plane) -> None:
     """manifests/crd.yaml applied and Established (Helm installs crds/ only when the CRD is absent)."""
     control_plane.kubectl("apply", "--server-side", "-f", str(REPO / "manifests" / "crd.yaml"))
     control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/architecturesearches.epnas.io")
+
+
+@pytest.fixture(scope="session")
+def servicemonitor_crd_installed(control_plane) -> None:
+    """The Prometheus Operator's ServiceMonitor CRD (pinned module), so the chart can create its ServiceMonitor."""
+    try:
+        manifest = servicemonitor_crd()
+    except binaries.MissingBinaryError as error:
+        pytest.fail(str(error), pytrace=False)
+    control_plane.kubectl("apply", "--server-side", "-f", "-", input_text=manifest)
+    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/servicemonitors.monitoring.coreos.com")
 
 
 @pytest.fixture
@@ -178,7 +151,7 @@ def controller_pod(core, namespace: str):
 
 
 def test_helm_install_runs_digits_search_under_restricted_and_dashboard_queries_answer(
-        helm, control_plane, node_agent, minio, bucket, epnas_crd, store_secret_name, restricted_namespace,
+        helm, control_plane, node_agent, minio, bucket, epnas_crd, servicemonitor_crd_installed, store_secret_name, restricted_namespace,
         controller_image, images, tmp_path):
     namespace = restricted_namespace
     core = k8s_client.CoreV1Api(control_plane.api_client())
@@ -191,17 +164,32 @@ def test_helm_install_runs_digits_search_under_restricted_and_dashboard_queries_
                      "--set", f"image.repository={CONTROLLER_IMAGE}", "--set", f"image.tag={CONTROLLER_TAG}",
                      "--set", f"metrics.port={metrics_port}", "--set", f"store.endpoint={minio.endpoint}",
                      "--set", f"store.region={minio.region}", "--set", f"store.existingSecret={store_secret_name}",
-                     "--set", "controller.logLevel=DEBUG",
+                     "--set", "controller.logLevel=DEBUG", "--set", "metrics.serviceMonitor.enabled=true",
+                     "--set", "metrics.serviceMonitor.interval=1s", "--set", "metrics.serviceMonitor.scrapeTimeout=1s",
                      # the node agent runs pods on the host network: two replicas would share the metrics port
                      # (two replicas and the leader hand-over: tests/e2e/test_controller_resilience.py)
                      "--set", "controller.replicas=1")
-    prometheus = Prometheus(target=f"127.0.0.1:{metrics_port}", workdir=tmp_path / "prometheus")
+    custom = k8s_client.CustomObjectsApi(control_plane.api_client())
+    (monitor,) = custom.list_namespaced_custom_object("monitoring.coreos.com", "v1", namespace, "servicemonitors")["items"]
+    discovery = ServiceMonitorDiscovery(core, monitor)
+    discovery.start()
+    jobs = discovery.scrape_jobs()
+    assert [(j["job_name"], j["scrape_interval"]) for j in jobs] == [(f"serviceMonitor/{namespace}/epnas/0", "1s")], jobs
+    prometheus = Prometheus(jobs=jobs, workdir=tmp_path / "prometheus")
     try:
         pod = wait_for("the controller pod", lambda: controller_pod(core, namespace), timeout_s=60)
         controller_log = lambda: node_agent.container_log(namespace, pod.metadata.name)[-4000:]  # noqa: E731
         wait_for("controller /readyz", lambda: http_get(f"http://127.0.0.1:{metrics_port}/readyz")[0] == 200,
                  timeout_s=90, detail=controller_log)
         timings["install_to_ready_s"] = time.monotonic() - started
+        # Prometheus found the controller pod through the Service, as the ServiceMonitor says, and scrapes it
+        target = wait_for("the controller as an up target", lambda: next(
+            (x for x in prometheus.targets() if x["health"] == "up"), None), timeout_s=60,
+            detail=lambda: f"{prometheus.targets()}\n{prometheus.log.read_text(errors='replace')[-2000:]}")
+        assert {k: target["labels"][k] for k in ("job", "service", "endpoint", "namespace", "pod")} == {
+            "job": f"serviceMonitor/{namespace}/epnas/0", "service": "epnas-metrics", "endpoint": "metrics",
+            "namespace": namespace, "pod": pod.metadata.name}, target
+        assert target["scrapeUrl"] == f"http://127.0.0.1:{metrics_port}/metrics", target
         running = core.read_namespaced_pod(pod.metadata.name, namespace).status.container_statuses[0]
         assert running.container_id.startswith("rootfs://"), running  # in the controller image, not on the host
         assert running.image_id == f"sha256:{rootfs.image_id(images['controller'])}"
@@ -259,6 +247,7 @@ def test_helm_install_runs_digits_search_under_restricted_and_dashboard_queries_
         timings["uninstall_and_gc_s"] = time.monotonic() - uninstalled_at
     finally:
         prometheus.stop()
+        discovery.stop()
         helm("uninstall", "epnas", "-n", namespace, check=False)
     assert "kubectl get nas" in installed.stdout  # NOTES.txt
     print(f"e2e timings: {json.dumps({k: round(v, 1) for k, v in timings.items()})}")

@@ -3,9 +3,8 @@
 * `helm lint --strict` with the default values and every ci/*.yaml variant;
 * `helm template` of each variant validated by `kubectl apply --dry-run=server` in a fresh
   namespace labelled for the restricted Pod Security profile (no PodSecurity warnings), with
-  the EPNAS CRD applied. The monitoring.coreos.com ServiceMonitor CRD is not part of this
-  control plane, so a minimal structural stand-in (`SERVICEMONITOR_CRD` below) is applied
-  first so that the ServiceMonitor of ci/servicemonitor.yaml can be validated at all;
+  the EPNAS CRD applied, and the Prometheus Operator's real ServiceMonitor CRD (its module at
+  the pinned version), so the server validates the chart's ServiceMonitor against its schema;
 * the chart's crds/ file is byte-equal to manifests/crd.yaml;
 * values.yaml documents every key;
 * the controller's RBAC after `helm install`, through `kubectl auth can-i --as=<its SA>`.
@@ -24,6 +23,8 @@ from kubernetes import client as k8s_client
 from kubernetes.client.rest import ApiException
 
 from controller import rbac
+from harness import binaries
+from harness.prometheus import servicemonitor_crd
 from controller.jobs import Owner, job_manifest
 from controller.main import trainer_defaults_arg
 from epnas.executors.base import ChildRun
@@ -40,36 +41,6 @@ VARIANT_IDS = ["default", *(path.stem for path in CI_VALUES)]
 # Waiting (ErrImagePull) instead of starting a controller process.
 UNRUNNABLE_IMAGE = "registry.invalid/epnas-rbac-only"
 
-SERVICEMONITOR_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
-    "spec": {
-        "group": "monitoring.coreos.com",
-        "scope": "Namespaced",
-        "names": {"plural": "servicemonitors", "singular": "servicemonitor",
-                  "kind": "ServiceMonitor", "listKind": "ServiceMonitorList"},
-        "versions": [{
-            "name": "v1", "served": True, "storage": True,
-            "schema": {"openAPIV3Schema": {
-                "type": "object",
-                "properties": {"spec": {
-                    "type": "object",
-                    "required": ["selector", "endpoints"],
-                    "properties": {
-                        "selector": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-                        "namespaceSelector": {"type": "object", "properties": {
-                            "any": {"type": "boolean"},
-                            "matchNames": {"type": "array", "items": {"type": "string"}}}},
-                        "endpoints": {"type": "array", "items": {"type": "object", "properties": {
-                            "port": {"type": "string"}, "path": {"type": "string"},
-                            "interval": {"type": "string"}, "scrapeTimeout": {"type": "string"}}}},
-                    },
-                }},
-            }},
-        }],
-    },
-}
 
 
 # -- fixtures and helpers
@@ -86,9 +57,13 @@ def apply_crd(control_plane, manifest: str, name: str) -> None:
 
 @pytest.fixture(scope="session")
 def crds(control_plane) -> None:
-    """The EPNAS CRD (manifests/crd.yaml) and the stand-in ServiceMonitor CRD, established."""
+    """The EPNAS CRD (manifests/crd.yaml) and the Prometheus Operator's ServiceMonitor CRD, established."""
     apply_crd(control_plane, CRD_MANIFEST.read_text(), "architecturesearches.epnas.io")
-    apply_crd(control_plane, yaml.safe_dump(SERVICEMONITOR_CRD), "servicemonitors.monitoring.coreos.com")
+    try:
+        servicemonitors = servicemonitor_crd()
+    except binaries.MissingBinaryError as error:
+        pytest.fail(str(error), pytrace=False)
+    apply_crd(control_plane, servicemonitors, "servicemonitors.monitoring.coreos.com")
 
 
 @pytest.fixture(scope="session")
