@@ -89,8 +89,10 @@ def decide(event_type: str, obj: Obj, *, running: bool) -> Action:
 
 class Controller:
     def __init__(self, *, kube: Kube, metrics: Metrics, namespace: str | None, trainer_command: list[str],
-                 store_policy: StorePolicy = StorePolicy(), trainer_defaults: dict | None = None):
+                 store_policy: StorePolicy = StorePolicy(), trainer_defaults: dict | None = None,
+                 default_parallelism: int | None = None):
         self.kube = kube
+        self.default_parallelism = default_parallelism
         self.metrics = metrics
         self.namespace = namespace
         self.trainer_command = trainer_command
@@ -124,7 +126,8 @@ class Controller:
             runner.observe(obj)
         elif action == "start":
             runner = SearchRunner(obj, kube=self.kube, metrics=self.metrics, trainer_command=self.trainer_command,
-                                  store_policy=self.store_policy, trainer_defaults=self.trainer_defaults)
+                                  store_policy=self.store_policy, trainer_defaults=self.trainer_defaults,
+                                  default_parallelism=self.default_parallelism)
             self.runners[uid] = runner
             LOG.info("%s/%s: starting its search loop", runner.namespace, runner.name)
             runner.start()
@@ -193,11 +196,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--trainer-defaults", default="{}", metavar="JSON",
                    help="the installation's spec.trainer defaults (camelCase fields, e.g. the GPU pool's image, resources, "
                    "nodeSelector, tolerations, priorityClassName); a search's own fields win")
+    p.add_argument("--default-parallelism", type=positive_int, metavar="N",
+                   help="children of a step in flight at once for a search without spec.parallelism, e.g. the GPU pool's size "
+                   "(default: the whole step); a search's own spec.parallelism wins")
     p.add_argument("--allowed-store", action="append", default=[], metavar="URI",
                    help="a store URI prefix searches may use (s3://bucket/prefix); repeat for several (default: any)")
     p.add_argument("--allowed-endpoint", action="append", default=[], metavar="URL",
                    help="an S3 endpoint searches may use (https://minio.example:9000); repeat for several (default: any)")
     return p.parse_args(argv)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def trainer_defaults_arg(text: str) -> dict:
@@ -270,7 +287,7 @@ def serve(args: argparse.Namespace) -> int:
     kube = Kube(api_client, on_error=lambda verb: metrics.api_errors.labels(verb=verb).inc())
     controller = Controller(kube=kube, metrics=metrics, namespace=args.namespace, trainer_command=shlex.split(args.trainer_command),
                             store_policy=StorePolicy(tuple(args.allowed_store), tuple(args.allowed_endpoint)),
-                            trainer_defaults=trainer_defaults)
+                            trainer_defaults=trainer_defaults, default_parallelism=args.default_parallelism)
     lost = threading.Event()
     elector: LeaderElector | None = None
     leading = threading.Event()

@@ -116,7 +116,7 @@ class SearchRunner:
 
     def __init__(self, obj: Obj, *, kube: Kube, metrics: Metrics, trainer_command: list[str] = TRAINER_COMMAND,
                  clock: Callable[[], str] = utc_now, store_policy: StorePolicy = StorePolicy(),
-                 trainer_defaults: dict[str, Any] | None = None):
+                 trainer_defaults: dict[str, Any] | None = None, default_parallelism: int | None = None):
         meta = obj["metadata"]
         self.name, self.namespace, self.uid = meta["name"], meta["namespace"], meta["uid"]
         self.obj = obj
@@ -126,6 +126,7 @@ class SearchRunner:
         self.clock = clock
         self.store_policy = store_policy
         self.trainer_defaults = trainer_defaults or {}
+        self.default_parallelism = default_parallelism  # the installation's (--default-parallelism)
         self.retries = 0
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
@@ -151,6 +152,11 @@ class SearchRunner:
     @property
     def done(self) -> bool:
         return not self.thread.is_alive()
+
+    def step_parallelism(self) -> int | None:
+        """Children of a step in flight at once: the search's ``spec.parallelism`` (live), else the
+        installation's ``--default-parallelism``, else ``None`` (the whole step)."""
+        return self.parallelism or self.default_parallelism
 
     def observe(self, obj: Obj) -> None:
         """A new version of the CR arrived while the search runs (``epnas.pinning`` decides):
@@ -273,7 +279,7 @@ class SearchRunner:
         self.pinned = resolved_spec(search)
         executor = JobExecutor(
             kube=self.kube, spec=search.spec, owner=Owner(self.name, self.namespace, self.uid),
-            parallelism=lambda: self.parallelism, should_stop=self.stop_event.is_set,
+            parallelism=self.step_parallelism, should_stop=self.stop_event.is_set,
             on_finished=self._child_finished, command=self.trainer_command,
         )
         loop = SearchLoop(search, store=store, store_uri=search_uri, executor=executor, on_step=self._on_step, should_stop=self.stop_event.is_set)

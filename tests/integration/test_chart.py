@@ -26,7 +26,7 @@ from controller import rbac
 from harness import binaries
 from harness.prometheus import servicemonitor_crd
 from controller.jobs import Owner, job_manifest
-from controller.main import trainer_defaults_arg
+from controller.main import parse_args, trainer_defaults_arg
 from epnas.executors.base import ChildRun
 from epnas.spec import parse_search, with_trainer_defaults
 
@@ -439,3 +439,17 @@ def test_notes_print_a_search_this_installation_runs(helm, control_plane, crds, 
     commands = [line.strip() for line in notes.splitlines() if line.strip().startswith("kubectl") and (" nas " in line or " jobs " in line)]
     assert commands and all(" -n " in c for c in commands), commands
     assert gpu_hint in notes
+
+
+def test_the_parallelism_value_becomes_the_controllers_default_parallelism(helm):
+    """values `parallelism` reaches the controller as --default-parallelism, which its own parser takes; 0 passes nothing."""
+    def args(*sets: str) -> list[str]:
+        rendered = helm("template", "r", str(CHART), "-n", "team-a", "--kube-version", "1.37.0",
+                        *[a for s in sets for a in ("--set", s)]).stdout
+        deployment = next(doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "Deployment")
+        return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    assert not [a for a in args() if a.startswith("--default-parallelism")]
+    rendered = args("parallelism=16")
+    assert "--default-parallelism=16" in rendered
+    assert parse_args(rendered).default_parallelism == 16
