@@ -35,6 +35,9 @@ RUN_AS_USER = 65532
 CREATE_WORKERS = 8
 WATCH_WINDOW_S = 10
 JOB_DELETED_GRACE_S = 5.0  # how long a deleted Job waits for its search's deletion to arrive
+STUCK_CHECK_S = 10.0  # how often the wait looks for pods stuck before their trainer could start
+# a container waiting for one of these will not start by itself (a wrong image, a missing Secret)
+STUCK_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError"})
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,28 @@ def last_termination(pods: list[Obj]) -> tuple[int | None, str, str]:
     return (best[1], best[2], best[3]) if best else (None, "", "")
 
 
+def stuck_pods(pods: list[Obj], *, now: datetime.datetime, deadline_s: float) -> dict[str, tuple[str, str]]:
+    """``{job name: (reason, detail)}`` for the pods (pure) whose container has waited with one of
+    ``STUCK_REASONS`` for ``deadline_s`` or more since the pod was scheduled onto a node (time
+    queued for a node does not count: a pod not yet scheduled is never stuck)."""
+    out: dict[str, tuple[str, str]] = {}
+    for pod in pods:
+        status = pod.get("status") or {}
+        job = ((pod.get("metadata") or {}).get("labels") or {}).get("job-name")
+        scheduled = next((c.get("lastTransitionTime") for c in status.get("conditions") or []
+                          if c.get("type") == "PodScheduled" and c.get("status") == "True"), None)
+        if not job or not scheduled or status.get("phase") != "Pending":
+            continue
+        waited = (now - _time(scheduled)).total_seconds()
+        for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_REASONS and waited >= deadline_s:
+                message = waiting.get("message") or waiting["reason"]
+                out[job] = (waiting["reason"], f"the pod waited {waited:.0f} s on its node in {waiting['reason']} ({message}); its Job was deleted")
+                break
+    return out
+
+
 # kubelet reasons that say more than the Job's own (BackoffLimitExceeded): kept as the child's reason
 TELLING_REASONS = frozenset({"OOMKilled", "DeadlineExceeded", "Evicted", "ContainerCannotRun", "StartError"})
 
@@ -310,11 +335,15 @@ class JobExecutor:
         waiting = [r for r in waiting if job_name(self.owner.name, r.child) not in known]
         for job in known.values():
             self._settle(job, by_name, outcomes)
+        next_stuck_check = time.monotonic() + STUCK_CHECK_S
         with ThreadPoolExecutor(max_workers=CREATE_WORKERS, thread_name_prefix=f"jobs-{self.owner.name}") as pool:
             while len(outcomes) < len(runs):
                 if self.should_stop():
                     raise SearchStopped(self.owner.name)
                 waiting = self._create_more(pool, waiting, created, outcomes, known, by_name)
+                if time.monotonic() >= next_stuck_check:
+                    self._fail_stuck(selector, by_name, outcomes)
+                    next_stuck_check = time.monotonic() + STUCK_CHECK_S
                 try:
                     version = self._watch_once(selector, version, by_name, known, outcomes, more_to_create=bool(waiting))
                 except Gone:
@@ -369,6 +398,19 @@ class JobExecutor:
             if more_to_create and len(outcomes) > before:
                 break  # a Job ended and others wait for a slot: create them before watching on
         return version
+
+    def _fail_stuck(self, selector: str, by_name: dict[str, ChildRun], outcomes: dict[str, ChildOutcome]) -> None:
+        """Fail (and delete the Jobs of) the step's children whose pods are stuck (``stuck_pods``):
+        a wrong image or a missing Secret fails fast with its reason instead of holding the step."""
+        pods = self.kube.list_pods(namespace=self.owner.namespace, selector=selector)
+        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+        for name, (reason, detail) in stuck_pods(pods, now=now, deadline_s=self.spec.trainer.start_deadline_seconds).items():
+            run = by_name.get(name)
+            if run is None or run.child in outcomes:
+                continue
+            LOG.warning("%s: %s: %s", self.owner.name, run.child, detail)
+            self.kube.delete_job(namespace=self.owner.namespace, name=name)
+            self._finish(ChildOutcome(run.child, None, reason, detail), outcomes)
 
     def _stopping_soon(self) -> bool:
         """Whether the search is being stopped, waiting up to ``JOB_DELETED_GRACE_S`` for it.

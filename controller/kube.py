@@ -166,6 +166,12 @@ class Kube:
         return self._watch(Use("watch", *JOBS), lambda **kw: self.batch.list_namespaced_job(namespace, label_selector=selector, **kw),
                            resource_version, timeout_s)
 
+    def delete_job(self, *, namespace: str, name: str) -> None:
+        """Delete a Job and, in the background, its pods (a child given up on: ``JobExecutor``'s
+        stuck pods); a Job already gone is fine."""
+        self._call(Use("delete", *JOBS), lambda: self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background",
+                                                                                    **_plain()), ok=(404,))
+
     def list_pods(self, *, namespace: str, selector: str) -> list[Obj]:
         got = self._call(Use("list", *PODS), lambda: self.core.list_namespaced_pod(namespace, label_selector=selector, **_plain()))
         return got.get("items", [])

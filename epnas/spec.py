@@ -335,6 +335,13 @@ class Trainer(_Model):
         description="Retries of a failed child, the Job's backoffLimit; invalid input (exit 2) and divergence (exit 3) are never "
         "retried. At least 0. Default 2.",
     )
+    start_deadline_seconds: Int = Field(
+        300, ge=1,
+        description="Seconds a child's pod may wait, once on a node, in an image pull error (ErrImagePull, ImagePullBackOff, "
+        "InvalidImageName) or a container configuration error (CreateContainerConfigError: e.g. a missing Secret or ConfigMap) "
+        "before the child fails with that reason and its Job is deleted, instead of holding the step until "
+        "activeDeadlineSeconds; time queued for a node does not count. At least 1. Default 300.",
+    )
     active_deadline_seconds: Int = Field(
         3600, ge=1,
         description="Seconds one attempt of a child may run, counted from its pod's start (time queued for a node does not count); "

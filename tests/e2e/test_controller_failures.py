@@ -4,6 +4,7 @@ the Job's backoff; the search carries on and its status and Events count them.""
 from __future__ import annotations
 
 import collections
+import time
 
 from kubernetes import client as k8s_client
 
@@ -84,3 +85,30 @@ def test_a_diverging_search_fails_with_the_reason_on_the_cluster(control_plane, 
     assert len(warnings) == 1 and warnings[0].startswith("TooManyFailures: every child of episode 0 step 0 failed"), warnings
     row = control_plane.kubectl("get", "nas", "diverging", "-n", namespace, "--no-headers").stdout.split()
     assert row[1] == "Failed" and "TooManyFailures" in row, row
+
+
+def test_children_stuck_before_their_trainer_starts_fail_fast_with_the_reason(control_plane, node_agent, minio, bucket, namespace,
+                                                                               search_yaml, start_controller):
+    """A trainer image no node can pull and a store Secret that does not exist: each child's pod
+    waits on its node (ErrImagePull, CreateContainerConfigError); after trainer.startDeadlineSeconds
+    the child fails with that reason and its Job is deleted, instead of holding the step until
+    activeDeadlineSeconds (600 s here)."""
+    ctl = start_controller(namespace)
+    tiny = {"episodes": 1, "stepsPerEpisode": 1, "branches": 2, "topK": 2}
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml(
+        "badimage", bucket, budget=tiny, trainer={"image": "registry.invalid/epnas/trainer:nope", "startDeadlineSeconds": 3}))
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml(
+        "nosecret", bucket, budget=tiny, store={"secretName": "no-such-secret"}, trainer={"startDeadlineSeconds": 3}))
+    started = time.monotonic()
+    for name, reason, named in (("badimage", "ErrImagePull", "registry.invalid/epnas/trainer:nope"),
+                                ("nosecret", "CreateContainerConfigError", "no-such-secret")):
+        status = wait_for_phase(control_plane, namespace, name, ("Succeeded", "Failed"), timeout_s=120, proc=ctl)["status"]
+        assert status["phase"] == "Failed" and status["reason"] == "TooManyFailures", status
+        assert reason in status["message"] and named in status["message"] and "its Job was deleted" in status["message"], status
+        failed = [e.message for e in events_of(control_plane, namespace, name) if e.reason == "ChildFailed"]
+        assert failed and all(reason in m for m in failed), failed
+        deadline = time.monotonic() + 60
+        while search_jobs(control_plane, namespace, name):  # deleted by the controller (background propagation)
+            assert time.monotonic() < deadline, "the stuck Jobs were not deleted"
+            time.sleep(0.5)
+    assert time.monotonic() - started < 120  # far inside activeDeadlineSeconds

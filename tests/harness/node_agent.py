@@ -24,7 +24,8 @@ What it does, and the rules a test (or a later engineer) can rely on:
   `[sys.executable]` (the venv's python). argv = prefix + container `command` + `args`; but
   when `command[0]` is `python`/`python3`/`pythonX.Y`, it is replaced by `sys.executable` and
   the prefix is not used. `$(VAR)` references are expanded from the container env. An image
-  with no mapping leaves the container Waiting with reason `ErrImagePull` until one is added;
+  with no mapping leaves the container Waiting with reason `ErrImagePull` until one is added, and
+  so does any image of a registry under `.invalid` (RFC 6761: never resolves), whatever its command;
   an argv that cannot be executed ends the container with exit code 128, reason `StartError`.
 * **Images.** `NodeAgent.local_images` maps a pod's image name to a locally built image
   (scripts/images, in buildah's store). A container whose image is there runs *in its image*
@@ -292,6 +293,9 @@ def container_argv(images: Mapping[str, list[str]], container: Pod, env: Mapping
     """The local argv for a container (rules in the module docstring)."""
     command = [expand_refs(part, env) for part in container.get("command") or []]
     args = [expand_refs(part, env) for part in container.get("args") or []]
+    registry = container.get("image", "").split("/", 1)[0]
+    if registry.split(":", 1)[0].endswith(".invalid"):  # a kubelet could never pull it
+        raise ImageNotMappedError(f"failed to pull image {container.get('image')!r}: dial tcp: lookup {registry}: no such host")
     if command and PYTHON_COMMAND.match(os.path.basename(command[0])):
         return [sys.executable, *command[1:], *args]
     prefix = image_prefix(images, container.get("image", ""))
@@ -376,6 +380,7 @@ class PodRunner(threading.Thread):
         self._grace_s = 30.0
         self._shutdown = False
         self._start_time = _now()
+        self._transitions: dict[str, tuple[str, str]] = {}  # condition type → (status, when it last changed)
         self._init_done = not self.init_runs
         self._phase = "Pending"
 
@@ -607,8 +612,12 @@ class PodRunner(threading.Thread):
         not_ready_reason = "PodCompleted" if phase in TERMINAL_PHASES else "ContainersNotReady"
 
         def condition(kind: str, ok: bool, reason: str = "") -> dict[str, Any]:
-            entry: dict[str, Any] = {"type": kind, "status": "True" if ok else "False",
-                                     "lastProbeTime": None, "lastTransitionTime": now}
+            # as the kubelet: lastTransitionTime moves only when the condition's status does
+            state = "True" if ok else "False"
+            if self._transitions.get(kind, ("", ""))[0] != state:
+                self._transitions[kind] = (state, now)
+            entry: dict[str, Any] = {"type": kind, "status": state,
+                                     "lastProbeTime": None, "lastTransitionTime": self._transitions[kind][1]}
             if reason and not ok:
                 entry["reason"] = reason
             return entry

@@ -140,6 +140,13 @@ def test_unmapped_image_is_an_error():
         node_agent.container_argv({}, {"image": "busybox", "command": ["sh"]}, {})
 
 
+def test_an_image_of_an_invalid_registry_is_never_pulled_even_with_a_python_command():
+    images = node_agent.default_images()
+    with pytest.raises(node_agent.ImageNotMappedError, match="registry.invalid"):
+        node_agent.container_argv(images, {"image": "registry.invalid/epnas-trainer:1", "command": ["python", "-m", "x"]}, {})
+    assert node_agent.container_argv(images, {"image": "registry.example/epnas-trainer:1", "command": ["python"]}, {}) == [sys.executable]
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("$(A)-$(B)", "1-$(B)"), ("$$(A)", "$(A)"), ("plain", "plain"),
 ])

@@ -281,7 +281,8 @@ def install(helm, release: str, namespace: str, *extra: str) -> None:
 # (verb, resource, subresource, where: "own" | "other", expected)
 WATCHED_NAMESPACE_RULES = [
     ("create", "jobs.batch", None, "own", True),
-    ("delete", "jobs.batch", None, "own", False),
+    ("delete", "jobs.batch", None, "own", True),
+    ("patch", "jobs.batch", None, "own", False),
     ("watch", "jobs.batch", None, "own", True),
     ("patch", "architecturesearches.epnas.io", "status", "own", True),
     ("update", "architecturesearches.epnas.io", "status", "own", False),

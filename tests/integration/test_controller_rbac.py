@@ -21,12 +21,12 @@ ALLOWED = [
     ("list", "architecturesearches.epnas.io"), ("watch", "architecturesearches.epnas.io"),
     ("patch", "architecturesearches.epnas.io/status"), ("update", "architecturesearches.epnas.io/finalizers"),
     ("create", "jobs.batch"), ("get", "jobs.batch"), ("list", "jobs.batch"), ("watch", "jobs.batch"),
-    ("list", "pods"), ("create", "events"),
+    ("list", "pods"), ("create", "events"), ("delete", "jobs.batch"),
 ]
 DENIED = [
     ("get", "secrets"), ("list", "secrets"), ("create", "pods"), ("delete", "pods"), ("create", "architecturesearches.epnas.io"),
     ("delete", "architecturesearches.epnas.io"), ("patch", "architecturesearches.epnas.io"), ("update", "jobs.batch"),
-    ("delete", "jobs.batch"), ("get", "configmaps"), ("create", "deployments.apps"),
+    ("patch", "jobs.batch"), ("get", "configmaps"), ("create", "deployments.apps"),
     ("list", "nodes"), ("create", "rolebindings.rbac.authorization.k8s.io"), ("update", "leases.coordination.k8s.io"),
 ]
 

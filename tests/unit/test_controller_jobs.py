@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 
 import pytest
 
-from controller.jobs import Owner, failure_reason, finished, job_manifest, job_name, last_termination, outcome_of, step_selector
+from controller.jobs import (Owner, failure_reason, finished, job_manifest, job_name, last_termination, outcome_of, step_selector,
+                             stuck_pods)
 from epnas.executors.base import ChildRun
 from epnas.spec import SearchSpec
 
@@ -147,3 +149,26 @@ def test_placement_and_identity_fields_reach_the_pod() -> None:
     assert pod_spec["imagePullSecrets"] == [{"name": "regcred"}] and pod_spec["serviceAccountName"] == "trainer"
     plain = job_manifest(RUN, spec=spec(), owner=OWNER)["spec"]["template"]["spec"]
     assert not {"priorityClassName", "imagePullSecrets", "serviceAccountName"} & set(plain)
+
+
+def waiting_pod(job: str, reason: str, *, scheduled: str | None = "2026-01-01T00:00:00Z", phase="Pending", init=False) -> dict:
+    status = {"phase": phase, "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": scheduled}] if scheduled else []}
+    status["initContainerStatuses" if init else "containerStatuses"] = [{"state": {"waiting": {"reason": reason, "message": f"{reason}!"}}}]
+    return {"metadata": {"labels": {"job-name": job}}, "status": status}
+
+
+def test_stuck_pods_are_those_waiting_on_a_node_for_a_start_that_never_comes() -> None:
+    now = datetime.datetime(2026, 1, 1, 0, 5, 0)
+    pods = [waiting_pod("a", "ErrImagePull"), waiting_pod("b", "CreateContainerConfigError", init=True),
+            waiting_pod("c", "ContainerCreating"),  # normal start: not stuck
+            waiting_pod("d", "ImagePullBackOff", scheduled="2026-01-01T00:04:30Z"),  # on its node 30 s only
+            waiting_pod("e", "ErrImagePull", scheduled=None),  # still queued for a node: never counts
+            waiting_pod("f", "InvalidImageName", phase="Failed")]
+
+    stuck = stuck_pods(pods, now=now, deadline_s=60)
+
+    assert set(stuck) == {"a", "b"}
+    assert stuck["a"] == ("ErrImagePull", "the pod waited 300 s on its node in ErrImagePull (ErrImagePull!); its Job was deleted")
+    assert stuck["b"][0] == "CreateContainerConfigError"
+    assert set(stuck_pods(pods, now=now, deadline_s=10)) == {"a", "b", "d"}
+    assert stuck_pods(pods, now=now, deadline_s=301) == {}

@@ -88,7 +88,7 @@ Jobs name the store Secret and the kubelet resolves it. */}}
   verbs: ["list"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 - apiGroups: ["epnas.io"]
   resources: ["architecturesearches"]
   verbs: ["list", "watch"]
