@@ -31,11 +31,15 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from controller.rbac import code_uses
+
 DURATION_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, float("inf"))
 PER_SEARCH = ("best_reward", "best_accuracy", "feasible_ratio", "policy_loss", "policy_entropy", "episode", "step",
               "child_duration")
 CHILD_STATUSES = ("succeeded", "failed", "cached")
-API_VERBS = ("get", "list", "watch", "create", "update", "patch")  # every verb controller.kube uses
+# every verb controller.kube's calls use (read from its source, as the RBAC rules are): each gets
+# its error series at 0 from the start
+API_VERBS = tuple(v for v in ("get", "list", "watch", "create", "update", "patch", "delete") if v in {u.verb for u in code_uses()})
 STORE_OPS = ("open", "loop")
 
 
