@@ -88,7 +88,7 @@ def test_search_runs_to_success_as_jobs(control_plane, node_agent, minio, bucket
     text = ctl.get("/metrics")[1]
     assert metric(text, "epnas_children_total", search="tiny") == CHILDREN
     assert metric(text, "epnas_child_duration_seconds_count", search="tiny") == trained
-    assert metric(text, "epnas_best_accuracy", search="tiny") == status["bestAccuracy"]
+    assert round(metric(text, "epnas_best_accuracy", search="tiny"), 4) == status["bestAccuracy"]  # the status rounds to 4 decimals
     assert "epnas_policy_loss{" in text and "epnas_policy_entropy{" in text and "epnas_searches_running 0.0" in text
 
     # kubectl get nas: the printer columns
@@ -103,7 +103,9 @@ def test_search_runs_to_success_as_jobs(control_plane, node_agent, minio, bucket
     assert {c["type"]: c["status"] for c in status["conditions"]} == {"Running": "False", "Succeeded": "True",
                                                                         "NoFeasibleChild": "False"}
     described = control_plane.kubectl("describe", "nas", "tiny", "-n", namespace).stdout
-    assert f"Best Architecture:  {status['bestArchitecture']}" in described and "→" in status["bestArchitecture"]
+    # describe shows the one-line architecture whole (kubectl may pad the key differently)
+    line = next(x for x in described.splitlines() if x.strip().startswith("Best Architecture:"))
+    assert line.split(":", 1)[1].strip() == status["bestArchitecture"] and "→" in status["bestArchitecture"], line
 
     # Events on the object
     reasons = [e.reason for e in events_of(control_plane, namespace, "tiny")]
@@ -136,5 +138,5 @@ def test_final_training_runs_as_a_job_and_the_status_names_the_final_model(contr
     assert {k.rsplit("/", 1)[-1] for k in keys} == {"arch.json", "result.json", "weights.safetensors"}
     body = minio.s3_client().get_object(Bucket=bucket, Key=f"{prefix}final/{final['child']}/result.json")["Body"].read()
     result = json.loads(body)
-    assert result["valAccuracy"] == final["valAccuracy"] and result["epochsRun"] == 2
+    assert round(result["valAccuracy"], 4) == final["valAccuracy"] and result["epochsRun"] == 2  # status: 4 decimals
     assert result["weightsKey"] == f"final/{final['child']}/weights.safetensors"
