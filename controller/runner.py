@@ -39,6 +39,7 @@ from epnas.spec import MAX_NESTING, ArchitectureSearch, parse_search, with_train
 from epnas.store import StoreError, open_store
 
 from controller import status as st
+from controller.argo import ArgoExecutor
 from controller.jobs import TRAINER_COMMAND, JobExecutor, Owner, job_name
 from controller.kube import Kube, KubeError, Obj
 from controller.metrics import Metrics
@@ -277,7 +278,9 @@ class SearchRunner:
                 raise
             return self._fail(st.Reason.STORE_UNAVAILABLE, f"store {search_uri}: {err}")
         self.pinned = resolved_spec(search)
-        executor = JobExecutor(
+        # spec.executor: each child a Job (default), or each step one Argo Workflow; the loop cannot tell
+        executor_class = ArgoExecutor if search.spec.executor == "argo" else JobExecutor
+        executor = executor_class(
             kube=self.kube, spec=search.spec, owner=Owner(self.name, self.namespace, self.uid),
             parallelism=self.step_parallelism, should_stop=self.stop_event.is_set,
             on_finished=self._child_finished, command=self.trainer_command,

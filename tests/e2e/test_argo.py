@@ -12,6 +12,7 @@ import pytest
 from kubernetes import client as k8s_client
 
 from harness.argo import GROUP, VERSION
+from e2e_helpers import search_jobs, wait_for_phase
 from harness.binaries import REPO_ROOT
 
 
@@ -108,47 +109,25 @@ def test_argo_executor_runs_a_step_as_one_workflow_and_never_retries_exit_2(argo
 
 
 def test_a_search_runs_to_succeeded_with_each_step_an_argo_workflow(argo, crd, control_plane, node_agent, images, minio, bucket,
-                                                                    namespace, search_yaml, monkeypatch):
-    """What the runner runs for a search (SearchLoop on its store, results read from the store),
-    with ArgoExecutor in place of JobExecutor: the children train in the trainer image as Argo
-    Workflow nodes. In this process, since the runner does not pick the executor yet."""
-    import yaml
-
-    from controller.argo import ArgoExecutor, workflow_name
-    from controller.jobs import Owner
-    from controller.kube import Kube
-    from controller.tenancy import search_location
-    from epnas.checkpoint import pin_search
-    from epnas.search import SearchLoop
-    from epnas.spec import parse_search
-    from epnas.store import open_store
-
+                                                                    namespace, search_yaml, start_controller):
+    """`spec.executor: argo` through the controller: each step is one Argo Workflow whose nodes
+    train the children in the trainer image; results come from the store, and the search's status
+    reads as with Jobs. No Job is created."""
     trainer = images["trainer"]
     argo.use_node(node_agent, trainer)
     argo.grant_executor(namespace)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", minio.root_user)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", minio.root_password)
-    doc = yaml.safe_load(search_yaml("argo-search", bucket, executor="argo", trainer={"image": trainer},
-                                     budget={"episodes": 1, "stepsPerEpisode": 2, "branches": 2, "topK": 2}))
-    api = control_plane.api_client()
-    created = k8s_client.CustomObjectsApi(api).create_namespaced_custom_object("epnas.io", "v1alpha1", namespace,
-                                                                               "architecturesearches", doc)
-    uid = created["metadata"]["uid"]
-    search = parse_search(doc)
-    uri = search_location(search.spec.store.uri, namespace=namespace, name="argo-search", uid=uid)
-    store = open_store(uri, endpoint=search.spec.store.endpoint, region=search.spec.store.region)
-    search = pin_search(store, search).search
-    finished = []
-    executor = ArgoExecutor(kube=Kube(api, on_error=lambda verb: None), spec=search.spec, owner=Owner("argo-search", namespace, uid),
-                            parallelism=lambda: None, should_stop=lambda: False, on_finished=finished.append)
+    ctl = start_controller(namespace)
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml(
+        "argo-search", bucket, executor="argo", trainer={"image": trainer},
+        budget={"episodes": 1, "stepsPerEpisode": 2, "branches": 2, "topK": 2}))
+    status = wait_for_phase(control_plane, namespace, "argo-search", ("Succeeded", "Failed"), timeout_s=300, proc=ctl)["status"]
 
-    summary = SearchLoop(search, store=store, store_uri=uri, executor=executor).run()
-
-    assert summary["phase"] == "Succeeded", summary
-    assert summary["children"]["total"] == 4 and summary["children"]["failed"] == 0, summary["children"]
-    assert len(finished) == summary["children"]["trained"] and all(o.succeeded for o in finished)
-    custom = k8s_client.CustomObjectsApi(api)
-    names = sorted(w["metadata"]["name"] for w in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "workflows")["items"])
-    assert 1 <= len(names) <= 2 and all(n.startswith(workflow_name("argo-search", 0, 0)[:-2]) for n in names), names  # one per step
-    for name in names:
-        assert argo.workflow(namespace, name)["status"]["phase"] == "Succeeded"
+    assert status["phase"] == "Succeeded", status
+    assert status["children"]["failed"] == 0 and status["progress"] == "4/4", status
+    custom = k8s_client.CustomObjectsApi(control_plane.api_client())
+    workflows = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "workflows")["items"]
+    names = sorted(w["metadata"]["name"] for w in workflows)
+    assert names and len(names) <= 2 and all(n.startswith("argo-search-e000-s0") for n in names), names  # one per step
+    assert all(w["status"]["phase"] == "Succeeded" for w in workflows)
+    assert all(w["metadata"]["ownerReferences"][0]["name"] == "argo-search" for w in workflows)
+    assert not search_jobs(control_plane, namespace, "argo-search")

@@ -35,6 +35,10 @@ Fixtures (all defined in harness/plugin.py):
 * `kueue` (session) → `kueue.KueueServer`: the Kueue manager (pinned KUEUE_VERSION) against
   `control_plane`, its CRDs applied from the same module version and its webhooks registered
   (batch Jobs only when they carry `kueue.x-k8s.io/queue-name`); see harness/kueue.py.
+* `argo` (session) → `argo.ArgoServer`: Argo's workflow-controller (pinned ARGO_VERSION) against
+  `control_plane`, its CRDs from the same module version; `.use_node(node_agent, *images)` lets
+  the node agent run Argo's pods (init/wait in the executor image), `.grant_executor(ns)`; see
+  harness/argo.py.
 * `harness_workdir` (session) → pathlib.Path: where servers keep data and logs.
 
 Helpers: `harness.manifests` (python_pod / python_job / python_container builders),
