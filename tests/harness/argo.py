@@ -37,9 +37,7 @@ import hashlib
 import json
 import os
 import pathlib
-import shutil
 import subprocess
-import tempfile
 import time
 
 import yaml
@@ -49,7 +47,6 @@ from kubernetes.client.rest import ApiException
 from harness import binaries, procs
 from harness.controlplane import ControlPlane, _http_ok
 
-VERSIONS_FILE = binaries.REPO_ROOT / "scripts" / "testbin.versions"
 MODULE = "github.com/argoproj/argo-workflows/v4"
 CRD_SUBDIR = pathlib.Path("manifests/base/crds/minimal")
 EXECUTOR_ROLE_FILE = pathlib.Path("manifests/quick-start/base/executor/emissary/executor-role.yaml")
@@ -61,24 +58,12 @@ GROUP, VERSION = "argoproj.io", "v1alpha1"
 
 def pinned_version() -> str:
     """ARGO_VERSION from scripts/testbin.versions."""
-    for line in VERSIONS_FILE.read_text().splitlines():
-        if line.startswith("ARGO_VERSION="):
-            return line.split("=", 1)[1].strip()
-    raise RuntimeError(f"no ARGO_VERSION in {VERSIONS_FILE}")
+    return binaries.pinned_version("ARGO_VERSION")
 
 
 def module_dir(version: str | None = None) -> pathlib.Path:
     """The Argo module at `version` (default: pinned) in the Go module cache, downloaded if absent."""
-    version = version or pinned_version()
-    go = shutil.which("go")
-    if go is None:
-        raise binaries.MissingBinaryError(f"no `go` on PATH to find {MODULE}@{version}'s CRDs: {binaries.BUILD_HINT}")
-    with tempfile.TemporaryDirectory() as work:  # `go mod download` of a cached module answers at once
-        answer = subprocess.run([go, "mod", "download", "-json", f"{MODULE}@{version}"], cwd=work,
-                                capture_output=True, text=True, check=False)
-    if answer.returncode != 0:
-        raise binaries.MissingBinaryError(f"cannot get {MODULE}@{version}: {answer.stdout.strip()[-500:]} {answer.stderr.strip()[-500:]}")
-    return pathlib.Path(json.loads(answer.stdout)["Dir"])
+    return binaries.go_module_dir(MODULE, version or pinned_version())
 
 
 def executor_role(namespace: str, *, version: str | None = None) -> dict:
