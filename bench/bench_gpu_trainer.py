@@ -44,18 +44,25 @@ from epnas.build import build_model
 INPUT = (3, 32, 32)
 CLASSES = 10
 LR = 0.05
-DEFAULTS = {"cuda": {"batch": 256, "steps": 50, "repeats": 5, "warmup": 10},
-            "cpu": {"batch": 64, "steps": 5, "repeats": 3, "warmup": 2}}
+DEFAULTS = {
+    "cuda": {"batch": 256, "steps": 50, "repeats": 5, "warmup": 10},
+    "cpu": {"batch": 64, "steps": 5, "repeats": 3, "warmup": 2},
+}
 
 
 def network(width: int) -> nn.Module:
     """conv → separable conv → max-pool → conv with a skip from the first layer, ``width`` and 2×``width`` channels."""
-    arch = parse_arch({"space": "image-layer", "layers": [
-        {"op": "conv2d", "src1": 0, "channels": width, "width": 3, "activation": "relu"},
-        {"op": "dep-sep-conv2d", "src1": 1, "channels": width, "width": 5, "activation": "swish"},
-        {"op": "maxpool", "src1": 2, "width": 2},
-        {"op": "conv2d", "src1": 3, "src2": 1, "channels": 2 * width, "width": 3, "activation": "relu"},
-    ]})
+    arch = parse_arch(
+        {
+            "space": "image-layer",
+            "layers": [
+                {"op": "conv2d", "src1": 0, "channels": width, "width": 3, "activation": "relu"},
+                {"op": "dep-sep-conv2d", "src1": 1, "channels": width, "width": 5, "activation": "swish"},
+                {"op": "maxpool", "src1": 2, "width": 2},
+                {"op": "conv2d", "src1": 3, "src2": 1, "channels": 2 * width, "width": 3, "activation": "relu"},
+            ],
+        }
+    )
     return build_model(arch, INPUT, CLASSES)
 
 
@@ -96,8 +103,18 @@ def _timed(run, steps: int, device: torch.device) -> float:
     return time.perf_counter() - started
 
 
-def measure(device: torch.device, *, precision: str = "auto", compile: bool = False, batch: int, steps: int,
-            repeats: int, warmup: int, width: int = 64, seed: int = 0) -> dict:
+def measure(
+    device: torch.device,
+    *,
+    precision: str = "auto",
+    compile: bool = False,
+    batch: int,
+    steps: int,
+    repeats: int,
+    warmup: int,
+    width: int = 64,
+    seed: int = 0,
+) -> dict:
     """Both rows on ``device``; returns the report (rows with median images/s, their ratio)."""
     resolved, warning = resolve_precision(precision, device)
     torch.manual_seed(seed)
@@ -110,8 +127,14 @@ def measure(device: torch.device, *, precision: str = "auto", compile: bool = Fa
     if channels_last:
         product_model.to(memory_format=torch.channels_last)
     warnings: list[str] = [warning] if warning else []
-    step = TrainStep(product_model, _optimizer(product_model), resolved, compile=compile,
-                     check_each_step=device.type == "cpu", warnings=warnings)
+    step = TrainStep(
+        product_model,
+        _optimizer(product_model),
+        resolved,
+        compile=compile,
+        check_each_step=device.type == "cpu",
+        warnings=warnings,
+    )
     x_product = in_memory_format(x, channels_last)
 
     def product() -> None:
@@ -137,17 +160,24 @@ def measure(device: torch.device, *, precision: str = "auto", compile: bool = Fa
     report_rows = []
     for name, seconds in times.items():
         rates = [batch * steps / s for s in seconds]
-        report_rows.append({"name": name, "images_per_s": round(statistics.median(rates), 1),
-                            "repeats": [round(r, 1) for r in rates]})
+        report_rows.append(
+            {"name": name, "images_per_s": round(statistics.median(rates), 1), "repeats": [round(r, 1) for r in rates]}
+        )
     return {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "precision": resolved.name,
         "channels_last": channels_last,
         "compiled": step.compiled,
-        "batch": batch, "steps": steps, "repeats": repeats, "warmup": warmup, "width": width,
+        "batch": batch,
+        "steps": steps,
+        "repeats": repeats,
+        "warmup": warmup,
+        "width": width,
         "params": sum(p.numel() for p in base.parameters()),
         "rows": report_rows,
         "ratio": round(report_rows[0]["images_per_s"] / report_rows[1]["images_per_s"], 3),
@@ -162,9 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="the trainer's row uses torch.compile")
     parser.add_argument("--batch", type=int, help="images per step (default 256 on CUDA, 64 on CPU)")
     parser.add_argument("--steps", type=int, help="timed steps per repeat (default 50 on CUDA, 5 on CPU)")
-    parser.add_argument("--repeats", type=int, help="repeats per row; the median is reported (default 5 on CUDA, 3 on CPU)")
+    parser.add_argument(
+        "--repeats", type=int, help="repeats per row; the median is reported (default 5 on CUDA, 3 on CPU)"
+    )
     parser.add_argument("--warmup", type=int, help="untimed steps per row first (default 10 on CUDA, 2 on CPU)")
-    parser.add_argument("--width", type=int, default=64, help="channels of the first layers (the last has twice as many)")
+    parser.add_argument(
+        "--width", type=int, default=64, help="channels of the first layers (the last has twice as many)"
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
@@ -181,9 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(report, sys.stdout, indent=2)
         print()
         return 0
-    print(f"{report['device_name']} ({report['device']}), torch {report['torch']}, precision {report['precision']}, "
-          f"channels_last {report['channels_last']}, compiled {report['compiled']}, batch {report['batch']}, "
-          f"{report['steps']} steps × {report['repeats']} repeats")
+    print(
+        f"{report['device_name']} ({report['device']}), torch {report['torch']}, precision {report['precision']}, "
+        f"channels_last {report['channels_last']}, compiled {report['compiled']}, batch {report['batch']}, "
+        f"{report['steps']} steps × {report['repeats']} repeats"
+    )
     for row in report["rows"]:
         print(f"  {row['name']:<18} {row['images_per_s']:>12,.1f} images/s (median; repeats {row['repeats']})")
     print(f"  ratio trainer / hand-written: {report['ratio']}")

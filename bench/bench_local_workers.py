@@ -49,10 +49,23 @@ def write_children(root: pathlib.Path, count: int) -> list[ChildRun]:
         name = f"e000-s{i // 3:02d}-c{i % 3:02d}"
         child_dir = root / "search" / "children" / name
         child_dir.mkdir(parents=True)
-        task = ChildTask(search="search", child=name, arch=parse_arch(arch(i)), dataset={"kind": "digits"}, training=TRAINING, seed=i)
+        task = ChildTask(
+            search="search", child=name, arch=parse_arch(arch(i)), dataset={"kind": "digits"}, training=TRAINING, seed=i
+        )
         (child_dir / "arch.json").write_text(task.to_json())
-        runs.append(ChildRun(search="search", child=name, arch_uri=(child_dir / "arch.json").as_uri(), out_uri=child_dir.as_uri(),
-                             weights_uri=None, timeout_s=600.0, episode=0, step=i // 3, index=i % 3))
+        runs.append(
+            ChildRun(
+                search="search",
+                child=name,
+                arch_uri=(child_dir / "arch.json").as_uri(),
+                out_uri=child_dir.as_uri(),
+                weights_uri=None,
+                timeout_s=600.0,
+                episode=0,
+                step=i // 3,
+                index=i % 3,
+            )
+        )
     return runs
 
 
@@ -63,12 +76,16 @@ def run_mode(warm: bool, count: int, per_step: int, parallelism: int) -> dict:
         started = time.monotonic()
         executor = LocalExecutor(parallelism=parallelism, retries=0, warm=warm, env={"EPNAS_TRAINER_THREADS": "1"})
         with executor:
-            outcomes = [o for s in range(0, count, per_step) for o in executor.submit(runs[s:s + per_step])]
+            outcomes = [o for s in range(0, count, per_step) for o in executor.submit(runs[s : s + per_step])]
         total = time.monotonic() - started
         failed = [o for o in outcomes if not o.succeeded]
         if failed:
-            raise SystemExit(f"{'warm' if warm else 'cold'}: {len(failed)} children failed: {failed[0].reason}: {failed[0].stderr_tail}")
-        results = [json.loads((pathlib.Path(r.out_uri.removeprefix("file://")) / "result.json").read_text()) for r in runs]
+            raise SystemExit(
+                f"{'warm' if warm else 'cold'}: {len(failed)} children failed: {failed[0].reason}: {failed[0].stderr_tail}"
+            )
+        results = [
+            json.loads((pathlib.Path(r.out_uri.removeprefix("file://")) / "result.json").read_text()) for r in runs
+        ]
     walls = [o.seconds for o in outcomes]
     return {
         "mode": "warm workers" if warm else "process per child",
@@ -90,23 +107,39 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cold = run_mode(False, args.children, args.per_step, args.parallelism)
     warm = run_mode(True, args.children, args.per_step, args.parallelism)
-    report = {"cpus": os.cpu_count(), "children": args.children, "parallelism": args.parallelism, "per_step": args.per_step,
-              "cold": cold, "warm": warm, "same_accuracies": cold["val_accuracy"] == warm["val_accuracy"],
-              "load_after": [round(x, 2) for x in os.getloadavg()], "speedup_total": round(cold["total_s"] / warm["total_s"], 2)}
+    report = {
+        "cpus": os.cpu_count(),
+        "children": args.children,
+        "parallelism": args.parallelism,
+        "per_step": args.per_step,
+        "cold": cold,
+        "warm": warm,
+        "same_accuracies": cold["val_accuracy"] == warm["val_accuracy"],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "speedup_total": round(cold["total_s"] / warm["total_s"], 2),
+    }
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         print()
         return 0
-    print(f"{args.children} digits children, 5 epochs, parallelism {args.parallelism}, {args.per_step} per submit, {os.cpu_count()} CPUs")
+    print(
+        f"{args.children} digits children, 5 epochs, parallelism {args.parallelism}, {args.per_step} per submit, {os.cpu_count()} CPUs"
+    )
     print(f"{'':28}{'process per child':>20}{'warm workers':>16}")
-    for key, label in (("load_before", "load avg before (1/5/15 min)"), ("child_wall_median_s", "per-child wall median (s)"),
-                       ("child_wall_max_s", "per-child wall max (s)"), ("train_seconds_median", "trainSeconds median (s)"),
-                       ("total_s", "total wall (s)")):
+    for key, label in (
+        ("load_before", "load avg before (1/5/15 min)"),
+        ("child_wall_median_s", "per-child wall median (s)"),
+        ("child_wall_max_s", "per-child wall max (s)"),
+        ("train_seconds_median", "trainSeconds median (s)"),
+        ("total_s", "total wall (s)"),
+    ):
         a, b = cold[key], warm[key]
         a, b = ("/".join(map(str, a)), "/".join(map(str, b))) if isinstance(a, list) else (a, b)
         print(f"{label:28}{a:>20}{b:>16}")
-    print(f"load avg after: {'/'.join(map(str, report['load_after']))}; total speed-up {report['speedup_total']}x; "
-          f"same validation accuracies: {report['same_accuracies']}")
+    print(
+        f"load avg after: {'/'.join(map(str, report['load_after']))}; total speed-up {report['speedup_total']}x; "
+        f"same validation accuracies: {report['same_accuracies']}"
+    )
     return 0
 
 

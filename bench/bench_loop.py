@@ -14,11 +14,10 @@ Two numbers per N (8 and 64 branches), medians over ``--episodes`` × ``--steps`
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import tempfile
 import time
-
-import random
 
 import torch
 import yaml
@@ -47,7 +46,14 @@ class InstantExecutor:
             root, key = split_uri(run.arch_uri)
             task = load_task(open_store(root).get_bytes(key))
             acc = 0.5 + 0.01 * task.arch.depth
-            result = ChildResult(child=run.child, arch_hash=task.arch.hash, val_accuracy=min(acc, 1.0), test_accuracy=0.5, train_seconds=0.0, epochs_run=1)
+            result = ChildResult(
+                child=run.child,
+                arch_hash=task.arch.hash,
+                val_accuracy=min(acc, 1.0),
+                test_accuracy=0.5,
+                train_seconds=0.0,
+                epochs_run=1,
+            )
             open_store(run.out_uri).put_bytes("result.json", result.to_json().encode())
         self.seconds.append(time.perf_counter() - started)
         return [ChildOutcome(r.child, 0) for r in runs]
@@ -120,7 +126,9 @@ def measure_compute(branches: int, episodes: int, steps: int) -> float:
         log_probs, entropies = policy.log_prob_batch(flat_archs, flat_actions)
         returns = reinforce.returns_to_go(torch.tensor(rewards).T.contiguous())
         baseline = reinforce.MovingBaseline(0.9).update(returns)
-        reinforce.update(policy, optimizer, log_probs.view(branches, steps), returns, baseline, entropies.view(branches, steps))
+        reinforce.update(
+            policy, optimizer, log_probs.view(branches, steps), returns, baseline, entropies.view(branches, steps)
+        )
         update = time.perf_counter() - t0
         per_step[-steps:] = [t + update / steps for t in per_step[-steps:]]
     return statistics.median(per_step)

@@ -63,10 +63,15 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             root = f"file://{pathlib.Path(tmp)}"
             subprocess.run([sys.executable, "-c", MAKE, root, str(n), str(args.floats)], check=True)
-            out = subprocess.run([sys.executable, "-c", CHILD, root, str(n)], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, root, str(n)], capture_output=True, text=True, check=True
+            )
         row = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| {n} | {n * args.floats * 4 / 2**20:.0f} MiB | {row['rss_before_mib']:.0f} MiB | {row['peak_rss_mib']:.0f} MiB "
-              f"| {row['merge_s']:.1f} s | {row['objects_written']} |", flush=True)
+        print(
+            f"| {n} | {n * args.floats * 4 / 2**20:.0f} MiB | {row['rss_before_mib']:.0f} MiB | {row['peak_rss_mib']:.0f} MiB "
+            f"| {row['merge_s']:.1f} s | {row['objects_written']} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

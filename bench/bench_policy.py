@@ -64,7 +64,9 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     results = {
-        f"{name}/N={n}": bench_space(name, n, args.repeats) for name in ("image-layer", "image-module", "kws-layer") for n in (8, 64)
+        f"{name}/N={n}": bench_space(name, n, args.repeats)
+        for name in ("image-layer", "image-module", "kws-layer")
+        for n in (8, 64)
     }
     print(json.dumps({"threads": torch.get_num_threads(), "results": results}, indent=2))
 

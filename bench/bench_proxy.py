@@ -183,7 +183,9 @@ def _splits(seed: int, sample_ratio: float, resolution: int | None):
 
     key = (seed, sample_ratio, resolution)
     if key not in _SPLITS:
-        _SPLITS[key] = load_dataset(Dataset(kind="digits"), space="image-layer", seed=seed, resolution=resolution, sample_ratio=sample_ratio)
+        _SPLITS[key] = load_dataset(
+            Dataset(kind="digits"), space="image-layer", seed=seed, resolution=resolution, sample_ratio=sample_ratio
+        )
     return _SPLITS[key]
 
 
@@ -223,7 +225,9 @@ def run_phase(pool, archs: list[dict], jobs: list[tuple[dict, int]], results: di
         for name, seed, row in rows:
             results.setdefault(name, {}).setdefault(seed, {})[index] = row
         done += 1
-        print(f"  [{label}] {done}/{len(archs)} archs ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+        print(
+            f"  [{label}] {done}/{len(archs)} archs ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True
+        )
     return time.monotonic() - started
 
 
@@ -245,10 +249,17 @@ def compare(proxy: list[float], ref: list[float]) -> dict:
     half = sorted(range(n), key=lambda i: -ref[i])[: n // 2]
     rho_top = spearmanr([proxy[i] for i in half], [ref[i] for i in half]).statistic if len(half) >= 3 else float("nan")
     k = min(5, n)
-    return {"rho": _r(rho), "tau": _r(tau), "rho_top_half": _r(rho_top), "top5_overlap": len(top_k(proxy, k) & top_k(ref, k))}
+    return {
+        "rho": _r(rho),
+        "tau": _r(tau),
+        "rho_top_half": _r(rho_top),
+        "top5_overlap": len(top_k(proxy, k) & top_k(ref, k)),
+    }
 
 
-def summarize(name: str, config: dict, seed: int, results: dict, archs: list[dict], ref_name: str, ref_seed: int = 0) -> dict:
+def summarize(
+    name: str, config: dict, seed: int, results: dict, archs: list[dict], ref_name: str, ref_seed: int = 0
+) -> dict:
     idx = [a["index"] for a in archs]
     rows = results[name][seed]
     ref_rows = results[ref_name][ref_seed]
@@ -304,9 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="training processes (one torch thread each)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 6 small archs, 2 proxies, 4-epoch reference")
     parser.add_argument("--target", type=float, default=0.8, help="ρ a proxy must reach")
-    parser.add_argument("--select", choices=("rho", "rho_top_half"), default="rho",
-                        help="criterion for the phase-2 base and the phase-3 repeats: ρ over all archs or over the reference's top half")
-    parser.add_argument("--budget-min", type=float, default=33.0, help="skip the seed-1 standard run if it would not fit")
+    parser.add_argument(
+        "--select",
+        choices=("rho", "rho_top_half"),
+        default="rho",
+        help="criterion for the phase-2 base and the phase-3 repeats: ρ over all archs or over the reference's top half",
+    )
+    parser.add_argument(
+        "--budget-min", type=float, default=33.0, help="skip the seed-1 standard run if it would not fit"
+    )
     parser.add_argument("--out", default="/tmp/proxy.json")
     args = parser.parse_args(argv)
 
@@ -316,11 +333,15 @@ def main(argv: list[str] | None = None) -> int:
     archs = draw_archs(n, args.seed, QUICK_MAX_PARAMS if args.quick else MAX_PARAMS)
     n_feasible = sum(a["feasible"] for a in archs)
     print(f"load average at start: {load_start}; cores: {os.cpu_count()}; workers: {args.workers}")
-    print(f"{len(archs)} architectures (seed {args.seed}), {n_feasible} meet digits-quick (params ≤ 25000, intensity ≥ 5):")
+    print(
+        f"{len(archs)} architectures (seed {args.seed}), {n_feasible} meet digits-quick (params ≤ 25000, intensity ≥ 5):"
+    )
     print("| # | hash | depth | ops | params | FLOPs | FLOPs/byte | feasible |")
     print("|---|---|---|---|---|---|---|---|")
     for a in archs:
-        print(f"| {a['index']} | {a['hash'][:10]} | {a['depth']} | {' '.join(a['ops'])} | {a['params']:,} | {a['flops']:,} | {a['compute_intensity']} | {'yes' if a['feasible'] else ''} |")
+        print(
+            f"| {a['index']} | {a['hash'][:10]} | {a['depth']} | {' '.join(a['ops'])} | {a['params']:,} | {a['flops']:,} | {a['compute_intensity']} | {'yes' if a['feasible'] else ''} |"
+        )
     sys.stdout.flush()
 
     ref_cfg = reference_config(args.quick)
@@ -330,12 +351,18 @@ def main(argv: list[str] | None = None) -> int:
     loads = {"start": load_start}
     ctx = get_context("fork")
     with ctx.Pool(args.workers, initializer=_init_worker) as pool:
-        phases["1 reference + proxies"] = run_phase(pool, archs, [(ref_cfg, 0)] + [(c, 0) for c in configs], results, "phase 1")
+        phases["1 reference + proxies"] = run_phase(
+            pool, archs, [(ref_cfg, 0)] + [(c, 0) for c in configs], results, "phase 1"
+        )
         loads["after phase 1"] = os.getloadavg()
         summaries = [summarize(c["name"], c, 0, results, archs, ref_cfg["name"]) for c in configs]
         base_summary = pick(summaries, args.target, args.select)
         base = results["_configs"][base_summary["config"]]
-        print(f"\nphase 1 best proxy by {args.select}: {base['name']} ({base_summary[args.select]})", file=sys.stderr, flush=True)
+        print(
+            f"\nphase 1 best proxy by {args.select}: {base['name']} ({base_summary[args.select]})",
+            file=sys.stderr,
+            flush=True,
+        )
 
         ecos = eco_variants(base, args.quick)
         results["_configs"].update({c["name"]: c for c in ecos})
@@ -354,7 +381,16 @@ def main(argv: list[str] | None = None) -> int:
         with_std = elapsed + est_repeat + est_std < args.budget_min * 60
         if with_std:
             repeat_jobs.append((ref_cfg, 1))
-        print(f"phase 3: repeat {[c['name'] for c in best2]} with seed 1" + (" and the standard regime" if with_std else f" (standard seed 1 skipped: ~{est_std:.0f} s would not fit)"), file=sys.stderr, flush=True)
+        print(
+            f"phase 3: repeat {[c['name'] for c in best2]} with seed 1"
+            + (
+                " and the standard regime"
+                if with_std
+                else f" (standard seed 1 skipped: ~{est_std:.0f} s would not fit)"
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
         phases["3 seed-1 repeats"] = run_phase(pool, archs, repeat_jobs, results, "phase 3")
         loads["end"] = os.getloadavg()
 
@@ -384,30 +420,55 @@ def main(argv: list[str] | None = None) -> int:
     print(table(repeats))
     print("\n| proxy | ρ(seed 0, seed 1) | ρ(seed 1, std seed 1) | ρ(seed 0, std seed 1) |\n|---|---|---|---|")
     for s in stability:
-        print(f"| {s['config']} | {s['rho_seed0_vs_seed1']} | {s.get('rho_seed1_vs_standard_seed1', '–')} | {s.get('rho_seed0_vs_standard_seed1', '–')} |")
+        print(
+            f"| {s['config']} | {s['rho_seed0_vs_seed1']} | {s.get('rho_seed1_vs_standard_seed1', '–')} | {s.get('rho_seed0_vs_standard_seed1', '–')} |"
+        )
     if std_self:
-        print(f"\nreference noise: standard seed 1 vs seed 0: ρ {std_self['rho']}, τ {std_self['tau']}, ρ top half {std_self['rho_top_half']}, top-5 ∩ {std_self['top5_overlap']}/5")
+        print(
+            f"\nreference noise: standard seed 1 vs seed 0: ρ {std_self['rho']}, τ {std_self['tau']}, ρ top half {std_self['rho_top_half']}, top-5 ∩ {std_self['top5_overlap']}/5"
+        )
     ref_rows = results[ref_cfg["name"]][0]
     ref_acc = [ref_rows[i]["val_accuracy"] for i in idx]
-    print(f"\nreference ({ref_cfg['name']}): median {statistics.median(r['seconds'] for r in ref_rows.values()):.1f} s/child, "
-          f"val accuracy {min(ref_acc):.3f}–{max(ref_acc):.3f} (median {statistics.median(ref_acc):.3f})")
+    print(
+        f"\nreference ({ref_cfg['name']}): median {statistics.median(r['seconds'] for r in ref_rows.values()):.1f} s/child, "
+        f"val accuracy {min(ref_acc):.3f}–{max(ref_acc):.3f} (median {statistics.median(ref_acc):.3f})"
+    )
     label = {"rho": "ρ", "rho_top_half": "ρ top half"}[args.select]
     for metric, mlabel in (("rho", "ρ"), ("rho_top_half", "ρ top half")):
         b = pick(summaries, args.target, metric)
         ok = b[metric] is not None and b[metric] >= args.target
-        verdict = f"cheapest with {mlabel} ≥ {args.target:.2f}" if ok else f"none reaches {mlabel} ≥ {args.target:.2f}; highest {mlabel}"
-        print(f"{verdict}: {b['config']} (ρ {b['rho']}, ρ top half {b['rho_top_half']}, τ {b['tau']}, cost {b['cost_time']:.3f} time / {b['cost_work']:.3f} work)")
+        verdict = (
+            f"cheapest with {mlabel} ≥ {args.target:.2f}"
+            if ok
+            else f"none reaches {mlabel} ≥ {args.target:.2f}; highest {mlabel}"
+        )
+        print(
+            f"{verdict}: {b['config']} (ρ {b['rho']}, ρ top half {b['rho_top_half']}, τ {b['tau']}, cost {b['cost_time']:.3f} time / {b['cost_work']:.3f} work)"
+        )
     print(f"(phases 2–3 chose by {label})")
-    print("resolution proxy: not tried — digits are 8×8 already; a smaller input leaves the space's 2–3-wide pools and 7-wide kernels nothing to work on")
-    print(f"load average: start {loads['start']}, end {loads['end']}; wall {wall:.0f} s; phases " + ", ".join(f"{k}: {v:.0f} s" for k, v in phases.items()))
+    print(
+        "resolution proxy: not tried — digits are 8×8 already; a smaller input leaves the space's 2–3-wide pools and 7-wide kernels nothing to work on"
+    )
+    print(
+        f"load average: start {loads['start']}, end {loads['end']}; wall {wall:.0f} s; phases "
+        + ", ".join(f"{k}: {v:.0f} s" for k, v in phases.items())
+    )
 
     per_arch = []
     for a in archs:
         row = {k: a[k] for k in ("index", "hash", "depth", "ops", "params", "flops", "compute_intensity", "feasible")}
-        row["accuracy"] = {f"{name} @seed{seed}": round(results[name][seed][a["index"]]["val_accuracy"], 4)
-                           for name in results if name != "_configs" for seed in results[name]}
-        row["seconds"] = {f"{name} @seed{seed}": round(results[name][seed][a["index"]]["seconds"], 2)
-                          for name in results if name != "_configs" for seed in results[name]}
+        row["accuracy"] = {
+            f"{name} @seed{seed}": round(results[name][seed][a["index"]]["val_accuracy"], 4)
+            for name in results
+            if name != "_configs"
+            for seed in results[name]
+        }
+        row["seconds"] = {
+            f"{name} @seed{seed}": round(results[name][seed][a["index"]]["seconds"], 2)
+            for name in results
+            if name != "_configs"
+            for seed in results[name]
+        }
         row["arch"] = a["arch"]
         per_arch.append(row)
     report = {

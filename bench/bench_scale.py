@@ -73,18 +73,18 @@ TRAINER = REPO / "bench" / "instant_trainer.py"
 SECRET = "minio-credentials"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 JOB_NAME = re.compile(r"^(?P<search>.+)-e(?P<episode>\d{3})-s(?P<step>\d{2})-c\d+$")
-AUDIT_POLICY = """\
+AUDIT_POLICY = f"""\
 apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
 rules:
 - level: Metadata
-  users: [%s]
+  users: [{CONTROLLER_USER}]
 - level: Metadata
   verbs: [update, patch]
-  resources: [{group: batch, resources: [jobs/status]}]
+  resources: [{{group: batch, resources: [jobs/status]}}]
 - level: None
-""" % CONTROLLER_USER
+"""
 
 
 class AuditedControlPlane(ControlPlane):
@@ -99,8 +99,14 @@ class AuditedControlPlane(ControlPlane):
         if name == "kube-apiserver":
             policy = self.workdir / "audit-policy.yaml"
             policy.write_text(AUDIT_POLICY)
-            argv = [*argv, f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
-                    "--audit-log-maxsize=0", "--audit-log-maxbackup=0"]
+            argv = [
+                *argv,
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-maxsize=0",
+                "--audit-log-maxbackup=0",
+            ]
         return super()._add(name, argv, env)
 
 
@@ -121,10 +127,21 @@ class Stack:
         self.plane.start()
         self.minio.start()
         self.minio.s3_client().create_bucket(Bucket=self.bucket)
-        config = NodeConfig(allocatable={"cpu": "64", "memory": "512Gi", "nvidia.com/gpu": "4", "pods": "5000",
-                                         "ephemeral-storage": "100Gi"})
-        self.agent = NodeAgent(self.plane.api_client, workdir=self.workdir / "node-agent",
-                               apiserver_port=int(self.plane.server.rsplit(":", 1)[1]), config=config)
+        config = NodeConfig(
+            allocatable={
+                "cpu": "64",
+                "memory": "512Gi",
+                "nvidia.com/gpu": "4",
+                "pods": "5000",
+                "ephemeral-storage": "100Gi",
+            }
+        )
+        self.agent = NodeAgent(
+            self.plane.api_client,
+            workdir=self.workdir / "node-agent",
+            apiserver_port=int(self.plane.server.rsplit(":", 1)[1]),
+            config=config,
+        )
         self.agent.start()
         self.plane.kubectl("apply", "--server-side", "-f", str(REPO / "manifests" / "crd.yaml"))
         self.plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/architecturesearches.epnas.io")
@@ -136,16 +153,35 @@ class Stack:
     def _controller_kubeconfig(self) -> None:
         assert self.plane.pki is not None
         pki_dir = self.plane.pki.ca_cert.parent
-        cert, key = certs._signed_cert(pki_dir, "bench-controller", f"/O=system:masters/CN={CONTROLLER_USER}",
-                                       "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-                                       "extendedKeyUsage=clientAuth\n")
+        cert, key = certs._signed_cert(
+            pki_dir,
+            "bench-controller",
+            f"/O=system:masters/CN={CONTROLLER_USER}",
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage=clientAuth\n",
+        )
         b64 = base64.b64encode
         kubeconfig = {
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "bench", "cluster": {"server": self.plane.server,
-                                                       "certificate-authority-data": b64(self.plane.pki.ca_cert.read_bytes()).decode()}}],
-            "users": [{"name": CONTROLLER_USER, "user": {"client-certificate-data": b64(cert.read_bytes()).decode(),
-                                                         "client-key-data": b64(key.read_bytes()).decode()}}],
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "bench",
+                    "cluster": {
+                        "server": self.plane.server,
+                        "certificate-authority-data": b64(self.plane.pki.ca_cert.read_bytes()).decode(),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": CONTROLLER_USER,
+                    "user": {
+                        "client-certificate-data": b64(cert.read_bytes()).decode(),
+                        "client-key-data": b64(key.read_bytes()).decode(),
+                    },
+                }
+            ],
             "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": CONTROLLER_USER}}],
             "current-context": "bench",
         }
@@ -163,18 +199,40 @@ class Stack:
 
 
 def search_body(name: str, *, branches: int, seed: int, stack: Stack, prefix: str) -> dict:
-    return {"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch", "metadata": {"name": name}, "spec": {
-        "seed": seed,
-        "initialArchitecture": {"random": {"depth": 2}},
-        "dataset": {"kind": "synthetic", "inputShape": [1, 8, 8], "numClasses": 4, "options": {"samples": 256}},
-        "constraints": [{"metric": "modelSize", "max": 1e12}],
-        "budget": {"episodes": 1, "stepsPerEpisode": 2, "branches": branches, "topK": 4},
-        "childTraining": {"regime": "prediction", "epochs": 1, "batchSize": 64, "lr": 0.1, "parameterSharing": False},
-        "trainer": {"image": "epnas/trainer:test", "gpu": 0, "cpu": "1m", "memory": "16Mi", "backoffLimit": 0,
-                    "ttlSecondsAfterFinished": 3600, "activeDeadlineSeconds": 600},
-        "store": {"uri": f"s3://{stack.bucket}/{prefix}", "endpoint": stack.minio.endpoint, "secretName": SECRET,
-                  "region": stack.minio.region},
-    }}
+    return {
+        "apiVersion": "epnas.io/v1alpha1",
+        "kind": "ArchitectureSearch",
+        "metadata": {"name": name},
+        "spec": {
+            "seed": seed,
+            "initialArchitecture": {"random": {"depth": 2}},
+            "dataset": {"kind": "synthetic", "inputShape": [1, 8, 8], "numClasses": 4, "options": {"samples": 256}},
+            "constraints": [{"metric": "modelSize", "max": 1e12}],
+            "budget": {"episodes": 1, "stepsPerEpisode": 2, "branches": branches, "topK": 4},
+            "childTraining": {
+                "regime": "prediction",
+                "epochs": 1,
+                "batchSize": 64,
+                "lr": 0.1,
+                "parameterSharing": False,
+            },
+            "trainer": {
+                "image": "epnas/trainer:test",
+                "gpu": 0,
+                "cpu": "1m",
+                "memory": "16Mi",
+                "backoffLimit": 0,
+                "ttlSecondsAfterFinished": 3600,
+                "activeDeadlineSeconds": 600,
+            },
+            "store": {
+                "uri": f"s3://{stack.bucket}/{prefix}",
+                "endpoint": stack.minio.endpoint,
+                "secretName": SECRET,
+                "region": stack.minio.region,
+            },
+        },
+    }
 
 
 def make_namespace(stack: Stack, name: str) -> None:
@@ -193,8 +251,16 @@ def make_namespace(stack: Stack, name: str) -> None:
             return False
 
     wait_until(ready, timeout_s=60, what=f"namespace {name} to be usable")
-    stack.core.create_namespaced_secret(name, {"metadata": {"name": SECRET}, "stringData": {
-        "AWS_ACCESS_KEY_ID": stack.minio.root_user, "AWS_SECRET_ACCESS_KEY": stack.minio.root_password}})
+    stack.core.create_namespaced_secret(
+        name,
+        {
+            "metadata": {"name": SECRET},
+            "stringData": {
+                "AWS_ACCESS_KEY_ID": stack.minio.root_user,
+                "AWS_SECRET_ACCESS_KEY": stack.minio.root_password,
+            },
+        },
+    )
 
 
 def delete_namespace(stack: Stack, name: str, *, timeout_s: float = 600) -> float:
@@ -249,11 +315,28 @@ class Controller:
     def __init__(self, stack: Stack, namespace: str, log: pathlib.Path, *, profile: pathlib.Path | None = None):
         self.port = procs.free_port()
         start = ["-c", PROFILED_MAIN] if profile else ["-m", "controller"]
-        argv = [sys.executable, *start, "--namespace", namespace, "--metrics-port", str(self.port),
-                "--kubeconfig", str(stack.controller_kubeconfig), "--leader-election-namespace", namespace,
-                "--trainer-command", f"python {TRAINER}"]
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": stack.minio.root_user, "AWS_SECRET_ACCESS_KEY": stack.minio.root_password,
-               "AWS_REGION": stack.minio.region, "PYTHONUNBUFFERED": "1", **procs.run_marker_env()}
+        argv = [
+            sys.executable,
+            *start,
+            "--namespace",
+            namespace,
+            "--metrics-port",
+            str(self.port),
+            "--kubeconfig",
+            str(stack.controller_kubeconfig),
+            "--leader-election-namespace",
+            namespace,
+            "--trainer-command",
+            f"python {TRAINER}",
+        ]
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": stack.minio.root_user,
+            "AWS_SECRET_ACCESS_KEY": stack.minio.root_password,
+            "AWS_REGION": stack.minio.region,
+            "PYTHONUNBUFFERED": "1",
+            **procs.run_marker_env(),
+        }
         env.pop("KUBECONFIG", None)
         if profile:
             profile.mkdir(parents=True, exist_ok=True)
@@ -327,15 +410,24 @@ def analyse(events: list[dict], *, namespace: str, searches: list[str], t0: floa
             received = _ts(event["requestReceivedTimestamp"])
             if t0 <= received <= t1 and ref.get("namespace", namespace) == namespace:
                 mine.setdefault(event["auditID"], event)
-        elif ref.get("resource") == "jobs" and ref.get("subresource") == "status" and ref.get("namespace") == namespace \
-                and event.get("stage") == "ResponseComplete" and (event.get("responseStatus") or {}).get("code", 200) < 300:
+        elif (
+            ref.get("resource") == "jobs"
+            and ref.get("subresource") == "status"
+            and ref.get("namespace") == namespace
+            and event.get("stage") == "ResponseComplete"
+            and (event.get("responseStatus") or {}).get("code", 200) < 300
+        ):
             status_writes[ref.get("name", "")].append(_ts(event["stageTimestamp"]))
     kinds = collections.Counter(kind_of(e) for e in mine.values())
     posts: dict[str, dict[int, list[float]]] = {s: collections.defaultdict(list) for s in searches}
     for event in mine.values():
         ref = event.get("objectRef") or {}
-        if event.get("verb") == "create" and ref.get("resource") == "jobs" and not ref.get("subresource") \
-                and (event.get("responseStatus") or {}).get("code") == 201:
+        if (
+            event.get("verb") == "create"
+            and ref.get("resource") == "jobs"
+            and not ref.get("subresource")
+            and (event.get("responseStatus") or {}).get("code") == 201
+        ):
             match = JOB_NAME.match(ref.get("name") or "")
             if match and match["search"] in posts:
                 posts[match["search"]][int(match["step"])].append(_ts(event["requestReceivedTimestamp"]))
@@ -348,43 +440,80 @@ def analyse(events: list[dict], *, namespace: str, searches: list[str], t0: floa
             first_job.append(min(steps[0]) - t0)
         if steps.get(0) and steps.get(1):
             next_step = min(steps[1])
-            ends = [max(t for t in times if t < next_step) for name, times in status_writes.items()
-                    if name.startswith(f"{search}-e000-s00-") and any(t < next_step for t in times)]
+            ends = [
+                max(t for t in times if t < next_step)
+                for name, times in status_writes.items()
+                if name.startswith(f"{search}-e000-s00-") and any(t < next_step for t in times)
+            ]
             if ends:
                 gaps.append(next_step - max(ends))
     created = sum(len(t) for steps in posts.values() for t in steps.values())
     # children in flight: a Job counts from its POST to its last status write (its Complete condition)
-    changes = sorted([(_ts(e["requestReceivedTimestamp"]), 1) for e in mine.values() if e.get("verb") == "create"
-                      and (e.get("objectRef") or {}).get("resource") == "jobs" and (e.get("responseStatus") or {}).get("code") == 201]
-                     + [(max(times), -1) for times in status_writes.values()])
+    changes = sorted(
+        [
+            (_ts(e["requestReceivedTimestamp"]), 1)
+            for e in mine.values()
+            if e.get("verb") == "create"
+            and (e.get("objectRef") or {}).get("resource") == "jobs"
+            and (e.get("responseStatus") or {}).get("code") == 201
+        ]
+        + [(max(times), -1) for times in status_writes.values()]
+    )
     in_flight = peak = 0
     for _, change in changes:
         in_flight += change
         peak = max(peak, in_flight)
     leases = sum(n for k, n in kinds.items() if k.endswith(" leases"))
-    return {"requests": len(mine), "requests_excl_leases": len(mine) - leases, "requests_by_kind": dict(sorted(kinds.items())),
-            "jobs_created": created, "peak_in_flight": peak, "job_create_rates_per_s": rates, "end_to_next_step_s": gaps,
-            "first_job_s": first_job}
+    return {
+        "requests": len(mine),
+        "requests_excl_leases": len(mine) - leases,
+        "requests_by_kind": dict(sorted(kinds.items())),
+        "jobs_created": created,
+        "peak_in_flight": peak,
+        "job_create_rates_per_s": rates,
+        "end_to_next_step_s": gaps,
+        "first_job_s": first_job,
+    }
 
 
-def run_scenario(stack: Stack, label: str, *, searches: int, branches: int, timeout_s: float, logs: pathlib.Path,
-                 profile: pathlib.Path | None = None) -> dict:
+def run_scenario(
+    stack: Stack,
+    label: str,
+    *,
+    searches: int,
+    branches: int,
+    timeout_s: float,
+    logs: pathlib.Path,
+    profile: pathlib.Path | None = None,
+) -> dict:
     namespace = f"bench-{label}-{secrets.token_hex(3)}"
     make_namespace(stack, namespace)
     controller = Controller(stack, namespace, logs / f"controller-{namespace}.log", profile=profile)
     names = [f"s{i:02d}" for i in range(searches)]
-    result: dict = {"label": label, "searches": searches, "branches": branches, "planned_children": searches * branches * 2}
+    result: dict = {
+        "label": label,
+        "searches": searches,
+        "branches": branches,
+        "planned_children": searches * branches * 2,
+    }
     try:
         wait_until(controller.ready, timeout_s=180, what="the controller's /readyz")
         time.sleep(1.0)  # past its start-up
         cpu0, t0 = controller.cpu_s(), time.time()
         for i, name in enumerate(names):
-            stack.custom.create_namespaced_custom_object("epnas.io", "v1alpha1", namespace, "architecturesearches",
-                                                         search_body(name, branches=branches, seed=i, stack=stack, prefix=namespace))
+            stack.custom.create_namespaced_custom_object(
+                "epnas.io",
+                "v1alpha1",
+                namespace,
+                "architecturesearches",
+                search_body(name, branches=branches, seed=i, stack=stack, prefix=namespace),
+            )
         phases: dict[str, str] = {}
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            listed = stack.custom.list_namespaced_custom_object("epnas.io", "v1alpha1", namespace, "architecturesearches")
+            listed = stack.custom.list_namespaced_custom_object(
+                "epnas.io", "v1alpha1", namespace, "architecturesearches"
+            )
             phases = {item["metadata"]["name"]: (item.get("status") or {}).get("phase", "") for item in listed["items"]}
             if all(phases.get(n) in ("Succeeded", "Failed") for n in names):
                 break
@@ -401,23 +530,27 @@ def run_scenario(stack: Stack, label: str, *, searches: int, branches: int, time
     stats = analyse(read_audit(stack.plane.audit_log), namespace=namespace, searches=names, t0=t0, t1=t1)
     children = max(1, stats["jobs_created"])
     cpu = cpu1 - cpu0
-    result.update({
-        "children": stats["jobs_created"],
-        "peak_in_flight": stats["peak_in_flight"],
-        "wall_s": round(t1 - t0, 2),
-        "controller_cpu_s": round(cpu, 3),
-        "cpu_ms_per_child": round(1000 * cpu / children, 2),
-        "requests": stats["requests"],
-        "requests_per_child": round(stats["requests"] / children, 3),
-        "requests_per_child_excl_leases": round(stats["requests_excl_leases"] / children, 3),
-        "requests_by_kind": stats["requests_by_kind"],
-        "peak_rss_mib": round(memory.get("VmHWM", 0) / 1024, 1),
-        "rss_end_mib": round(memory.get("VmRSS", 0) / 1024, 1),
-        "job_create_rate_per_s": _median(stats["job_create_rates_per_s"]),
-        "end_to_next_step_s": _median(stats["end_to_next_step_s"]),
-        "end_to_next_step_max_s": round(max(stats["end_to_next_step_s"]), 3) if stats["end_to_next_step_s"] else None,
-        "first_job_s": _median(stats["first_job_s"]),
-    })
+    result.update(
+        {
+            "children": stats["jobs_created"],
+            "peak_in_flight": stats["peak_in_flight"],
+            "wall_s": round(t1 - t0, 2),
+            "controller_cpu_s": round(cpu, 3),
+            "cpu_ms_per_child": round(1000 * cpu / children, 2),
+            "requests": stats["requests"],
+            "requests_per_child": round(stats["requests"] / children, 3),
+            "requests_per_child_excl_leases": round(stats["requests_excl_leases"] / children, 3),
+            "requests_by_kind": stats["requests_by_kind"],
+            "peak_rss_mib": round(memory.get("VmHWM", 0) / 1024, 1),
+            "rss_end_mib": round(memory.get("VmRSS", 0) / 1024, 1),
+            "job_create_rate_per_s": _median(stats["job_create_rates_per_s"]),
+            "end_to_next_step_s": _median(stats["end_to_next_step_s"]),
+            "end_to_next_step_max_s": round(max(stats["end_to_next_step_s"]), 3)
+            if stats["end_to_next_step_s"]
+            else None,
+            "first_job_s": _median(stats["first_job_s"]),
+        }
+    )
     result["namespace_delete_s"] = round(delete_namespace(stack, namespace), 1)
     return result
 
@@ -426,9 +559,23 @@ def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 3) if values else None
 
 
-MEDIAN_FIELDS = ("children", "peak_in_flight", "wall_s", "controller_cpu_s", "cpu_ms_per_child", "requests", "requests_per_child",
-                 "requests_per_child_excl_leases", "peak_rss_mib", "rss_end_mib", "job_create_rate_per_s",
-                 "end_to_next_step_s", "end_to_next_step_max_s", "first_job_s", "namespace_delete_s")
+MEDIAN_FIELDS = (
+    "children",
+    "peak_in_flight",
+    "wall_s",
+    "controller_cpu_s",
+    "cpu_ms_per_child",
+    "requests",
+    "requests_per_child",
+    "requests_per_child_excl_leases",
+    "peak_rss_mib",
+    "rss_end_mib",
+    "job_create_rate_per_s",
+    "end_to_next_step_s",
+    "end_to_next_step_max_s",
+    "first_job_s",
+    "namespace_delete_s",
+)
 
 
 def combine(runs: list[dict]) -> dict:
@@ -443,30 +590,46 @@ def combine(runs: list[dict]) -> dict:
 
 
 def table(scenarios: list[dict]) -> str:
-    head = ("| scenario | children (Jobs) | peak in flight | wall s | requests/child | excl. leases | CPU ms/child | peak RSS MiB "
-            "| Jobs/s | end → next step s (max) |")
+    head = (
+        "| scenario | children (Jobs) | peak in flight | wall s | requests/child | excl. leases | CPU ms/child | peak RSS MiB "
+        "| Jobs/s | end → next step s (max) |"
+    )
     lines = [head, "|" + "---|" * 10]
     for s in scenarios:
-        gap = f"{s['end_to_next_step_s']} ({s['end_to_next_step_max_s']})" if s["end_to_next_step_s"] is not None else "–"
-        lines.append(f"| {s['label']}{' TIMED OUT' if s['timed_out'] else ''} | {s['children']} | {s['peak_in_flight']} | {s['wall_s']} | "
-                     f"{s['requests_per_child']} | {s['requests_per_child_excl_leases']} | {s['cpu_ms_per_child']} | "
-                     f"{s['peak_rss_mib']} | {s['job_create_rate_per_s']} | {gap} |")
+        gap = (
+            f"{s['end_to_next_step_s']} ({s['end_to_next_step_max_s']})" if s["end_to_next_step_s"] is not None else "–"
+        )
+        lines.append(
+            f"| {s['label']}{' TIMED OUT' if s['timed_out'] else ''} | {s['children']} | {s['peak_in_flight']} | {s['wall_s']} | "
+            f"{s['requests_per_child']} | {s['requests_per_child_excl_leases']} | {s['cpu_ms_per_child']} | "
+            f"{s['peak_rss_mib']} | {s['job_create_rate_per_s']} | {gap} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--sizes", default="64,128,256,512", help="branches of the one-search scenarios, comma-separated ('' for none)")
-    parser.add_argument("--searches", type=int, default=10, help="searches at once in the many-searches scenario (0: skip it)")
+    parser.add_argument(
+        "--sizes", default="64,128,256,512", help="branches of the one-search scenarios, comma-separated ('' for none)"
+    )
+    parser.add_argument(
+        "--searches", type=int, default=10, help="searches at once in the many-searches scenario (0: skip it)"
+    )
     parser.add_argument("--search-branches", type=int, default=32, help="branches of each of those searches")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each scenario (medians reported)")
     parser.add_argument("--timeout-s", type=float, default=1200, help="limit per scenario, from creating its searches")
     parser.add_argument("--json", metavar="PATH", help="write the report here as JSON")
-    parser.add_argument("--profile", metavar="DIR", help="run each search loop under cProfile, stats to DIR (inflates CPU)")
-    parser.add_argument("--workdir", help="where the servers keep data and logs (default: a temporary dir, removed after)")
+    parser.add_argument(
+        "--profile", metavar="DIR", help="run each search loop under cProfile, stats to DIR (inflates CPU)"
+    )
+    parser.add_argument(
+        "--workdir", help="where the servers keep data and logs (default: a temporary dir, removed after)"
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    workdir = pathlib.Path(args.workdir) if args.workdir else pathlib.Path(tempfile.mkdtemp(prefix="epnas-bench-scale-"))
+    workdir = (
+        pathlib.Path(args.workdir) if args.workdir else pathlib.Path(tempfile.mkdtemp(prefix="epnas-bench-scale-"))
+    )
     workdir.mkdir(parents=True, exist_ok=True)
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
@@ -481,9 +644,20 @@ def main(argv: list[str] | None = None) -> int:
         for label, searches, branches in plan:
             runs = []
             for repeat in range(args.repeats):
-                run = run_scenario(stack, label, searches=searches, branches=branches, timeout_s=args.timeout_s, logs=logs,
-                                   profile=pathlib.Path(args.profile) if args.profile else None)
-                print(f"{label} run {repeat + 1}: {json.dumps({k: run[k] for k in MEDIAN_FIELDS if k in run})}", file=sys.stderr, flush=True)
+                run = run_scenario(
+                    stack,
+                    label,
+                    searches=searches,
+                    branches=branches,
+                    timeout_s=args.timeout_s,
+                    logs=logs,
+                    profile=pathlib.Path(args.profile) if args.profile else None,
+                )
+                print(
+                    f"{label} run {repeat + 1}: {json.dumps({k: run[k] for k in MEDIAN_FIELDS if k in run})}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 runs.append(run)
             scenarios.append(combine(runs))
     finally:
@@ -494,10 +668,18 @@ def main(argv: list[str] | None = None) -> int:
     flat = {}
     for key in ("cpu_ms_per_child", "requests_per_child", "requests_per_child_excl_leases"):
         values = {s["branches"]: s[key] for s in singles}
-        flat[key] = {"by_branches": values, "largest_over_smallest": round(values[max(values)] / values[min(values)], 3)
-                     if values and values[min(values)] else None}
-    report = {"scenarios": scenarios, "flatness": flat, "total_s": round(time.monotonic() - started, 1),
-              "node_allocatable": stack.agent.config.allocatable if stack.agent else {}}
+        flat[key] = {
+            "by_branches": values,
+            "largest_over_smallest": round(values[max(values)] / values[min(values)], 3)
+            if values and values[min(values)]
+            else None,
+        }
+    report = {
+        "scenarios": scenarios,
+        "flatness": flat,
+        "total_s": round(time.monotonic() - started, 1),
+        "node_allocatable": stack.agent.config.allocatable if stack.agent else {},
+    }
     print(table(scenarios))
     print(json.dumps(flat))
     if args.json:

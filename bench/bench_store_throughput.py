@@ -20,6 +20,7 @@ Medians of ``--repeats``.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -28,7 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the harness's MinIO
@@ -58,8 +59,9 @@ def measure(endpoint: str, user: str, password: str, region: str, *, mib: float,
     from epnas.weights import merge, pull, push_child, shareable_state
 
     os.environ.update(AWS_ACCESS_KEY_ID=user, AWS_SECRET_ACCESS_KEY=password, AWS_REGION=region)
-    client = boto3.client("s3", endpoint_url=endpoint, region_name=region,
-                          config=botocore.config.Config(s3={"addressing_style": "path"}))
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, region_name=region, config=botocore.config.Config(s3={"addressing_style": "path"})
+    )
     client.create_bucket(Bucket="bench")
     store = open_store("s3://bench/search", endpoint=endpoint, region=region)
     torch.manual_seed(0)
@@ -73,27 +75,37 @@ def measure(endpoint: str, user: str, password: str, region: str, *, mib: float,
     raw_key = f"search/{obj}"  # list() keys are relative to the store root
 
     def raw_put() -> float:
-        return min(_timed(lambda: client.put_object(Bucket="bench", Key="raw/put", Body=data)),
-                   _timed(lambda: client.upload_fileobj(io.BytesIO(data), "bench", "raw/upload")))
+        return min(
+            _timed(lambda: client.put_object(Bucket="bench", Key="raw/put", Body=data)),
+            _timed(lambda: client.upload_fileobj(io.BytesIO(data), "bench", "raw/upload")),
+        )
 
     def raw_get() -> float:
         def download() -> None:
             client.download_fileobj("bench", raw_key, io.BytesIO())
+
         return min(_timed(lambda: client.get_object(Bucket="bench", Key=raw_key)["Body"].read()), _timed(download))
 
     times: dict[str, list[float]] = {"push": [], "raw_push": [], "pull": [], "raw_pull": []}
     for i in range(repeats):
-        times["push"].append(_timed(lambda: push_child(store, f"children/c{i + 1:04d}", model)))
+        times["push"].append(_timed(functools.partial(push_child, store, f"children/c{i + 1:04d}", model)))
         times["raw_push"].append(raw_put())
         fresh = _model(mib, layers)
-        times["pull"].append(_timed(lambda: pull(store, "weights", fresh)))
+        times["pull"].append(_timed(functools.partial(pull, store, "weights", fresh)))
         times["raw_pull"].append(raw_get())
         assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
     medians = {k: statistics.median(v) for k, v in times.items()}
     rates = {k: size_mib / s for k, s in medians.items()}
-    return {"mib": round(size_mib, 2), "repeats": repeats, "seconds": {k: round(v, 4) for k, v in medians.items()},
-            "mib_per_s": {k: round(v, 1) for k, v in rates.items()},
-            "ratio": {"push": round(rates["push"] / rates["raw_push"], 3), "pull": round(rates["pull"] / rates["raw_pull"], 3)}}
+    return {
+        "mib": round(size_mib, 2),
+        "repeats": repeats,
+        "seconds": {k: round(v, 4) for k, v in medians.items()},
+        "mib_per_s": {k: round(v, 1) for k, v in rates.items()},
+        "ratio": {
+            "push": round(rates["push"] / rates["raw_push"], 3),
+            "pull": round(rates["pull"] / rates["raw_pull"], 3),
+        },
+    }
 
 
 def main() -> int:
@@ -109,8 +121,15 @@ def main() -> int:
         server = MinioServer(pathlib.Path(tmp))
         server.start()
         try:
-            out = measure(server.endpoint, server.root_user, server.root_password, server.region,
-                          mib=args.mib, layers=args.layers, repeats=args.repeats)
+            out = measure(
+                server.endpoint,
+                server.root_user,
+                server.root_password,
+                server.region,
+                mib=args.mib,
+                layers=args.layers,
+                repeats=args.repeats,
+            )
         finally:
             server.stop()
     print(json.dumps(out, indent=2))

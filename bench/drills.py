@@ -19,8 +19,11 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TESTS = {"controller": "test_controller_sigkilled_at_a_random_moment", "minio": "test_minio_stopped_during_a_step",
-         "apiserver": "test_kube_apiserver_restarted_mid_step"}
+TESTS = {
+    "controller": "test_controller_sigkilled_at_a_random_moment",
+    "minio": "test_minio_stopped_during_a_step",
+    "apiserver": "test_kube_apiserver_restarted_mid_step",
+}
 
 
 def main() -> int:
@@ -33,8 +36,25 @@ def main() -> int:
     selector = TESTS[args.only] if args.only else " or ".join(TESTS.values())
     env = {**os.environ, "EPNAS_DRILL_TRIALS": str(args.trials), "EPNAS_DRILL_SEED": str(args.seed)}
     started = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-x", "-p", "no:cacheprovider", "tests/e2e/test_fault_drills.py", "-k", selector],
-                         cwd=REPO, env=env, capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-s",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            "tests/e2e/test_fault_drills.py",
+            "-k",
+            selector,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     # pytest's progress dots may precede a trial's line: ".DRILL {...}"
     trials = [json.loads(line.split("DRILL ", 1)[1]) for line in run.stdout.splitlines() if "DRILL {" in line]
     if args.json:
@@ -42,14 +62,18 @@ def main() -> int:
         args.json.write_text(json.dumps(trials, indent=2))
         args.json.with_suffix(".log").write_text(run.stdout + run.stderr)
     passed = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
-    print(f"fault drills, {time.strftime('%Y-%m-%d')}, seed {args.seed}, {time.monotonic() - started:.0f} s; pytest exit {run.returncode}: {passed}")
+    print(
+        f"fault drills, {time.strftime('%Y-%m-%d')}, seed {args.seed}, {time.monotonic() - started:.0f} s; pytest exit {run.returncode}: {passed}"
+    )
     print("| drill | trials | Succeeded | children lost | duplicate Jobs | corrupt objects |")
     print("|---|---:|---:|---:|---:|---:|")
     for drill in sorted({t["drill"] for t in trials}):
         rows = [t for t in trials if t["drill"] == drill]
-        print(f"| {drill} | {len(rows)} | {sum(t['phase'] == 'Succeeded' for t in rows)} | "
-              f"{sum(max(0, t['expected'] - t['results']) for t in rows)} | "
-              f"{sum(t['duplicate_jobs'] for t in rows)} | {sum(len(t['corrupt']) for t in rows)} |")
+        print(
+            f"| {drill} | {len(rows)} | {sum(t['phase'] == 'Succeeded' for t in rows)} | "
+            f"{sum(max(0, t['expected'] - t['results']) for t in rows)} | "
+            f"{sum(t['duplicate_jobs'] for t in rows)} | {sum(len(t['corrupt']) for t in rows)} |"
+        )
     if run.returncode:
         print(run.stdout[-4000:])
     return run.returncode

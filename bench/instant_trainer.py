@@ -38,7 +38,7 @@ def s3_request(method: str, endpoint: str, uri: str, body: bytes = b"", *, attem
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     access, secret = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
     for attempt in range(attempts):
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
         payload = hashlib.sha256(body).hexdigest()
         headers = {"host": base.netloc, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
@@ -48,9 +48,15 @@ def s3_request(method: str, endpoint: str, uri: str, body: bytes = b"", *, attem
         to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
         key = _sign(_sign(_sign(_sign(f"AWS4{secret}".encode(), day), region), "s3"), "aws4_request")
         signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-        headers["authorization"] = f"AWS4-HMAC-SHA256 Credential={access}/{scope}, SignedHeaders={signed}, Signature={signature}"
-        request = urllib.request.Request(f"{base.scheme}://{base.netloc}{path}", data=body if method == "PUT" else None,
-                                         method=method, headers=headers)
+        headers["authorization"] = (
+            f"AWS4-HMAC-SHA256 Credential={access}/{scope}, SignedHeaders={signed}, Signature={signature}"
+        )
+        request = urllib.request.Request(
+            f"{base.scheme}://{base.netloc}{path}",
+            data=body if method == "PUT" else None,
+            method=method,
+            headers=headers,
+        )
         try:
             with urllib.request.urlopen(request, timeout=30) as answer:
                 return answer.read()
@@ -69,7 +75,10 @@ def main(argv: list[str]) -> int:
     arch_uri, out_uri = flag(argv, "--arch"), flag(argv, "--out")
     endpoint = flag(argv, "--endpoint") or os.environ.get("EPNAS_S3_ENDPOINT")
     if not arch_uri or not out_uri or not endpoint:
-        print("instant_trainer: --arch, --out and an endpoint (--endpoint or EPNAS_S3_ENDPOINT) are required", file=sys.stderr)
+        print(
+            "instant_trainer: --arch, --out and an endpoint (--endpoint or EPNAS_S3_ENDPOINT) are required",
+            file=sys.stderr,
+        )
         return 2
     started = time.monotonic()
     from epnas.metrics import compute_metrics
@@ -81,9 +90,18 @@ def main(argv: list[str]) -> int:
     metrics = compute_metrics(task.arch, shape, classes).as_dict()
     digest = int(task.arch.hash, 16)
     val = 0.5 + (digest % 4000) / 10000  # 0.5 … 0.9, fixed by the architecture
-    result = ChildResult(child=task.child, arch_hash=task.arch.hash, val_accuracy=val, test_accuracy=max(0.0, val - 0.01),
-                         history={"val_acc": [val]}, metrics=metrics, train_seconds=time.monotonic() - started, epochs_run=1,
-                         device="cpu", warnings=["instant_trainer: not trained (scale benchmark)"])
+    result = ChildResult(
+        child=task.child,
+        arch_hash=task.arch.hash,
+        val_accuracy=val,
+        test_accuracy=max(0.0, val - 0.01),
+        history={"val_acc": [val]},
+        metrics=metrics,
+        train_seconds=time.monotonic() - started,
+        epochs_run=1,
+        device="cpu",
+        warnings=["instant_trainer: not trained (scale benchmark)"],
+    )
     s3_request("PUT", endpoint, f"{out_uri.rstrip('/')}/result.json", result.to_json().encode())
     return 0
 

@@ -32,9 +32,26 @@ TARGETS = (
     "epnas/surrogate.py:tests/unit/test_surrogate.py",
     "epnas/reinforce.py:tests/unit/test_reinforce.py",
 )
-COMPARE = {ast.Lt: ast.GtE, ast.GtE: ast.Lt, ast.Gt: ast.LtE, ast.LtE: ast.Gt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq,
-           ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is}
-BINARY = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.Pow: ast.Mult, ast.FloorDiv: ast.Mult}
+COMPARE = {
+    ast.Lt: ast.GtE,
+    ast.GtE: ast.Lt,
+    ast.Gt: ast.LtE,
+    ast.LtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+}
+BINARY = {
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.Div,
+    ast.Div: ast.Mult,
+    ast.Pow: ast.Mult,
+    ast.FloorDiv: ast.Mult,
+}
 BOOLEAN = {ast.And: ast.Or, ast.Or: ast.And}
 
 
@@ -78,8 +95,14 @@ def run_target(module: str, tests: str, limit: int) -> dict:
         env = {**os.environ, "PYTHONPATH": str(copy_root), "PYTHONDONTWRITEBYTECODE": "1"}
         for index, description in found:
             (copy_root / module).write_text(mutant(tree, index))
-            done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", str(REPO / tests)],
-                                  cwd=scratch, env=env, capture_output=True, text=True, timeout=600)
+            done = subprocess.run(
+                [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", str(REPO / tests)],
+                cwd=scratch,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             if done.returncode != 0:
                 killed += 1
             else:
@@ -92,7 +115,9 @@ def run_target(module: str, tests: str, limit: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", default=",".join(TARGETS), help="module:tests pairs, comma-separated")
-    parser.add_argument("--max-per-file", type=int, default=60, help="at most this many mutants per module (the first in walk order)")
+    parser.add_argument(
+        "--max-per-file", type=int, default=60, help="at most this many mutants per module (the first in walk order)"
+    )
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     started = time.monotonic()
@@ -102,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['module']}: {r['killed']}/{r['mutants']} mutants killed by {r['tests']}")
     print(f"total: {killed}/{total} killed ({killed / max(total, 1):.0%}) in {time.monotonic() - started:.0f} s")
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps({"results": results, "killed": killed, "mutants": total}, indent=1))
+        pathlib.Path(args.json).write_text(
+            json.dumps({"results": results, "killed": killed, "mutants": total}, indent=1)
+        )
     return 0
 
 

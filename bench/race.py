@@ -37,8 +37,9 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import yaml
 
@@ -50,7 +51,7 @@ from epnas.executors.local import LocalExecutor
 from epnas.metrics import compute_metrics
 from epnas.records import ChildRecord
 from epnas.reward import compute_reward
-from epnas.search import SearchLoop, WEIGHTS_PREFIX
+from epnas.search import WEIGHTS_PREFIX, SearchLoop
 from epnas.space import LayerSpace, get_space
 from epnas.spec import ArchitectureSearch, dataset_geometry, parse_search
 from epnas.store import StoreNotFound, join_uri, open_store
@@ -122,22 +123,38 @@ def summarise(problem: str, method: str, seed: int, trained: list[Trained], chil
         upto = [t.val for t in trained[: max(1, round(fraction * children))] if t.feasible and not t.failed]
         anytime.append(max(upto) if upto else None)
     return RunResult(
-        problem, method, seed, len(trained), first, len(ok), best.val if best else None, best.test if best else None,
-        anytime, round(seconds, 1), sum(t.failed for t in trained), [asdict(t) for t in trained],
+        problem,
+        method,
+        seed,
+        len(trained),
+        first,
+        len(ok),
+        best.val if best else None,
+        best.test if best else None,
+        anytime,
+        round(seconds, 1),
+        sum(t.failed for t in trained),
+        [asdict(t) for t in trained],
     )
 
 
 # ---------------------------------------------------------------- the loop's methods
 
 
-def run_loop(problem: dict, method: str, seed: int, children: int, root: pathlib.Path, executor: LocalExecutor) -> list[Trained]:
+def run_loop(
+    problem: dict, method: str, seed: int, children: int, root: pathlib.Path, executor: LocalExecutor
+) -> list[Trained]:
     search = make_search(problem, f"{problem['metadata']['name']}-{method}-s{seed}", method, seed, children)
     uri = (root / search.name).as_uri()
     store = open_store(uri)
     SearchLoop(search, store=store, store_uri=uri, executor=executor).run()
     state = store.get_json("state/checkpoint.json")
     history = [ChildRecord.from_json(r) for r in read_history(store, state["history_count"])]
-    return [Trained(r.val_accuracy, r.test_accuracy, r.feasible, r.status == "failed") for r in history if r.status != "cached"]
+    return [
+        Trained(r.val_accuracy, r.test_accuracy, r.feasible, r.status == "failed")
+        for r in history
+        if r.status != "cached"
+    ]
 
 
 # ---------------------------------------------------------------- methods outside the loop
@@ -183,12 +200,30 @@ class Evaluator:
         for arch in archs:
             child = f"c{self.count:04d}"
             self.count += 1
-            task = ChildTask(search=self.search.name, child=child, arch=arch, dataset=self.spec.dataset, training=self.training,
-                             seed=self.spec.seed, weights=WEIGHTS_PREFIX if sharing else None)
+            task = ChildTask(
+                search=self.search.name,
+                child=child,
+                arch=arch,
+                dataset=self.spec.dataset,
+                training=self.training,
+                seed=self.spec.seed,
+                weights=WEIGHTS_PREFIX if sharing else None,
+            )
             self.store.put_bytes(f"children/{child}/arch.json", task.to_json().encode())
             base = join_uri(self.uri, f"children/{child}")
-            runs.append(ChildRun(self.search.name, child, f"{base}/arch.json", base, join_uri(self.uri, WEIGHTS_PREFIX) if sharing else None,
-                                 float(self.training.timeout_seconds), 0, 0, len(ids)))
+            runs.append(
+                ChildRun(
+                    self.search.name,
+                    child,
+                    f"{base}/arch.json",
+                    base,
+                    join_uri(self.uri, WEIGHTS_PREFIX) if sharing else None,
+                    float(self.training.timeout_seconds),
+                    0,
+                    0,
+                    len(ids),
+                )
+            )
             ids.append(child)
         self.executor.submit(runs)
         out, merged = [], []
@@ -207,7 +242,9 @@ class Evaluator:
         return out
 
 
-def run_random_sample(problem: dict, seed: int, children: int, root: pathlib.Path, executor: LocalExecutor, batch: int) -> list[Trained]:
+def run_random_sample(
+    problem: dict, seed: int, children: int, root: pathlib.Path, executor: LocalExecutor, batch: int
+) -> list[Trained]:
     search = make_search(problem, f"{problem['metadata']['name']}-random-sample-s{seed}", "random", seed, children)
     evaluator = Evaluator(search, root, executor)
     space = get_space(search.spec.search_space)
@@ -227,7 +264,9 @@ def run_random_sample(problem: dict, seed: int, children: int, root: pathlib.Pat
     return trained
 
 
-def run_optuna(problem: dict, seed: int, children: int, root: pathlib.Path, executor: LocalExecutor, batch: int) -> list[Trained]:
+def run_optuna(
+    problem: dict, seed: int, children: int, root: pathlib.Path, executor: LocalExecutor, batch: int
+) -> list[Trained]:
     try:
         import optuna
     except ImportError:
@@ -256,7 +295,11 @@ def run_optuna(problem: dict, seed: int, children: int, root: pathlib.Path, exec
                 if known is None:  # a duplicate inside this batch: try again after the batch
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 else:
-                    study.tell(trial, known.val if not known.failed else None, state=None if not known.failed else optuna.trial.TrialState.FAIL)
+                    study.tell(
+                        trial,
+                        known.val if not known.failed else None,
+                        state=None if not known.failed else optuna.trial.TrialState.FAIL,
+                    )
                 continue
             pending.append((trial, arch))
         results = evaluator.train([a for _, a in pending])
@@ -296,31 +339,49 @@ def problem_table(results: list[RunResult], problem: str, methods: Sequence[str]
         first = [r.before_first_feasible if r.before_first_feasible is not None else children for r in runs]
         none = sum(r.before_first_feasible is None for r in runs)
         anytime = [_fmt(_median([r.anytime[i] or 0.0 for r in runs])) for i in range(len(FRACTIONS))]
-        wins = "" if method == "epnas" else f"{sum((ours[r.seed].best_val or 0) >= (r.best_val or 0) for r in runs if r.seed in ours)}/{len(runs)}"
+        wins = (
+            ""
+            if method == "epnas"
+            else f"{sum((ours[r.seed].best_val or 0) >= (r.best_val or 0) for r in runs if r.seed in ours)}/{len(runs)}"
+        )
         rows.append(
             f"| {method} | {len(runs)} | {_median(first):g} ({none}) | {_median([r.feasible for r in runs]):g} | "
             f"{_fmt(_median([r.best_val or 0.0 for r in runs]))} | {_fmt(_median([r.best_test or 0.0 for r in runs]))} | "
             f"{' / '.join(anytime)} | {_median([r.seconds for r in runs]):.0f} | {wins} |"
         )
-    per_seed = ["", "Per seed (children before 1st feasible / feasible / best feasible val):", "",
-                "| method | " + " | ".join(f"seed {s}" for s in sorted({r.seed for r in results if r.problem == problem})) + " |",
-                "|---|" + "---|" * len({r.seed for r in results if r.problem == problem})]
+    per_seed = [
+        "",
+        "Per seed (children before 1st feasible / feasible / best feasible val):",
+        "",
+        "| method | "
+        + " | ".join(f"seed {s}" for s in sorted({r.seed for r in results if r.problem == problem}))
+        + " |",
+        "|---|" + "---|" * len({r.seed for r in results if r.problem == problem}),
+    ]
     for method in methods:
         runs = sorted((r for r in results if r.problem == problem and r.method == method), key=lambda r: r.seed)
         if runs:
-            cells = [f"{'none' if r.before_first_feasible is None else r.before_first_feasible} / {r.feasible} / {_fmt(r.best_val)}" for r in runs]
+            cells = [
+                f"{'none' if r.before_first_feasible is None else r.before_first_feasible} / {r.feasible} / {_fmt(r.best_val)}"
+                for r in runs
+            ]
             per_seed.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(rows + per_seed) + "\n"
 
 
 def targets(results: list[RunResult], problem: str, children: int) -> list[str]:
     """The issue's targets for ``epnas`` on one problem, each with its verdict."""
+
     def runs(method: str) -> list[RunResult]:
         return [r for r in results if r.problem == problem and r.method == method]
 
     def first(method: str) -> float | None:
         rs = runs(method)
-        return _median([r.before_first_feasible if r.before_first_feasible is not None else children for r in rs]) if rs else None
+        return (
+            _median([r.before_first_feasible if r.before_first_feasible is not None else children for r in rs])
+            if rs
+            else None
+        )
 
     def best(method: str) -> float | None:
         rs = runs(method)
@@ -331,9 +392,13 @@ def targets(results: list[RunResult], problem: str, children: int) -> list[str]:
     if ours_first is None:
         return lines
     if first("random") is not None:
-        lines.append(f"- first feasible ≤ ⅓ of progressive random's: {ours_first:g} vs {first('random'):g}/3 → {'met' if ours_first <= first('random') / 3 else 'MISSED'}")
+        lines.append(
+            f"- first feasible ≤ ⅓ of progressive random's: {ours_first:g} vs {first('random'):g}/3 → {'met' if ours_first <= first('random') / 3 else 'MISSED'}"
+        )
     if first("optuna-tpe") is not None:
-        lines.append(f"- first feasible ≤ Optuna TPE's: {ours_first:g} vs {first('optuna-tpe'):g} → {'met' if ours_first <= first('optuna-tpe') else 'MISSED'}")
+        lines.append(
+            f"- first feasible ≤ Optuna TPE's: {ours_first:g} vs {first('optuna-tpe'):g} → {'met' if ours_first <= first('optuna-tpe') else 'MISSED'}"
+        )
     ours = {r.seed: r for r in runs("epnas")}
     for method in METHODS[1:]:
         other = runs(method)
@@ -341,7 +406,9 @@ def targets(results: list[RunResult], problem: str, children: int) -> list[str]:
             continue
         seeds_won = sum((ours[r.seed].best_val or 0) >= (r.best_val or 0) for r in other if r.seed in ours)
         ok = ours_best >= (best(method) or 0) and seeds_won >= len(other) - 1
-        lines.append(f"- best feasible val vs {method}: median {ours_best:.3f} vs {best(method):.3f}, at least as good on {seeds_won}/{len(other)} seeds → {'met' if ok else 'MISSED'}")
+        lines.append(
+            f"- best feasible val vs {method}: median {ours_best:.3f} vs {best(method):.3f}, at least as good on {seeds_won}/{len(other)} seeds → {'met' if ok else 'MISSED'}"
+        )
     return lines
 
 
@@ -349,7 +416,14 @@ def targets(results: list[RunResult], problem: str, children: int) -> list[str]:
 
 
 def run_one(
-    problem_name: str, method: str, seed: int, children: int, root: pathlib.Path, executor: LocalExecutor, batch: int, epochs: int | None = None
+    problem_name: str,
+    method: str,
+    seed: int,
+    children: int,
+    root: pathlib.Path,
+    executor: LocalExecutor,
+    batch: int,
+    epochs: int | None = None,
 ) -> RunResult:
     problem = load_problem(problem_name, epochs)
     started = time.monotonic()
@@ -372,7 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--children", type=int, default=36, help="trained children per run")
     parser.add_argument("--parallelism", type=int, default=2, help="children trained at once (every method)")
     parser.add_argument("--out", default="runs/race", help="directory for race.json, race.md and the runs' stores")
-    parser.add_argument("--keep-stores", action="store_true", help="keep every run's store (children, weights, history)")
+    parser.add_argument(
+        "--keep-stores", action="store_true", help="keep every run's store (children, weights, history)"
+    )
     parser.add_argument("--epochs", type=int, help="override every problem's childTraining.epochs (smoke tests only)")
     args = parser.parse_args(argv)
     problems, methods = args.problems.split(","), args.methods.split(",")
@@ -393,10 +469,15 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     root = stores / problem / f"{method}-s{seed}"
                     shutil.rmtree(root, ignore_errors=True)
-                    result = run_one(problem, method, seed, args.children, root, executor, args.parallelism, args.epochs)
+                    result = run_one(
+                        problem, method, seed, args.children, root, executor, args.parallelism, args.epochs
+                    )
                     results.append(result)
-                    print(f"{problem} {method} seed {seed}: before 1st feasible {result.before_first_feasible}, feasible {result.feasible}, "
-                          f"best val {_fmt(result.best_val)}, {result.seconds:.0f} s", flush=True)
+                    print(
+                        f"{problem} {method} seed {seed}: before 1st feasible {result.before_first_feasible}, feasible {result.feasible}, "
+                        f"best val {_fmt(result.best_val)}, {result.seconds:.0f} s",
+                        flush=True,
+                    )
                     results_file.write_text(json.dumps({"runs": [asdict(r) for r in results]}, indent=1))
                     if not args.keep_stores:
                         shutil.rmtree(root, ignore_errors=True)

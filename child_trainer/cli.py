@@ -48,9 +48,16 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m child_trainer", description="Train one EPNAS child and write its result to the store.")
     p.add_argument("--arch", required=True, help="URI of the child's arch.json (a ChildTask or a bare architecture)")
-    p.add_argument("--out", required=True, help="URI of the child's directory: weights.safetensors and result.json go here")
-    p.add_argument("--weights", help="URI of the shared weight dictionary (read only); default: the task's 'weights' under the search root")
-    p.add_argument("--dataset", choices=("digits", "cifar10", "npz", "synthetic"), help="override the task's dataset kind")
+    p.add_argument(
+        "--out", required=True, help="URI of the child's directory: weights.safetensors and result.json go here"
+    )
+    p.add_argument(
+        "--weights",
+        help="URI of the shared weight dictionary (read only); default: the task's 'weights' under the search root",
+    )
+    p.add_argument(
+        "--dataset", choices=("digits", "cifar10", "npz", "synthetic"), help="override the task's dataset kind"
+    )
     p.add_argument("--dataset-uri", help="directory or URI of the dataset (cifar10, npz)")
     p.add_argument("--regime", choices=("standard", "prediction"), help="override the training regime")
     p.add_argument("--epochs", type=int, help="override the number of epochs")
@@ -61,12 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, help="EcoNAS proxy: inputs resized to this height and width")
     p.add_argument("--sample-ratio", type=float, help="EcoNAS proxy: fraction of the training samples")
     p.add_argument("--seed", type=int, help="override the task's seed")
-    p.add_argument("--patience", type=int, help="stop after this many epochs without a validation gain (default: never)")
+    p.add_argument(
+        "--patience", type=int, help="stop after this many epochs without a validation gain (default: never)"
+    )
     p.add_argument("--no-sharing", action="store_true", help="do not pull shared weights")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="where to train (auto: CUDA when available)")
+    p.add_argument(
+        "--device", choices=("cpu", "cuda", "auto"), default="auto", help="where to train (auto: CUDA when available)"
+    )
     p.add_argument("--endpoint", help="S3 endpoint URL (default: env EPNAS_S3_ENDPOINT)")
     p.add_argument("--termination-log", help="write a short JSON summary here (default: env EPNAS_TERMINATION_LOG)")
-    p.add_argument("--force", action="store_true", help="train even when the output already holds a result for this architecture")
+    p.add_argument(
+        "--force", action="store_true", help="train even when the output already holds a result for this architecture"
+    )
     return p
 
 
@@ -99,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         result = run(job)
         summary.update(exitCode=0, **_summary_of(result))
-        print(f"{PROG}: {result.child}: val {result.val_accuracy:.4f} test {result.test_accuracy:.4f} "
-              f"after {result.epochs_run} epochs in {result.train_seconds:.1f} s on {result.device}", file=sys.stderr)
+        print(
+            f"{PROG}: {result.child}: val {result.val_accuracy:.4f} test {result.test_accuracy:.4f} "
+            f"after {result.epochs_run} epochs in {result.train_seconds:.1f} s on {result.device}",
+            file=sys.stderr,
+        )
         return 0
     except SystemExit as stop:  # --help
         summary["exitCode"] = stop.code if isinstance(stop.code, int) else 0
@@ -137,8 +153,10 @@ def prepare(args: argparse.Namespace) -> Job:
             raise InvalidInput(f"bad flags: --{flag.replace('_', '-')} must be file://, s3:// or a path")
     if args.endpoint is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", args.endpoint):
         raise InvalidInput(f"bad flags: --endpoint {args.endpoint!r} is not an http:// or https:// URL")
-    if args.weights and args.weights.startswith("file://") and pathlib.Path(args.weights[len("file://"):]).is_file():
-        raise InvalidInput(f"bad flags: --weights {args.weights} is a file; it names the weight dictionary's directory (weights/)")
+    if args.weights and args.weights.startswith("file://") and pathlib.Path(args.weights[len("file://") :]).is_file():
+        raise InvalidInput(
+            f"bad flags: --weights {args.weights} is a file; it names the weight dictionary's directory (weights/)"
+        )
     try:
         root, key = split_uri(args.arch)
     except StoreError as err:
@@ -252,7 +270,13 @@ def _run(job: Job) -> ChildResult:
     _set_threads(torch)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
-    splits = load_dataset(task.dataset, space=task.arch.space, seed=task.seed, resolution=training.resolution, sample_ratio=training.sample_ratio)
+    splits = load_dataset(
+        task.dataset,
+        space=task.arch.space,
+        seed=task.seed,
+        resolution=training.resolution,
+        sample_ratio=training.sample_ratio,
+    )
     arch = with_channel_factor(task.arch, training.channel_factor)
     torch.manual_seed(task.seed)
     model = build_model(arch, splits.input_shape, splits.num_classes)
@@ -264,12 +288,25 @@ def _run(job: Job) -> ChildResult:
         warnings += report.warnings
         inherited = report.fraction
     model.to(device)
-    outcome = train_child(model, splits, training, seed=task.seed, device=device, patience=job.patience, deadline_s=float(training.timeout_seconds))
+    outcome = train_child(
+        model,
+        splits,
+        training,
+        seed=task.seed,
+        device=device,
+        patience=job.patience,
+        deadline_s=float(training.timeout_seconds),
+    )
     if outcome.diverged:
         raise Diverged(outcome.diverged)
     out = open_store(job.out_uri, endpoint=job.endpoint)
     model.to("cpu")
-    weights_key = push_child(out, "", model, metadata={"child": task.child, "arch_hash": task.arch.hash, "val_accuracy": repr(outcome.val_accuracy)})
+    weights_key = push_child(
+        out,
+        "",
+        model,
+        metadata={"child": task.child, "arch_hash": task.arch.hash, "val_accuracy": repr(outcome.val_accuracy)},
+    )
     result = ChildResult(
         child=task.child,
         arch_hash=task.arch.hash,
@@ -318,7 +355,9 @@ def _check_fits(model, splits, torch) -> None:
         with torch.no_grad():
             logits = model(splits.val[0][:2])
     except RuntimeError as err:
-        raise InvalidInput(f"the architecture does not fit input shape {list(splits.input_shape)}: {one_line(str(err))}") from None
+        raise InvalidInput(
+            f"the architecture does not fit input shape {list(splits.input_shape)}: {one_line(str(err))}"
+        ) from None
     if logits.shape[-1] != splits.num_classes:
         raise InvalidInput(f"the model writes {logits.shape[-1]} logits for {splits.num_classes} classes")
 
@@ -343,7 +382,13 @@ def termination_message(summary: dict[str, Any]) -> str:
     """``summary`` as compact JSON of at most ``TERMINATION_LIMIT`` bytes (the message is cut to fit)."""
     text = json.dumps(summary, sort_keys=True, separators=(",", ":"))
     while len(text.encode()) > TERMINATION_LIMIT and summary.get("message"):
-        summary = {**summary, "message": summary["message"][: max(0, len(summary["message"]) - (len(text.encode()) - TERMINATION_LIMIT) - 8)] + "…"}
+        summary = {
+            **summary,
+            "message": summary["message"][
+                : max(0, len(summary["message"]) - (len(text.encode()) - TERMINATION_LIMIT) - 8)
+            ]
+            + "…",
+        }
         if len(summary["message"]) <= 1:
             summary.pop("message")
         text = json.dumps(summary, sort_keys=True, separators=(",", ":"))

@@ -58,7 +58,9 @@ class Splits:
     augment: Augment | None = None
 
 
-def load_dataset(dataset: Dataset, *, space: str, seed: int, resolution: int | None = None, sample_ratio: float = 1.0) -> Splits:
+def load_dataset(
+    dataset: Dataset, *, space: str, seed: int, resolution: int | None = None, sample_ratio: float = 1.0
+) -> Splits:
     """The splits for ``dataset``, resized to ``resolution`` and with ``sample_ratio`` of the training set.
 
     ``seed`` picks which training samples the sample ratio keeps.  Raises ``DatasetError``.
@@ -75,9 +77,13 @@ def load_dataset(dataset: Dataset, *, space: str, seed: int, resolution: int | N
 
 def _check_declared(dataset: Dataset, splits: Splits) -> None:
     if dataset.input_shape is not None and tuple(dataset.input_shape) != splits.input_shape:
-        raise DatasetError(f"dataset {dataset.kind} has input shape {list(splits.input_shape)}, the task declares {list(dataset.input_shape)}")
+        raise DatasetError(
+            f"dataset {dataset.kind} has input shape {list(splits.input_shape)}, the task declares {list(dataset.input_shape)}"
+        )
     if dataset.num_classes is not None and dataset.kind != "synthetic" and dataset.num_classes < splits.num_classes:
-        raise DatasetError(f"dataset {dataset.kind} has labels up to {splits.num_classes - 1}, the task declares {dataset.num_classes} classes")
+        raise DatasetError(
+            f"dataset {dataset.kind} has labels up to {splits.num_classes - 1}, the task declares {dataset.num_classes} classes"
+        )
 
 
 def subsample(pair: tuple[torch.Tensor, torch.Tensor], ratio: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,11 +102,20 @@ def resize(splits: Splits, resolution: int) -> Splits:
         return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False), y
 
     c = splits.input_shape[0]
-    return Splits(scale(splits.train), scale(splits.val), scale(splits.test), (c, resolution, resolution), splits.num_classes, splits.augment)
+    return Splits(
+        scale(splits.train),
+        scale(splits.val),
+        scale(splits.test),
+        (c, resolution, resolution),
+        splits.num_classes,
+        splits.augment,
+    )
 
 
 def _pairs(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32), torch.as_tensor(np.asarray(y), dtype=torch.int64)
+    return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32), torch.as_tensor(
+        np.asarray(y), dtype=torch.int64
+    )
 
 
 def _split(x: np.ndarray, y: np.ndarray, n_train: int, n_val: int) -> tuple:
@@ -178,7 +193,9 @@ def _npz_pair(x: np.ndarray, y: np.ndarray, shape: tuple[int, ...], split: str):
     if x.ndim == 3 and shape[0] == 1:
         x = x[:, None]
     if tuple(x.shape[1:]) != shape:
-        raise DatasetError(f"npz x_{split} has sample shape {list(x.shape[1:])}, the task declares input shape {list(shape)}")
+        raise DatasetError(
+            f"npz x_{split} has sample shape {list(x.shape[1:])}, the task declares input shape {list(shape)}"
+        )
     if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
         raise DatasetError(f"npz y_{split} must be {len(x)} integer labels")
     return _pairs(x.astype(np.float32), y)

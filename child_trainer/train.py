@@ -44,8 +44,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -105,7 +105,9 @@ def lr_at(training: ChildTraining, epoch_progress: float, steps_done: int, steps
     return cosine
 
 
-def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch: int, device: torch.device, limit: int = RECALIBRATE_SAMPLES) -> None:
+def recalibrate_batchnorm(
+    model: nn.Module, x: torch.Tensor, batch: int, device: torch.device, limit: int = RECALIBRATE_SAMPLES
+) -> None:
     """Re-estimate every batch-norm's running statistics on up to ``limit`` training samples.
 
     With few large steps (the prediction regime) the exponential running averages lag
@@ -187,7 +189,9 @@ def resolve_precision(choice: str, device: torch.device) -> tuple[Precision, str
     if choice == "auto":
         return Precision("bf16" if native_bf16 else "fp16" if cuda else "fp32", device.type), None
     if choice == "bf16" and cuda and not native_bf16:
-        return Precision("fp16", device.type), "precision bf16 asked for, but this GPU has no native bfloat16: training in fp16"
+        return Precision(
+            "fp16", device.type
+        ), "precision bf16 asked for, but this GPU has no native bfloat16: training in fp16"
     return Precision(choice, device.type), None
 
 
@@ -200,7 +204,9 @@ def in_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
-def place_splits(splits: Splits, device: torch.device, channels_last: bool = False) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], bool]:
+def place_splits(
+    splits: Splits, device: torch.device, channels_last: bool = False
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], bool]:
     """The train, val and test pairs where training reads them, and whether they are resident on ``device``.
 
     On CPU the splits' own tensors (unchanged).  On another device: copied there once,
@@ -213,8 +219,10 @@ def place_splits(splits: Splits, device: torch.device, channels_last: bool = Fal
         return pairs, True
     need = sum(t.numel() * t.element_size() for pair in pairs.values() for t in pair)
     if need <= RESIDENT_FRACTION * _free_memory(device):
-        return {k: (in_memory_format(x.to(device, non_blocking=True), channels_last), y.to(device, non_blocking=True))
-                for k, (x, y) in pairs.items()}, True
+        return {
+            k: (in_memory_format(x.to(device, non_blocking=True), channels_last), y.to(device, non_blocking=True))
+            for k, (x, y) in pairs.items()
+        }, True
     pinned = device.type == "cuda"
     return {k: (x.pin_memory(), y.pin_memory()) if pinned else (x, y) for k, (x, y) in pairs.items()}, False
 
@@ -237,8 +245,16 @@ class TrainStep:
     falls back to the eager network for good and adds a warning.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, precision: Precision, *,
-                 compile: bool = False, check_each_step: bool = True, warnings: list[str] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        precision: Precision,
+        *,
+        compile: bool = False,
+        check_each_step: bool = True,
+        warnings: list[str] | None = None,
+    ):
         self.model, self.optimizer, self.precision = model, optimizer, precision
         self.scaler = precision.scaler()
         self.check_each_step = check_each_step
@@ -275,7 +291,9 @@ class TrainStep:
             self._fall_back(err)
             return self._step(self.model, xb, yb, rate)
 
-    def _step(self, forward: Callable[[torch.Tensor], torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, rate: float) -> bool:
+    def _step(
+        self, forward: Callable[[torch.Tensor], torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, rate: float
+    ) -> bool:
         for group in self.optimizer.param_groups:
             group["lr"] = rate
         with self.precision.autocast():
@@ -351,7 +369,9 @@ def train_child(
         model.to(memory_format=torch.channels_last)
     try:
         with _cudnn_autotune(device):
-            outcome = _train(model, splits, training, seed, device, precision, channels_last, warnings, patience, deadline_s, started)
+            outcome = _train(
+                model, splits, training, seed, device, precision, channels_last, warnings, patience, deadline_s, started
+            )
     finally:
         if channels_last:
             model.to(memory_format=torch.contiguous_format)
@@ -359,10 +379,16 @@ def train_child(
     return outcome
 
 
-def _train(model, splits, training, seed, device, precision, channels_last, warnings, patience, deadline_s, started) -> TrainOutcome:
+def _train(
+    model, splits, training, seed, device, precision, channels_last, warnings, patience, deadline_s, started
+) -> TrainOutcome:
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=training.lr, momentum=training.momentum, nesterov=training.momentum > 0, weight_decay=training.weight_decay
+        model.parameters(),
+        lr=training.lr,
+        momentum=training.momentum,
+        nesterov=training.momentum > 0,
+        weight_decay=training.weight_decay,
     )
     pairs, resident = place_splits(splits, device, channels_last)
     x_train, y_train = pairs["train"]
@@ -370,7 +396,9 @@ def _train(model, splits, training, seed, device, precision, channels_last, warn
     batch = min(training.batch_size, len(x_train))
     steps_per_epoch = max(1, len(x_train) // batch if len(x_train) % batch < 2 else -(-len(x_train) // batch))
     history: dict[str, list[float]] = {k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr")}
-    step_fn = TrainStep(model, optimizer, precision, compile=training.compile, check_each_step=device.type == "cpu", warnings=warnings)
+    step_fn = TrainStep(
+        model, optimizer, precision, compile=training.compile, check_each_step=device.type == "cpu", warnings=warnings
+    )
     best_val, stale, steps_done, epochs_run = -1.0, 0, 0, 0
     divergence: str | None = None
     rate = training.lr
@@ -402,15 +430,23 @@ def _train(model, splits, training, seed, device, precision, channels_last, warn
         with precision.autocast():
             recalibrate_batchnorm(model, pairs["train"][0], batch, device)
             val_loss, val_acc = evaluate(model, pairs["val"], device)
-        for key, value in (("train_loss", loss_sum / max(seen, 1)), ("train_acc", correct / max(seen, 1)), ("val_loss", val_loss), ("val_acc", val_acc), ("lr", rate)):
+        for key, value in (
+            ("train_loss", loss_sum / max(seen, 1)),
+            ("train_acc", correct / max(seen, 1)),
+            ("val_loss", val_loss),
+            ("val_acc", val_acc),
+            ("lr", rate),
+        ):
             history[key].append(float(value))
         guess = math.log(max(splits.num_classes, 2))
         if diverged:
             divergence = f"training loss became non-finite in epoch {epoch + 1} (lr {rate:g})"
             break
         if seen and loss_sum / seen > DIVERGENCE_FACTOR * guess:
-            divergence = (f"training loss {loss_sum / seen:.4g} in epoch {epoch + 1} is over {DIVERGENCE_FACTOR:g}× "
-                          f"that of a uniform guess (ln {splits.num_classes} = {guess:.3f}; lr {rate:g})")
+            divergence = (
+                f"training loss {loss_sum / seen:.4g} in epoch {epoch + 1} is over {DIVERGENCE_FACTOR:g}× "
+                f"that of a uniform guess (ln {splits.num_classes} = {guess:.3f}; lr {rate:g})"
+            )
             break
         if deadline_s is not None and time.monotonic() - started > deadline_s:
             warnings.append(f"time limit of {deadline_s:.0f} s reached after {epochs_run} epochs")
@@ -425,5 +461,16 @@ def _train(model, splits, training, seed, device, precision, channels_last, warn
         _, test_acc = evaluate(model, pairs["test"], device)
     if divergence is None and not math.isfinite(val_loss):
         divergence = f"validation loss is {val_loss} after {epochs_run} epochs"
-    return TrainOutcome(val_acc, test_acc, history, epochs_run, 0.0, warnings, divergence,
-                        precision=precision.name, channels_last=channels_last, compiled=step_fn.compiled, resident=resident)
+    return TrainOutcome(
+        val_acc,
+        test_acc,
+        history,
+        epochs_run,
+        0.0,
+        warnings,
+        divergence,
+        precision=precision.name,
+        channels_last=channels_last,
+        compiled=step_fn.compiled,
+        resident=resident,
+    )

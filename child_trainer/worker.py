@@ -46,7 +46,8 @@ import json
 import os
 import sys
 import traceback
-from typing import IO, Any, Iterator
+from collections.abc import Iterator
+from typing import IO, Any
 
 from epnas.errors import FAULT, INVALID_INPUT
 

@@ -43,10 +43,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from epnas.errors import NOT_RETRIED
-from epnas.executors.base import ChildOutcome, ChildRun, SearchStopped, exit_reason
-from epnas.spec import SearchSpec
-
 from controller.jobs import (
     JOB_DELETED_GRACE_S,
     LABEL_EPISODE,
@@ -59,6 +55,9 @@ from controller.jobs import (
     job_manifest,
 )
 from controller.kube import Kube, KubeError, Obj, Use, _plain
+from epnas.errors import NOT_RETRIED
+from epnas.executors.base import ChildOutcome, ChildRun, SearchStopped, exit_reason
+from epnas.spec import SearchSpec
 
 LOG = logging.getLogger("epnas.controller.argo")
 GROUP, VERSION, PLURAL = "argoproj.io", "v1alpha1", "workflows"
@@ -68,8 +67,15 @@ POLL_S = 1.0
 DONE = ("Succeeded", "Failed", "Error")
 # Argo's expression language: retry unless the last attempt's exit code is one that is never retried
 RETRY_EXPRESSION = " && ".join(f"asInt(lastRetry.exitCode) != {code}" for code in NOT_RETRIED)
-POD_FIELDS = ("securityContext", "nodeSelector", "tolerations", "affinity", "priorityClassName", "serviceAccountName",
-              "activeDeadlineSeconds")
+POD_FIELDS = (
+    "securityContext",
+    "nodeSelector",
+    "tolerations",
+    "affinity",
+    "priorityClassName",
+    "serviceAccountName",
+    "activeDeadlineSeconds",
+)
 
 
 def workflow_name(search: str, episode: int, step: int) -> str:
@@ -77,8 +83,14 @@ def workflow_name(search: str, episode: int, step: int) -> str:
     return f"{search}-e{episode:03d}-s{step:02d}"
 
 
-def workflow_manifest(runs: list[ChildRun], *, spec: SearchSpec, owner: Owner, parallelism: int | None,
-                      command: list[str] = TRAINER_COMMAND) -> Obj:
+def workflow_manifest(
+    runs: list[ChildRun],
+    *,
+    spec: SearchSpec,
+    owner: Owner,
+    parallelism: int | None,
+    command: list[str] = TRAINER_COMMAND,
+) -> Obj:
     """The Workflow that trains one step's ``runs`` (pure; see the module docstring)."""
     first = runs[0]
     templates: list[dict[str, Any]] = []
@@ -92,7 +104,11 @@ def workflow_manifest(runs: list[ChildRun], *, spec: SearchSpec, owner: Owner, p
             "name": run.child,
             "metadata": {"labels": dict(job["spec"]["template"]["metadata"]["labels"])},
             "container": container,
-            "retryStrategy": {"limit": spec.trainer.backoff_limit, "retryPolicy": "Always", "expression": RETRY_EXPRESSION},
+            "retryStrategy": {
+                "limit": spec.trainer.backoff_limit,
+                "retryPolicy": "Always",
+                "expression": RETRY_EXPRESSION,
+            },
         }
         template.update({key: pod[key] for key in POD_FIELDS if key in pod})
         templates.append(template)
@@ -141,13 +157,15 @@ def child_outcomes(workflow: Obj) -> dict[str, ChildOutcome]:
         child = node.get("displayName")
         if node.get("type") != "Retry" or child not in wanted or node.get("phase") not in DONE:
             continue
-        pods = sorted((nodes[i] for i in node.get("children") or [] if i in nodes), key=lambda n: n.get("startedAt") or "")
+        pods = sorted(
+            (nodes[i] for i in node.get("children") or [] if i in nodes), key=lambda n: n.get("startedAt") or ""
+        )
         attempts = max(1, len(pods))
         last = pods[-1] if pods else node
         if node["phase"] == "Succeeded":
             outcomes[child] = ChildOutcome(child, 0, "Completed", "", attempts, _seconds(node))
             continue
-        code_text = ((last.get("outputs") or {}).get("exitCode"))
+        code_text = (last.get("outputs") or {}).get("exitCode")
         code = int(code_text) if code_text not in (None, "") else None
         message = last.get("message") or node.get("message") or ""
         reason, detail = node["phase"], _message_text(message)
@@ -155,8 +173,9 @@ def child_outcomes(workflow: Obj) -> dict[str, ChildOutcome]:
             reason = exit_reason(code)
         else:
             reason = next((r for r in TELLING_REASONS if r in message), "Error" if code else reason)
-        outcomes[child] = ChildOutcome(child, code, reason, detail or f"the Workflow node ended {node['phase']}", attempts,
-                                       _seconds(node))
+        outcomes[child] = ChildOutcome(
+            child, code, reason, detail or f"the Workflow node ended {node['phase']}", attempts, _seconds(node)
+        )
     return outcomes
 
 
@@ -206,16 +225,26 @@ class ArgoExecutor:
 
     def _create(self, body: Obj) -> Obj:
         namespace, name = self.owner.namespace, body["metadata"]["name"]
-        got = self.kube._call(Use("create", *WORKFLOWS), lambda: self.kube.custom.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, body, **_plain()), ok=(409,))
+        got = self.kube._call(
+            Use("create", *WORKFLOWS),
+            lambda: self.kube.custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, body, **_plain()
+            ),
+            ok=(409,),
+        )
         if got != 409:
             return got
         LOG.info("%s: adopting existing Workflow %s", self.owner.name, name)
         return self._get(name) or body
 
     def _get(self, name: str) -> Obj | None:
-        got = self.kube._call(Use("get", *WORKFLOWS), lambda: self.kube.custom.get_namespaced_custom_object(
-            GROUP, VERSION, self.owner.namespace, PLURAL, name, **_plain()), ok=(404,))
+        got = self.kube._call(
+            Use("get", *WORKFLOWS),
+            lambda: self.kube.custom.get_namespaced_custom_object(
+                GROUP, VERSION, self.owner.namespace, PLURAL, name, **_plain()
+            ),
+            ok=(404,),
+        )
         return None if got == 404 else got
 
     def _follow_parallelism(self, name: str, limit: int | None) -> int | None:
@@ -225,8 +254,13 @@ class ArgoExecutor:
             return limit
         patch = {"spec": {"parallelism": now}}
         try:
-            self.kube._call(Use("patch", *WORKFLOWS), lambda: self.kube.custom.patch_namespaced_custom_object(
-                GROUP, VERSION, self.owner.namespace, PLURAL, name, patch, **_plain()), ok=(404,))
+            self.kube._call(
+                Use("patch", *WORKFLOWS),
+                lambda: self.kube.custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, self.owner.namespace, PLURAL, name, patch, **_plain()
+                ),
+                ok=(404,),
+            )
         except KubeError:
             return limit  # try again at the next poll
         return now
@@ -238,7 +272,9 @@ class ArgoExecutor:
             if time.monotonic() >= deadline:
                 for run in runs:
                     if run.child not in outcomes:
-                        outcomes[run.child] = ChildOutcome(run.child, None, "WorkflowDeleted", "the Workflow was deleted before it finished")
+                        outcomes[run.child] = ChildOutcome(
+                            run.child, None, "WorkflowDeleted", "the Workflow was deleted before it finished"
+                        )
                         self.on_finished(outcomes[run.child])
                 return
             time.sleep(0.1)

@@ -14,11 +14,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controller.metrics import Metrics
 
-
 Probe = Callable[[], tuple[bool, str]]
 
 
-def serve(*, port: int, metrics: Metrics, ready: Probe, health: Probe = lambda: (True, "ok"), host: str = "0.0.0.0") -> ThreadingHTTPServer:
+def serve(
+    *, port: int, metrics: Metrics, ready: Probe, health: Probe = lambda: (True, "ok"), host: str = "0.0.0.0"
+) -> ThreadingHTTPServer:
     """Start serving; returns the server (``.server_address[1]`` is the port, ``.shutdown()`` stops it)."""
 
     class Handler(BaseHTTPRequestHandler):

@@ -17,11 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from controller.kube import Gone, Kube, KubeError, Obj
 from epnas.errors import NOT_RETRIED
 from epnas.executors.base import ChildOutcome, ChildRun, SearchStopped, exit_reason
 from epnas.spec import API_VERSION, KIND, SearchSpec
-
-from controller.kube import Gone, Kube, KubeError, Obj
 
 LOG = logging.getLogger("epnas.controller.jobs")
 LABEL_SEARCH = "epnas.io/search"
@@ -37,7 +36,9 @@ WATCH_WINDOW_S = 10
 JOB_DELETED_GRACE_S = 5.0  # how long a deleted Job waits for its search's deletion to arrive
 STUCK_CHECK_S = 10.0  # how often the wait looks for pods stuck before their trainer could start
 # a container waiting for one of these will not start by itself (a wrong image, a missing Secret)
-STUCK_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError"})
+STUCK_REASONS = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError"}
+)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,10 @@ def job_manifest(run: ChildRun, *, spec: SearchSpec, owner: Owner, command: list
         LABEL_STEP: str(run.step),
         LABEL_CHILD: run.child,
     }
-    resources: dict[str, Any] = {"requests": {"cpu": trainer.cpu, "memory": trainer.memory}, "limits": {"memory": trainer.memory}}
+    resources: dict[str, Any] = {
+        "requests": {"cpu": trainer.cpu, "memory": trainer.memory},
+        "limits": {"memory": trainer.memory},
+    }
     if trainer.gpu > 0:
         resources["limits"]["nvidia.com/gpu"] = str(trainer.gpu)
         resources["requests"]["nvidia.com/gpu"] = str(trainer.gpu)
@@ -113,8 +117,13 @@ def job_manifest(run: ChildRun, *, spec: SearchSpec, owner: Owner, command: list
         # per attempt, from the pod's start: time spent queued for a (GPU) node does not count
         "activeDeadlineSeconds": trainer.active_deadline_seconds,
         "automountServiceAccountToken": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER, "fsGroup": RUN_AS_USER,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {}}],
     }
@@ -143,7 +152,14 @@ def job_manifest(run: ChildRun, *, spec: SearchSpec, owner: Owner, command: list
             "namespace": owner.namespace,
             "labels": job_labels,
             "ownerReferences": [
-                {"apiVersion": API_VERSION, "kind": KIND, "name": owner.name, "uid": owner.uid, "controller": True, "blockOwnerDeletion": True}
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "name": owner.name,
+                    "uid": owner.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
             ],
         },
         "spec": {
@@ -152,7 +168,10 @@ def job_manifest(run: ChildRun, *, spec: SearchSpec, owner: Owner, command: list
             "ttlSecondsAfterFinished": trainer.ttl_seconds_after_finished,
             "podFailurePolicy": {
                 "rules": [
-                    {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": list(NOT_RETRIED)}},
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": list(NOT_RETRIED)},
+                    },
                     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
                 ]
             },
@@ -206,7 +225,12 @@ def last_termination(pods: list[Obj]) -> tuple[int | None, str, str]:
                 continue
             key = terminated.get("startedAt") or ""
             if best is None or key >= best[0]:
-                best = (key, terminated.get("exitCode"), terminated.get("message") or "", pod_reason or terminated.get("reason") or "")
+                best = (
+                    key,
+                    terminated.get("exitCode"),
+                    terminated.get("message") or "",
+                    pod_reason or terminated.get("reason") or "",
+                )
     return (best[1], best[2], best[3]) if best else (None, "", "")
 
 
@@ -218,8 +242,14 @@ def stuck_pods(pods: list[Obj], *, now: datetime.datetime, deadline_s: float) ->
     for pod in pods:
         status = pod.get("status") or {}
         job = ((pod.get("metadata") or {}).get("labels") or {}).get("job-name")
-        scheduled = next((c.get("lastTransitionTime") for c in status.get("conditions") or []
-                          if c.get("type") == "PodScheduled" and c.get("status") == "True"), None)
+        scheduled = next(
+            (
+                c.get("lastTransitionTime")
+                for c in status.get("conditions") or []
+                if c.get("type") == "PodScheduled" and c.get("status") == "True"
+            ),
+            None,
+        )
         if not job or not scheduled or status.get("phase") != "Pending":
             continue
         waited = (now - _time(scheduled)).total_seconds()
@@ -227,7 +257,10 @@ def stuck_pods(pods: list[Obj], *, now: datetime.datetime, deadline_s: float) ->
             waiting = (container.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in STUCK_REASONS and waited >= deadline_s:
                 message = waiting.get("message") or waiting["reason"]
-                out[job] = (waiting["reason"], f"the pod waited {waited:.0f} s on its node in {waiting['reason']} ({message}); its Job was deleted")
+                out[job] = (
+                    waiting["reason"],
+                    f"the pod waited {waited:.0f} s on its node in {waiting['reason']} ({message}); its Job was deleted",
+                )
                 break
     return out
 
@@ -331,7 +364,13 @@ class JobExecutor:
         known = {j["metadata"]["name"]: j for j in jobs if j["metadata"]["name"] in by_name}
         created.update(known)
         if known:
-            LOG.info("%s: adopting %d existing Jobs of episode %d step %d", self.owner.name, len(known), runs[0].episode, runs[0].step)
+            LOG.info(
+                "%s: adopting %d existing Jobs of episode %d step %d",
+                self.owner.name,
+                len(known),
+                runs[0].episode,
+                runs[0].step,
+            )
         waiting = [r for r in waiting if job_name(self.owner.name, r.child) not in known]
         for job in known.values():
             self._settle(job, by_name, outcomes)
@@ -345,7 +384,9 @@ class JobExecutor:
                     self._fail_stuck(selector, by_name, outcomes)
                     next_stuck_check = time.monotonic() + STUCK_CHECK_S
                 try:
-                    version = self._watch_once(selector, version, by_name, known, outcomes, more_to_create=bool(waiting))
+                    version = self._watch_once(
+                        selector, version, by_name, known, outcomes, more_to_create=bool(waiting)
+                    )
                 except Gone:
                     jobs, version = self.kube.list_jobs(namespace=self.owner.namespace, selector=selector)
                     for job in jobs:
@@ -378,7 +419,9 @@ class JobExecutor:
         return job
 
     def _watch_once(self, selector: str, version: str, by_name, known, outcomes, *, more_to_create: bool) -> str:
-        events = self.kube.watch_jobs(namespace=self.owner.namespace, selector=selector, resource_version=version, timeout_s=WATCH_WINDOW_S)
+        events = self.kube.watch_jobs(
+            namespace=self.owner.namespace, selector=selector, resource_version=version, timeout_s=WATCH_WINDOW_S
+        )
         for event in events:
             job = event["object"]
             version = job["metadata"].get("resourceVersion", version)
@@ -390,7 +433,10 @@ class JobExecutor:
             if event["type"] == "DELETED" and by_name[name].child not in outcomes and not finished(job):
                 if self._stopping_soon():
                     raise SearchStopped(self.owner.name)
-                self._finish(ChildOutcome(by_name[name].child, None, "JobDeleted", "the Job was deleted before it finished"), outcomes)
+                self._finish(
+                    ChildOutcome(by_name[name].child, None, "JobDeleted", "the Job was deleted before it finished"),
+                    outcomes,
+                )
             else:
                 self._settle(job, by_name, outcomes)
             if self.should_stop():
@@ -403,8 +449,10 @@ class JobExecutor:
         """Fail (and delete the Jobs of) the step's children whose pods are stuck (``stuck_pods``):
         a wrong image or a missing Secret fails fast with its reason instead of holding the step."""
         pods = self.kube.list_pods(namespace=self.owner.namespace, selector=selector)
-        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
-        for name, (reason, detail) in stuck_pods(pods, now=now, deadline_s=self.spec.trainer.start_deadline_seconds).items():
+        now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+        for name, (reason, detail) in stuck_pods(
+            pods, now=now, deadline_s=self.spec.trainer.start_deadline_seconds
+        ).items():
             run = by_name.get(name)
             if run is None or run.child in outcomes:
                 continue

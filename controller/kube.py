@@ -126,7 +126,9 @@ class Kube:
                 if err.status in ok:
                     return int(err.status)
                 self.on_error(use.verb)
-                error = KubeError(f"{use.verb} {use.resource}: {err.status} {err.reason}: {_message(err)}", err.status or 0)
+                error = KubeError(
+                    f"{use.verb} {use.resource}: {err.status} {err.reason}: {_message(err)}", err.status or 0
+                )
                 retry_after = _retry_after(err)
             except Exception as err:  # connection refused, timeouts: urllib3 errors
                 self.on_error(use.verb)
@@ -145,35 +147,52 @@ class Kube:
 
     def create_job(self, *, namespace: str, body: Obj) -> Obj | None:
         """The created Job, or ``None`` when one of that name exists already (409)."""
-        got = self._call(Use("create", *JOBS), lambda: self.batch.create_namespaced_job(namespace, body, **_plain()), ok=(409,))
+        got = self._call(
+            Use("create", *JOBS), lambda: self.batch.create_namespaced_job(namespace, body, **_plain()), ok=(409,)
+        )
         return None if got == 409 else got
 
     def read_job(self, *, namespace: str, name: str) -> Obj | None:
         """The Job, or ``None`` when there is none."""
-        got = self._call(Use("get", *JOBS), lambda: self.batch.read_namespaced_job(name, namespace, **_plain()), ok=(404,))
+        got = self._call(
+            Use("get", *JOBS), lambda: self.batch.read_namespaced_job(name, namespace, **_plain()), ok=(404,)
+        )
         return None if got == 404 else got
 
     def list_jobs(self, *, namespace: str, selector: str) -> tuple[list[Obj], str]:
         """``(jobs, resourceVersion of the list)`` for a label selector."""
-        got = self._call(Use("list", *JOBS), lambda: self.batch.list_namespaced_job(namespace, label_selector=selector, **_plain()))
+        got = self._call(
+            Use("list", *JOBS), lambda: self.batch.list_namespaced_job(namespace, label_selector=selector, **_plain())
+        )
         return got.get("items", []), got["metadata"]["resourceVersion"]
 
-    def watch_jobs(self, *, namespace: str, selector: str, resource_version: str, timeout_s: int) -> Iterator[WatchEvent]:
+    def watch_jobs(
+        self, *, namespace: str, selector: str, resource_version: str, timeout_s: int
+    ) -> Iterator[WatchEvent]:
         """Job events after ``resource_version``, until the server ends the watch (``timeout_s``).
 
         Raises ``Gone`` when the version is too old (list again).
         """
-        return self._watch(Use("watch", *JOBS), lambda **kw: self.batch.list_namespaced_job(namespace, label_selector=selector, **kw),
-                           resource_version, timeout_s)
+        return self._watch(
+            Use("watch", *JOBS),
+            lambda **kw: self.batch.list_namespaced_job(namespace, label_selector=selector, **kw),
+            resource_version,
+            timeout_s,
+        )
 
     def delete_job(self, *, namespace: str, name: str) -> None:
         """Delete a Job and, in the background, its pods (a child given up on: ``JobExecutor``'s
         stuck pods); a Job already gone is fine."""
-        self._call(Use("delete", *JOBS), lambda: self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background",
-                                                                                    **_plain()), ok=(404,))
+        self._call(
+            Use("delete", *JOBS),
+            lambda: self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background", **_plain()),
+            ok=(404,),
+        )
 
     def list_pods(self, *, namespace: str, selector: str) -> list[Obj]:
-        got = self._call(Use("list", *PODS), lambda: self.core.list_namespaced_pod(namespace, label_selector=selector, **_plain()))
+        got = self._call(
+            Use("list", *PODS), lambda: self.core.list_namespaced_pod(namespace, label_selector=selector, **_plain())
+        )
         return got.get("items", [])
 
     # ------------------------------------------------------------ ArchitectureSearch
@@ -185,7 +204,9 @@ class Kube:
 
     def watch_searches(self, *, namespace: str | None, resource_version: str, timeout_s: int) -> Iterator[WatchEvent]:
         """ArchitectureSearch events after ``resource_version``; ``Gone`` on 410."""
-        return self._watch(Use("watch", *SEARCHES), lambda **kw: self._list_searches(namespace, **kw), resource_version, timeout_s)
+        return self._watch(
+            Use("watch", *SEARCHES), lambda **kw: self._list_searches(namespace, **kw), resource_version, timeout_s
+        )
 
     def _list_searches(self, namespace: str | None, **kwargs: Any) -> Any:
         if namespace is None:
@@ -204,10 +225,12 @@ class Kube:
         )
         return got != 404
 
-    def create_event(self, *, involved: Obj, event_type: Literal["Normal", "Warning"], reason: str, message: str, component: str) -> None:
+    def create_event(
+        self, *, involved: Obj, event_type: Literal["Normal", "Warning"], reason: str, message: str, component: str
+    ) -> None:
         """A core/v1 Event on ``involved`` (best effort is the caller's choice: this raises ``KubeError``)."""
         meta = involved["metadata"]
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {
@@ -226,31 +249,47 @@ class Kube:
             "lastTimestamp": now,
             "count": 1,
         }
-        self._call(Use("create", *EVENTS), lambda: self.core.create_namespaced_event(meta["namespace"], body, **_plain()))
+        self._call(
+            Use("create", *EVENTS), lambda: self.core.create_namespaced_event(meta["namespace"], body, **_plain())
+        )
 
     # ------------------------------------------------------------ Leases (leader election)
 
     def read_lease(self, *, namespace: str, name: str, retry: bool = True) -> Obj | None:
         """The coordination.k8s.io/v1 Lease, or ``None`` when there is none."""
-        got = self._call(Use("get", *LEASES), lambda: self.coordination.read_namespaced_lease(name, namespace, **_plain()), ok=(404,),
-                         retry=retry)
+        got = self._call(
+            Use("get", *LEASES),
+            lambda: self.coordination.read_namespaced_lease(name, namespace, **_plain()),
+            ok=(404,),
+            retry=retry,
+        )
         return None if got == 404 else got
 
     def create_lease(self, *, namespace: str, body: Obj) -> Obj | None:
         """The created Lease, or ``None`` when another replica created it first (409)."""
-        got = self._call(Use("create", *LEASES), lambda: self.coordination.create_namespaced_lease(namespace, body, **_plain()), ok=(409,))
+        got = self._call(
+            Use("create", *LEASES),
+            lambda: self.coordination.create_namespaced_lease(namespace, body, **_plain()),
+            ok=(409,),
+        )
         return None if got == 409 else got
 
     def replace_lease(self, *, namespace: str, body: Obj, retry: bool = True) -> Obj | None:
         """The Lease replaced at ``body``'s resourceVersion, or ``None`` when it changed since (409)."""
         name = body["metadata"]["name"]
-        got = self._call(Use("update", *LEASES), lambda: self.coordination.replace_namespaced_lease(name, namespace, body, **_plain()),
-                         ok=(409,), retry=retry)
+        got = self._call(
+            Use("update", *LEASES),
+            lambda: self.coordination.replace_namespaced_lease(name, namespace, body, **_plain()),
+            ok=(409,),
+            retry=retry,
+        )
         return None if got == 409 else got
 
     # ------------------------------------------------------------ watch
 
-    def _watch(self, use: Use, list_fn: Callable[..., Any], resource_version: str, timeout_s: int) -> Iterator[WatchEvent]:
+    def _watch(
+        self, use: Use, list_fn: Callable[..., Any], resource_version: str, timeout_s: int
+    ) -> Iterator[WatchEvent]:
         try:
             response = list_fn(
                 watch=True,

@@ -52,7 +52,7 @@ class LeaseConfig:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def lease_body(config: LeaseConfig, identity: str, *, previous: Obj | None, release: bool = False) -> Obj:
@@ -84,8 +84,16 @@ class LeaderElector:
     replica holds it).  ``release()`` gives a held Lease up (clean shutdown).
     """
 
-    def __init__(self, kube: Kube, config: LeaseConfig, identity: str, *, on_started_leading: Callable[[], None],
-                 on_stopped_leading: Callable[[], None], clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        kube: Kube,
+        config: LeaseConfig,
+        identity: str,
+        *,
+        on_started_leading: Callable[[], None],
+        on_stopped_leading: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.kube = kube
         self.config = config
         self.identity = identity
@@ -140,7 +148,11 @@ class LeaderElector:
             self.stopping.wait(min(self.config.retry_period_s, max(0.0, deadline - self.clock())))
         if self.stopping.is_set():
             return
-        why = f"{self._observed[0]} holds it" if self.held_by_other else f"no renewal for {self.config.renew_deadline_s:.0f} s"
+        why = (
+            f"{self._observed[0]} holds it"
+            if self.held_by_other
+            else f"no renewal for {self.config.renew_deadline_s:.0f} s"
+        )
         LOG.error("%s: lost the lease %s/%s (%s)", self.identity, self.config.namespace, self.config.name, why)
         self.leading.clear()
         self.on_stopped_leading()
@@ -151,13 +163,17 @@ class LeaderElector:
             try:
                 current = self.kube.read_lease(namespace=self.config.namespace, name=self.config.name)
                 if current is None:
-                    got = self.kube.create_lease(namespace=self.config.namespace, body=lease_body(self.config, self.identity, previous=None))
+                    got = self.kube.create_lease(
+                        namespace=self.config.namespace, body=lease_body(self.config, self.identity, previous=None)
+                    )
                     self.last_success = self.clock()
                     return got is not None
                 self.last_success = self.clock()
                 if not self._may_take(current):
                     return False
-                got = self.kube.replace_lease(namespace=self.config.namespace, body=lease_body(self.config, self.identity, previous=current))
+                got = self.kube.replace_lease(
+                    namespace=self.config.namespace, body=lease_body(self.config, self.identity, previous=current)
+                )
             except KubeError as err:
                 LOG.warning("%s: lease %s/%s: %s", self.identity, self.config.namespace, self.config.name, err)
                 return False
@@ -193,8 +209,11 @@ class LeaderElector:
                 # one attempt each: a shutdown must not wait out an unreachable API server (the Lease then expires)
                 current = self.kube.read_lease(namespace=self.config.namespace, name=self.config.name, retry=False)
                 if current and (current.get("spec") or {}).get("holderIdentity") == self.identity:
-                    self.kube.replace_lease(namespace=self.config.namespace, retry=False,
-                                            body=lease_body(self.config, self.identity, previous=current, release=True))
+                    self.kube.replace_lease(
+                        namespace=self.config.namespace,
+                        retry=False,
+                        body=lease_body(self.config, self.identity, previous=current, release=True),
+                    )
                     LOG.info("%s: released the lease", self.identity)
             except KubeError as err:
                 LOG.warning("%s: could not release the lease: %s", self.identity, err)

@@ -37,16 +37,16 @@ from typing import Literal
 
 import pydantic
 
-from epnas.errors import FAULT, EpnasError, InvalidInput, message_lines
-from epnas.spec import Trainer
-
-from controller import http, kube as kube_mod
+from controller import http
+from controller import kube as kube_mod
 from controller.jobs import TRAINER_COMMAND
 from controller.kube import Gone, Kube, KubeError, Obj
 from controller.leader import LeaderElector, LeaseConfig
 from controller.metrics import Metrics
 from controller.runner import SearchRunner
 from controller.tenancy import StorePolicy
+from epnas.errors import FAULT, EpnasError, InvalidInput, message_lines
+from epnas.spec import Trainer
 
 LOG = logging.getLogger("epnas.controller")
 PROG = "epnas controller"
@@ -88,9 +88,17 @@ def decide(event_type: str, obj: Obj, *, running: bool) -> Action:
 
 
 class Controller:
-    def __init__(self, *, kube: Kube, metrics: Metrics, namespace: str | None, trainer_command: list[str],
-                 store_policy: StorePolicy = StorePolicy(), trainer_defaults: dict | None = None,
-                 default_parallelism: int | None = None):
+    def __init__(
+        self,
+        *,
+        kube: Kube,
+        metrics: Metrics,
+        namespace: str | None,
+        trainer_command: list[str],
+        store_policy: StorePolicy = StorePolicy(),
+        trainer_defaults: dict | None = None,
+        default_parallelism: int | None = None,
+    ):
         self.kube = kube
         self.default_parallelism = default_parallelism
         self.metrics = metrics
@@ -125,9 +133,15 @@ class Controller:
         elif action == "observe":
             runner.observe(obj)
         elif action == "start":
-            runner = SearchRunner(obj, kube=self.kube, metrics=self.metrics, trainer_command=self.trainer_command,
-                                  store_policy=self.store_policy, trainer_defaults=self.trainer_defaults,
-                                  default_parallelism=self.default_parallelism)
+            runner = SearchRunner(
+                obj,
+                kube=self.kube,
+                metrics=self.metrics,
+                trainer_command=self.trainer_command,
+                store_policy=self.store_policy,
+                trainer_defaults=self.trainer_defaults,
+                default_parallelism=self.default_parallelism,
+            )
             self.runners[uid] = runner
             LOG.info("%s/%s: starting its search loop", runner.namespace, runner.name)
             runner.start()
@@ -152,7 +166,9 @@ class Controller:
                 if version is None:
                     version = self.relist()
                     self.heartbeat = time.monotonic()
-                for event in self.kube.watch_searches(namespace=self.namespace, resource_version=version, timeout_s=WATCH_WINDOW_S):
+                for event in self.kube.watch_searches(
+                    namespace=self.namespace, resource_version=version, timeout_s=WATCH_WINDOW_S
+                ):
                     self.heartbeat = time.monotonic()
                     version = event["object"]["metadata"].get("resourceVersion", version)
                     if event["type"] != "BOOKMARK":
@@ -177,32 +193,78 @@ class Controller:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="epnas controller", description="Run ArchitectureSearch objects as one Kubernetes Job per child.")
+    p = argparse.ArgumentParser(
+        prog="epnas controller", description="Run ArchitectureSearch objects as one Kubernetes Job per child."
+    )
     scope = p.add_mutually_exclusive_group()
     scope.add_argument("--namespace", help="watch only this namespace (needs only a Role there)")
-    scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace (the default; needs the ClusterRole)")
-    p.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics, /healthz and /readyz (0: any free port)")
+    scope.add_argument(
+        "--all-namespaces", action="store_true", help="watch every namespace (the default; needs the ClusterRole)"
+    )
+    p.add_argument(
+        "--metrics-port", type=int, default=8080, help="port of /metrics, /healthz and /readyz (0: any free port)"
+    )
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster config, else $KUBECONFIG)")
-    p.add_argument("--trainer-command", default=shlex.join(TRAINER_COMMAND),
-                   help="the trainer container's command, split like a shell would (default: %(default)s)")
+    p.add_argument(
+        "--trainer-command",
+        default=shlex.join(TRAINER_COMMAND),
+        help="the trainer container's command, split like a shell would (default: %(default)s)",
+    )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="log level")
-    p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True,
-                   help="hold a coordination.k8s.io Lease before running searches, so that of several replicas one leads (default: on)")
-    p.add_argument("--leader-election-namespace", help="namespace of the Lease (default: $POD_NAMESPACE, the pod's own namespace, else default)")
+    p.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="hold a coordination.k8s.io Lease before running searches, so that of several replicas one leads (default: on)",
+    )
+    p.add_argument(
+        "--leader-election-namespace",
+        help="namespace of the Lease (default: $POD_NAMESPACE, the pod's own namespace, else default)",
+    )
     p.add_argument("--leader-election-id", default="epnas-controller", help="name of the Lease (default: %(default)s)")
-    p.add_argument("--lease-duration", type=float, default=15.0, help="seconds a standby waits on a silent leader (default: %(default)s)")
-    p.add_argument("--renew-deadline", type=float, default=10.0, help="seconds a leader keeps trying to renew before it stops (default: %(default)s)")
-    p.add_argument("--retry-period", type=float, default=2.0, help="seconds between election attempts (default: %(default)s)")
-    p.add_argument("--trainer-defaults", default="{}", metavar="JSON",
-                   help="the installation's spec.trainer defaults (camelCase fields, e.g. the GPU pool's image, resources, "
-                   "nodeSelector, tolerations, priorityClassName); a search's own fields win")
-    p.add_argument("--default-parallelism", type=positive_int, metavar="N",
-                   help="children of a step in flight at once for a search without spec.parallelism, e.g. the GPU pool's size "
-                   "(default: the whole step); a search's own spec.parallelism wins")
-    p.add_argument("--allowed-store", action="append", default=[], metavar="URI",
-                   help="a store URI prefix searches may use (s3://bucket/prefix); repeat for several (default: any)")
-    p.add_argument("--allowed-endpoint", action="append", default=[], metavar="URL",
-                   help="an S3 endpoint searches may use (https://minio.example:9000); repeat for several (default: any)")
+    p.add_argument(
+        "--lease-duration",
+        type=float,
+        default=15.0,
+        help="seconds a standby waits on a silent leader (default: %(default)s)",
+    )
+    p.add_argument(
+        "--renew-deadline",
+        type=float,
+        default=10.0,
+        help="seconds a leader keeps trying to renew before it stops (default: %(default)s)",
+    )
+    p.add_argument(
+        "--retry-period", type=float, default=2.0, help="seconds between election attempts (default: %(default)s)"
+    )
+    p.add_argument(
+        "--trainer-defaults",
+        default="{}",
+        metavar="JSON",
+        help="the installation's spec.trainer defaults (camelCase fields, e.g. the GPU pool's image, resources, "
+        "nodeSelector, tolerations, priorityClassName); a search's own fields win",
+    )
+    p.add_argument(
+        "--default-parallelism",
+        type=positive_int,
+        metavar="N",
+        help="children of a step in flight at once for a search without spec.parallelism, e.g. the GPU pool's size "
+        "(default: the whole step); a search's own spec.parallelism wins",
+    )
+    p.add_argument(
+        "--allowed-store",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="a store URI prefix searches may use (s3://bucket/prefix); repeat for several (default: any)",
+    )
+    p.add_argument(
+        "--allowed-endpoint",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="an S3 endpoint searches may use (https://minio.example:9000); repeat for several (default: any)",
+    )
     return p.parse_args(argv)
 
 
@@ -277,21 +339,33 @@ def serve(args: argparse.Namespace) -> int:
     """Check the flags (``InvalidInput``), then lead (or wait to), watch and run searches until
     SIGTERM/SIGINT (0) or a lost Lease (1)."""
     try:
-        lease = LeaseConfig(namespace=lease_namespace(args.leader_election_namespace), name=args.leader_election_id,
-                            lease_duration_s=args.lease_duration, renew_deadline_s=args.renew_deadline, retry_period_s=args.retry_period)
+        lease = LeaseConfig(
+            namespace=lease_namespace(args.leader_election_namespace),
+            name=args.leader_election_id,
+            lease_duration_s=args.lease_duration,
+            renew_deadline_s=args.renew_deadline,
+            retry_period_s=args.retry_period,
+        )
     except ValueError as err:
         raise InvalidInput(f"--lease-duration / --renew-deadline / --retry-period: {err}") from None
     trainer_defaults = trainer_defaults_arg(args.trainer_defaults)
     metrics = Metrics()
     api_client = kube_mod.load_api_client(kubeconfig=args.kubeconfig)
     kube = Kube(api_client, on_error=lambda verb: metrics.api_errors.labels(verb=verb).inc())
-    controller = Controller(kube=kube, metrics=metrics, namespace=args.namespace, trainer_command=shlex.split(args.trainer_command),
-                            store_policy=StorePolicy(tuple(args.allowed_store), tuple(args.allowed_endpoint)),
-                            trainer_defaults=trainer_defaults, default_parallelism=args.default_parallelism)
+    controller = Controller(
+        kube=kube,
+        metrics=metrics,
+        namespace=args.namespace,
+        trainer_command=shlex.split(args.trainer_command),
+        store_policy=StorePolicy(tuple(args.allowed_store), tuple(args.allowed_endpoint)),
+        trainer_defaults=trainer_defaults,
+        default_parallelism=args.default_parallelism,
+    )
     lost = threading.Event()
     elector: LeaderElector | None = None
     leading = threading.Event()
     if args.leader_elect:
+
         def stopped_leading() -> None:
             metrics.leader.set(0)
             lost.set()
@@ -304,7 +378,9 @@ def serve(args: argparse.Namespace) -> int:
             metrics.leader.set(1)
             leading.set()
 
-        elector = LeaderElector(kube, lease, identity(), on_started_leading=started_leading, on_stopped_leading=stopped_leading)
+        elector = LeaderElector(
+            kube, lease, identity(), on_started_leading=started_leading, on_stopped_leading=stopped_leading
+        )
     else:
         leading.set()
 
@@ -317,14 +393,20 @@ def serve(args: argparse.Namespace) -> int:
 
     def ready() -> tuple[bool, str]:
         if elector is not None and not elector.is_leader:
-            return elector.healthy, "standby: another replica leads" if elector.healthy else "standby: the API server is unreachable"
+            return (
+                elector.healthy,
+                "standby: another replica leads" if elector.healthy else "standby: the API server is unreachable",
+            )
         if not controller.ready.is_set():
             return False, "not ready: no successful list yet"
         return True, "ok: leader" if elector is not None else "ok"
 
     server = http.serve(port=args.metrics_port, metrics=metrics, ready=ready, health=health)
-    LOG.info("serving /metrics, /healthz, /readyz on port %d; watching %s", server.server_address[1],
-             f"namespace {args.namespace}" if args.namespace else "all namespaces")
+    LOG.info(
+        "serving /metrics, /healthz, /readyz on port %d; watching %s",
+        server.server_address[1],
+        f"namespace {args.namespace}" if args.namespace else "all namespaces",
+    )
 
     def shutdown(signum, frame) -> None:
         controller.stopping.set()

@@ -34,12 +34,22 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from controller.rbac import code_uses
 
 DURATION_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, float("inf"))
-PER_SEARCH = ("best_reward", "best_accuracy", "feasible_ratio", "policy_loss", "policy_entropy", "episode", "step",
-              "child_duration")
+PER_SEARCH = (
+    "best_reward",
+    "best_accuracy",
+    "feasible_ratio",
+    "policy_loss",
+    "policy_entropy",
+    "episode",
+    "step",
+    "child_duration",
+)
 CHILD_STATUSES = ("succeeded", "failed", "cached")
 # every verb controller.kube's calls use (read from its source, as the RBAC rules are): each gets
 # its error series at 0 from the start
-API_VERBS = tuple(v for v in ("get", "list", "watch", "create", "update", "patch", "delete") if v in {u.verb for u in code_uses()})
+API_VERBS = tuple(
+    v for v in ("get", "list", "watch", "create", "update", "patch", "delete") if v in {u.verb for u in code_uses()}
+)
 STORE_OPS = ("open", "loop")
 
 
@@ -47,20 +57,50 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.children = Counter("epnas_children_total", "Children ended, by status (succeeded, failed, cached).", ["namespace", "search", "status"], registry=r)
-        self.child_duration = Histogram("epnas_child_duration_seconds", "Duration of a child's Job from start to end.", ["namespace", "search"], buckets=DURATION_BUCKETS, registry=r)
+        self.children = Counter(
+            "epnas_children_total",
+            "Children ended, by status (succeeded, failed, cached).",
+            ["namespace", "search", "status"],
+            registry=r,
+        )
+        self.child_duration = Histogram(
+            "epnas_child_duration_seconds",
+            "Duration of a child's Job from start to end.",
+            ["namespace", "search"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.best_reward = Gauge("epnas_best_reward", "Best reward so far.", ["namespace", "search"], registry=r)
-        self.best_accuracy = Gauge("epnas_best_accuracy", "Validation accuracy of the best child so far.", ["namespace", "search"], registry=r)
-        self.feasible_ratio = Gauge("epnas_feasible_ratio", "Feasible children / evaluated children.", ["namespace", "search"], registry=r)
-        self.policy_loss = Gauge("epnas_policy_loss", "REINFORCE loss of the last policy update.", ["namespace", "search"], registry=r)
-        self.policy_entropy = Gauge("epnas_policy_entropy", "Mean policy entropy of the last policy update.", ["namespace", "search"], registry=r)
+        self.best_accuracy = Gauge(
+            "epnas_best_accuracy", "Validation accuracy of the best child so far.", ["namespace", "search"], registry=r
+        )
+        self.feasible_ratio = Gauge(
+            "epnas_feasible_ratio", "Feasible children / evaluated children.", ["namespace", "search"], registry=r
+        )
+        self.policy_loss = Gauge(
+            "epnas_policy_loss", "REINFORCE loss of the last policy update.", ["namespace", "search"], registry=r
+        )
+        self.policy_entropy = Gauge(
+            "epnas_policy_entropy",
+            "Mean policy entropy of the last policy update.",
+            ["namespace", "search"],
+            registry=r,
+        )
         self.episode = Gauge("epnas_episode", "Current episode (0-based).", ["namespace", "search"], registry=r)
         self.step = Gauge("epnas_step", "Steps done in the current episode.", ["namespace", "search"], registry=r)
         self.searches_running = Gauge("epnas_searches_running", "Search loops running in this controller.", registry=r)
-        self.leader = Gauge("epnas_controller_leader", "1 while this replica holds the leader Lease, else 0.", registry=r)
-        self.search_retries = Counter("epnas_search_retries_total", "Searches resumed after a transient error, by reason.", ["reason"], registry=r)
-        self.api_errors = Counter("epnas_kubernetes_api_errors_total", "Failed Kubernetes API calls, by verb.", ["verb"], registry=r)
-        self.store_errors = Counter("epnas_store_errors_total", "Failed store operations, by operation.", ["op"], registry=r)
+        self.leader = Gauge(
+            "epnas_controller_leader", "1 while this replica holds the leader Lease, else 0.", registry=r
+        )
+        self.search_retries = Counter(
+            "epnas_search_retries_total", "Searches resumed after a transient error, by reason.", ["reason"], registry=r
+        )
+        self.api_errors = Counter(
+            "epnas_kubernetes_api_errors_total", "Failed Kubernetes API calls, by verb.", ["verb"], registry=r
+        )
+        self.store_errors = Counter(
+            "epnas_store_errors_total", "Failed store operations, by operation.", ["op"], registry=r
+        )
         # error counters exist at 0 from the start, so rate() and the dashboard's panels have a series
         # before the first error (Prometheus' advice for labelled counters whose labels are known)
         for verb in API_VERBS:

@@ -30,20 +30,19 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from epnas.checkpoint import SEARCH_FILE, pin_search
-from epnas.errors import SpecError
-from epnas.pinning import spec_changes
-from epnas.executors.base import ChildOutcome
-from epnas.search import SearchFailed, SearchLoop, SearchStopped, StepReport, child_id
-from epnas.spec import MAX_NESTING, ArchitectureSearch, parse_search, with_trainer_defaults
-from epnas.store import StoreError, open_store
-
 from controller import status as st
 from controller.argo import ArgoExecutor
 from controller.jobs import TRAINER_COMMAND, JobExecutor, Owner, job_name
 from controller.kube import Kube, KubeError, Obj
 from controller.metrics import Metrics
 from controller.tenancy import StorePolicy, search_location
+from epnas.checkpoint import SEARCH_FILE, pin_search
+from epnas.errors import SpecError
+from epnas.executors.base import ChildOutcome
+from epnas.pinning import spec_changes
+from epnas.search import SearchFailed, SearchLoop, SearchStopped, StepReport, child_id
+from epnas.spec import MAX_NESTING, ArchitectureSearch, parse_search, with_trainer_defaults
+from epnas.store import StoreError, open_store
 
 LOG = logging.getLogger("epnas.controller")
 COMPONENT = "epnas-controller"
@@ -57,19 +56,25 @@ class Transient(Exception):
 
 def transient(err: BaseException) -> bool:
     """Whether ``err`` is worth waiting out (``KubeError``/``StoreError`` say so themselves)."""
-    return isinstance(err, Transient) or bool(getattr(err, "transient", False) and isinstance(err, (KubeError, StoreError)))
+    return isinstance(err, Transient) or bool(
+        getattr(err, "transient", False) and isinstance(err, (KubeError, StoreError))
+    )
 
 
 def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def document(obj: Obj) -> dict[str, Any]:
     """The CR as an ``ArchitectureSearch`` document: metadata trimmed to name and namespace
     (labels, annotations and server fields change without changing the search)."""
     meta = obj["metadata"]
-    return {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "metadata": {"name": meta["name"], "namespace": meta.get("namespace")},
-            "spec": obj.get("spec") or {}}
+    return {
+        "apiVersion": obj.get("apiVersion"),
+        "kind": obj.get("kind"),
+        "metadata": {"name": meta["name"], "namespace": meta.get("namespace")},
+        "spec": obj.get("spec") or {},
+    }
 
 
 def too_deep(data: Any, limit: int = MAX_NESTING) -> str | None:
@@ -104,8 +109,10 @@ def job_name_problem(search: ArchitectureSearch) -> str | None:
     longest = job_name(search.name, f"final-{child}" if spec.final_training and spec.final_training.top else child)
     if len(longest) <= MAX_JOB_NAME:
         return None
-    return (f"with this spec.budget its Job names reach {len(longest)} characters ({longest}), more than {MAX_JOB_NAME}: "
-            f"shorten the name by {len(longest) - MAX_JOB_NAME}")
+    return (
+        f"with this spec.budget its Job names reach {len(longest)} characters ({longest}), more than {MAX_JOB_NAME}: "
+        f"shorten the name by {len(longest) - MAX_JOB_NAME}"
+    )
 
 
 def resolved_spec(search: ArchitectureSearch) -> dict[str, Any]:
@@ -115,9 +122,18 @@ def resolved_spec(search: ArchitectureSearch) -> dict[str, Any]:
 class SearchRunner:
     """Runs (or resumes) one search in a thread; ``stop()`` ends it between steps or Job events."""
 
-    def __init__(self, obj: Obj, *, kube: Kube, metrics: Metrics, trainer_command: list[str] = TRAINER_COMMAND,
-                 clock: Callable[[], str] = utc_now, store_policy: StorePolicy = StorePolicy(),
-                 trainer_defaults: dict[str, Any] | None = None, default_parallelism: int | None = None):
+    def __init__(
+        self,
+        obj: Obj,
+        *,
+        kube: Kube,
+        metrics: Metrics,
+        trainer_command: list[str] = TRAINER_COMMAND,
+        clock: Callable[[], str] = utc_now,
+        store_policy: StorePolicy = StorePolicy(),
+        trainer_defaults: dict[str, Any] | None = None,
+        default_parallelism: int | None = None,
+    ):
         meta = obj["metadata"]
         self.name, self.namespace, self.uid = meta["name"], meta["namespace"], meta["uid"]
         self.obj = obj
@@ -182,18 +198,43 @@ class SearchRunner:
         with self.lock:
             if refused:
                 self.generation = generation
-                message = "spec changes after start are refused (the search keeps its original spec): " + ", ".join(refused)
-                self.conditions = st.set_condition(self.conditions, kind="SpecChangeRefused", status=True, reason=st.Reason.SPEC_CHANGED, message=message, now=self.clock())
+                message = "spec changes after start are refused (the search keeps its original spec): " + ", ".join(
+                    refused
+                )
+                self.conditions = st.set_condition(
+                    self.conditions,
+                    kind="SpecChangeRefused",
+                    status=True,
+                    reason=st.Reason.SPEC_CHANGED,
+                    message=message,
+                    now=self.clock(),
+                )
                 self._event("Warning", "SpecChangeRefused", message)
                 self._patch({"observedGeneration": generation})
             elif pending:  # observedGeneration moves when the extension is applied
                 self.extend.set()
-                message = f"extension accepted ({', '.join(pending)}): the search continues under it from its checkpoint"
-                self.conditions = st.set_condition(self.conditions, kind="SpecChangeRefused", status=False, reason=st.Reason.EXTENDED, message=message, now=self.clock())
+                message = (
+                    f"extension accepted ({', '.join(pending)}): the search continues under it from its checkpoint"
+                )
+                self.conditions = st.set_condition(
+                    self.conditions,
+                    kind="SpecChangeRefused",
+                    status=False,
+                    reason=st.Reason.EXTENDED,
+                    message=message,
+                    now=self.clock(),
+                )
                 self._patch({})
             else:
                 self.generation = generation
-                self.conditions = st.set_condition(self.conditions, kind="SpecChangeRefused", status=False, reason=st.Reason.SPEC_UNCHANGED, message="only live fields changed", now=self.clock())
+                self.conditions = st.set_condition(
+                    self.conditions,
+                    kind="SpecChangeRefused",
+                    status=False,
+                    reason=st.Reason.SPEC_UNCHANGED,
+                    message="only live fields changed",
+                    now=self.clock(),
+                )
                 self._patch({"observedGeneration": generation})
 
     def _parse(self, obj: Obj) -> ArchitectureSearch:
@@ -241,8 +282,14 @@ class SearchRunner:
         message = f"transient {kind} error, resuming in {delay:.0f} s (retry {self.retries}): {err}"[:900]
         LOG.warning("%s/%s: %s", self.namespace, self.name, message)
         with self.lock:
-            self.conditions = st.set_condition(self.conditions, kind="Degraded", status=True, reason=st.Reason.TRANSIENT_ERROR,
-                                               message=message, now=self.clock())
+            self.conditions = st.set_condition(
+                self.conditions,
+                kind="Degraded",
+                status=True,
+                reason=st.Reason.TRANSIENT_ERROR,
+                message=message,
+                now=self.clock(),
+            )
             self.degraded = True
             self._patch({})
         self._event("Warning", "TransientError", message)
@@ -265,11 +312,15 @@ class SearchRunner:
         refusal = self.store_policy.refusal(store_spec.uri, store_spec.endpoint)
         if refusal:
             return self._fail(st.Reason.STORE_NOT_ALLOWED, refusal)
-        search_uri = search_location(store_spec.uri, namespace=self.namespace, name=self.name, uid=self.uid, resume_uid=store_spec.resume_uid)
+        search_uri = search_location(
+            store_spec.uri, namespace=self.namespace, name=self.name, uid=self.uid, resume_uid=store_spec.resume_uid
+        )
         try:
             store = open_store(search_uri, endpoint=store_spec.endpoint, region=store_spec.region)
             if store_spec.resume_uid and not store.exists(SEARCH_FILE):
-                return self._fail(st.Reason.NOTHING_TO_RESUME, f"spec.store.resumeUid: no search of that uid at {search_uri}")
+                return self._fail(
+                    st.Reason.NOTHING_TO_RESUME, f"spec.store.resumeUid: no search of that uid at {search_uri}"
+                )
             pinned = pin_search(store, search)
             search, refused, extensions = pinned.search, pinned.refused, pinned.extensions
         except StoreError as err:
@@ -281,22 +332,51 @@ class SearchRunner:
         # spec.executor: each child a Job (default), or each step one Argo Workflow; the loop cannot tell
         executor_class = ArgoExecutor if search.spec.executor == "argo" else JobExecutor
         executor = executor_class(
-            kube=self.kube, spec=search.spec, owner=Owner(self.name, self.namespace, self.uid),
-            parallelism=self.step_parallelism, should_stop=self.stop_event.is_set,
-            on_finished=self._child_finished, command=self.trainer_command,
+            kube=self.kube,
+            spec=search.spec,
+            owner=Owner(self.name, self.namespace, self.uid),
+            parallelism=self.step_parallelism,
+            should_stop=self.stop_event.is_set,
+            on_finished=self._child_finished,
+            command=self.trainer_command,
         )
-        loop = SearchLoop(search, store=store, store_uri=search_uri, executor=executor, on_step=self._on_step, should_stop=self.stop_event.is_set)
+        loop = SearchLoop(
+            search,
+            store=store,
+            store_uri=search_uri,
+            executor=executor,
+            on_step=self._on_step,
+            should_stop=self.stop_event.is_set,
+        )
         self.loop = loop
         with self.lock:
             if refused:
-                message = "spec changes after start are refused (the search keeps its original spec): " + ", ".join(refused)
-                self.conditions = st.set_condition(self.conditions, kind="SpecChangeRefused", status=True, reason=st.Reason.SPEC_CHANGED, message=message, now=self.clock())
+                message = "spec changes after start are refused (the search keeps its original spec): " + ", ".join(
+                    refused
+                )
+                self.conditions = st.set_condition(
+                    self.conditions,
+                    kind="SpecChangeRefused",
+                    status=True,
+                    reason=st.Reason.SPEC_CHANGED,
+                    message=message,
+                    now=self.clock(),
+                )
             elif extensions:
                 message = f"extended ({', '.join(extensions)}): continuing from the checkpoint"
-                self.conditions = st.set_condition(self.conditions, kind="SpecChangeRefused", status=False, reason=st.Reason.EXTENDED, message=message, now=self.clock())
+                self.conditions = st.set_condition(
+                    self.conditions,
+                    kind="SpecChangeRefused",
+                    status=False,
+                    reason=st.Reason.EXTENDED,
+                    message=message,
+                    now=self.clock(),
+                )
             self._set_phase("Running", st.Reason.STARTED, f"search running, store {search_uri}", observed=True)
         if extensions:
-            self._event("Normal", "Extended", f"search extended ({', '.join(extensions)}); continuing from its checkpoint")
+            self._event(
+                "Normal", "Extended", f"search extended ({', '.join(extensions)}); continuing from its checkpoint"
+            )
         self._event("Normal", "Started", f"search started (store {search_uri})")
         try:
             summary = loop.run()
@@ -317,14 +397,28 @@ class SearchRunner:
             self._recovered()
             feasible = summary.get("bestFeasible")
             if feasible:
-                message = (f"search finished: best feasible child {feasible['child']} ({feasible['hash']}), "
-                           f"validation accuracy {feasible['valAccuracy']:.4f}")
-                self.conditions = st.set_condition(self.conditions, kind="NoFeasibleChild", status=False, reason=st.Reason.FEASIBLE_CHILD_FOUND,
-                                                   message=f"{summary['feasibleCount']} children met every constraint", now=self.clock())
+                message = (
+                    f"search finished: best feasible child {feasible['child']} ({feasible['hash']}), "
+                    f"validation accuracy {feasible['valAccuracy']:.4f}"
+                )
+                self.conditions = st.set_condition(
+                    self.conditions,
+                    kind="NoFeasibleChild",
+                    status=False,
+                    reason=st.Reason.FEASIBLE_CHILD_FOUND,
+                    message=f"{summary['feasibleCount']} children met every constraint",
+                    now=self.clock(),
+                )
             else:
                 message = "search finished without a feasible child: no child met every constraint"
-                self.conditions = st.set_condition(self.conditions, kind="NoFeasibleChild", status=True, reason=st.Reason.NO_FEASIBLE_CHILD,
-                                                   message=st.no_feasible_message(summary), now=self.clock())
+                self.conditions = st.set_condition(
+                    self.conditions,
+                    kind="NoFeasibleChild",
+                    status=True,
+                    reason=st.Reason.NO_FEASIBLE_CHILD,
+                    message=st.no_feasible_message(summary),
+                    now=self.clock(),
+                )
             # REASON in `kubectl get nas` reads NoFeasibleChild when there is no model to ship
             reason = st.Reason.COMPLETED if feasible else st.Reason.NO_FEASIBLE_CHILD
             self._set_phase("Succeeded", reason, message, fields=st.from_summary(summary))
@@ -346,13 +440,21 @@ class SearchRunner:
         self._event("Normal", "StepCompleted", f"{message}: {len(report.records)} children")
         for record in report.records:
             if record.status == "failed":
-                self._event("Warning", "ChildFailed", f"{record.child}: exit code {record.exit_code}, {record.reason}"[:500])
+                self._event(
+                    "Warning", "ChildFailed", f"{record.child}: exit code {record.exit_code}, {record.reason}"[:500]
+                )
 
     def _recovered(self) -> None:
         """After a transient error: the search went on; the caller holds ``self.lock``."""
         if self.degraded:
-            self.conditions = st.set_condition(self.conditions, kind="Degraded", status=False, reason=st.Reason.RECOVERED,
-                                               message=f"the search went on after {self.retries} transient errors", now=self.clock())
+            self.conditions = st.set_condition(
+                self.conditions,
+                kind="Degraded",
+                status=False,
+                reason=st.Reason.RECOVERED,
+                message=f"the search went on after {self.retries} transient errors",
+                now=self.clock(),
+            )
             self.degraded, self.retries = False, 0
 
     def _policy_metrics(self, source: Any) -> None:
@@ -371,12 +473,19 @@ class SearchRunner:
             self._set_phase("Failed", reason, message, observed=True)
         self._event("Warning", "Failed", f"{reason.value}: {message}")
 
-    def _set_phase(self, phase: st.Phase, reason: st.Reason, message: str, *, fields: dict | None = None, observed: bool = False) -> None:
+    def _set_phase(
+        self, phase: st.Phase, reason: st.Reason, message: str, *, fields: dict | None = None, observed: bool = False
+    ) -> None:
         """Patch phase, conditions and ``fields``; the caller holds ``self.lock``."""
         self.phase = phase
         now = self.clock()
         self.conditions = st.phase_conditions(self.conditions, phase=phase, reason=reason, message=message, now=now)
-        patch: dict[str, Any] = {"phase": phase, "reason": str(getattr(reason, "value", reason)), "message": message, **(fields or {})}
+        patch: dict[str, Any] = {
+            "phase": phase,
+            "reason": str(getattr(reason, "value", reason)),
+            "message": message,
+            **(fields or {}),
+        }
         if phase == "Running":
             if self.start_time is None:
                 self.start_time = patch["startTime"] = now
@@ -389,12 +498,16 @@ class SearchRunner:
 
     def _patch(self, fields: dict[str, Any]) -> None:
         try:
-            self.kube.patch_search_status(namespace=self.namespace, name=self.name, status={**fields, "conditions": self.conditions})
+            self.kube.patch_search_status(
+                namespace=self.namespace, name=self.name, status={**fields, "conditions": self.conditions}
+            )
         except KubeError as err:
             LOG.warning("%s/%s: status patch failed: %s", self.namespace, self.name, err)
 
     def _event(self, event_type: str, reason: str, message: str) -> None:
         try:
-            self.kube.create_event(involved=self.obj, event_type=event_type, reason=reason, message=message, component=COMPONENT)
+            self.kube.create_event(
+                involved=self.obj, event_type=event_type, reason=reason, message=message, component=COMPONENT
+            )
         except KubeError as err:
             LOG.warning("%s/%s: event %s not recorded: %s", self.namespace, self.name, reason, err)

@@ -17,7 +17,7 @@ checkpoint, anything else refused with the fields named (condition ``SpecChangeR
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, Field
@@ -28,7 +28,7 @@ from epnas.search import position_text
 Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     STARTED = "Started"
     STEP_COMPLETED = "StepCompleted"
     COMPLETED = "Completed"
@@ -56,16 +56,26 @@ class Condition(TypedDict):
     lastTransitionTime: str
 
 
-def set_condition(conditions: list[Condition], *, kind: str, status: bool, reason: Reason | str, message: str, now: str) -> list[Condition]:
+def set_condition(
+    conditions: list[Condition], *, kind: str, status: bool, reason: Reason | str, message: str, now: str
+) -> list[Condition]:
     """``conditions`` with ``kind`` set; its ``lastTransitionTime`` is kept when ``status`` did not change."""
     text = "True" if status else "False"
     old = next((c for c in conditions if c["type"] == kind), None)
     since = old["lastTransitionTime"] if old and old["status"] == text else now
-    new: Condition = {"type": kind, "status": text, "reason": str(getattr(reason, "value", reason)), "message": message, "lastTransitionTime": since}
+    new: Condition = {
+        "type": kind,
+        "status": text,
+        "reason": str(getattr(reason, "value", reason)),
+        "message": message,
+        "lastTransitionTime": since,
+    }
     return [c for c in conditions if c["type"] != kind] + [new]
 
 
-def phase_conditions(conditions: list[Condition], *, phase: Phase, reason: Reason | str, message: str, now: str) -> list[Condition]:
+def phase_conditions(
+    conditions: list[Condition], *, phase: Phase, reason: Reason | str, message: str, now: str
+) -> list[Condition]:
     """The Running / Succeeded / Failed conditions that go with ``phase``, as a Job's read:
     Running or Pending → ``Running`` True (Pending: False) with ``reason`` and ``message``, and no
     ``Succeeded``/``Failed``; Succeeded or Failed → that condition True with ``reason`` and
@@ -116,14 +126,21 @@ def from_summary(summary: dict[str, Any]) -> dict[str, Any]:
             bestArchitecture=arch_text(best["arch"]),
         )
     if feasible:
-        out.update(bestFeasibleChild=feasible["child"], bestFeasibleHash=feasible["hash"],
-                   bestFeasibleAccuracy=accuracy(feasible["valAccuracy"]),
-                   bestFeasibleReward=round(float(feasible["reward"]), 4))
+        out.update(
+            bestFeasibleChild=feasible["child"],
+            bestFeasibleHash=feasible["hash"],
+            bestFeasibleAccuracy=accuracy(feasible["valAccuracy"]),
+            bestFeasibleReward=round(float(feasible["reward"]), 4),
+        )
     final = summary.get("finalModel")
     if final:  # finalTraining's best model: what `epnas export` takes by default
-        out["finalModel"] = {"child": final["child"], "uri": final["uri"], "valAccuracy": accuracy(final["valAccuracy"]),
-                             "testAccuracy": accuracy(final["testAccuracy"]),
-                             "metrics": {camel(k): v for k, v in (final.get("metrics") or {}).items()}}
+        out["finalModel"] = {
+            "child": final["child"],
+            "uri": final["uri"],
+            "valAccuracy": accuracy(final["valAccuracy"]),
+            "testAccuracy": accuracy(final["testAccuracy"]),
+            "metrics": {camel(k): v for k, v in (final.get("metrics") or {}).items()},
+        }
     return out
 
 
@@ -146,7 +163,9 @@ class ChildCounts(_Status):
 
     succeeded: int = Field(description="Children trained and measured.")
     failed: int = Field(description="Children whose trainer failed (they count against maxFailedChildren).")
-    cached: int = Field(description="Children whose architecture was trained before in this search; the earlier result was reused.")
+    cached: int = Field(
+        description="Children whose architecture was trained before in this search; the earlier result was reused."
+    )
 
 
 class FinalModel(_Status):
@@ -156,7 +175,10 @@ class FinalModel(_Status):
     uri: str = Field(description="Where its weights, architecture and result are in the store.")
     valAccuracy: float = Field(description="Validation accuracy after final training, 0 to 1.")
     testAccuracy: float = Field(description="Test accuracy after final training, 0 to 1.")
-    metrics: dict[str, float] = Field(default_factory=dict, description="Its measured metrics (params, sizeBytes, flops, bytesMoved, computeIntensity).")
+    metrics: dict[str, float] = Field(
+        default_factory=dict,
+        description="Its measured metrics (params, sizeBytes, flops, bytesMoved, computeIntensity).",
+    )
 
 
 class StatusCondition(_Status):
@@ -164,7 +186,9 @@ class StatusCondition(_Status):
 
     type: str = Field(description="Running, Succeeded, Failed, SpecChangeRefused, Degraded or NoFeasibleChild.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: str = Field(description="One CamelCase word saying why (for example Completed, TooManyFailures, TransientError).")
+    reason: str = Field(
+        description="One CamelCase word saying why (for example Completed, TooManyFailures, TransientError)."
+    )
     message: str = Field(description="What happened, in words.")
     lastTransitionTime: str = Field(description="When status last changed (RFC 3339).")
 
@@ -173,30 +197,46 @@ class SearchStatus(_Status):
     """What the controller reports about the search; the controller alone writes it."""
 
     phase: Phase | None = Field(None, description="Pending (accepted, not started), Running, Succeeded or Failed.")
-    reason: str | None = Field(None, description="Why the search is in its phase: the reason of its Running, Succeeded or Failed condition (for example StepCompleted, Completed, TooManyFailures, StoreMissing).")
+    reason: str | None = Field(
+        None,
+        description="Why the search is in its phase: the reason of its Running, Succeeded or Failed condition (for example StepCompleted, Completed, TooManyFailures, StoreMissing).",
+    )
     message: str | None = Field(None, description="The same condition's message.")
     observedGeneration: int | None = Field(None, description="The spec generation the controller last acted on.")
     startTime: str | None = Field(None, description="When the search loop first started (RFC 3339).")
-    completionTime: str | None = Field(None, description="When the search ended, Succeeded or Failed (RFC 3339); absent while it runs.")
+    completionTime: str | None = Field(
+        None, description="When the search ended, Succeeded or Failed (RFC 3339); absent while it runs."
+    )
     episode: int | None = Field(None, description="Episodes completed; while running, the 0-based episode in progress.")
     step: int | None = Field(None, description="Steps completed in the current episode.")
-    position: str | None = Field(None, description="Where the search stands, in words: 'episode 2/3 (1 of 3 steps done)' or 'finished after 3 episodes'.")
-    plannedChildren: int | None = Field(None, description="Children the budget plans: episodes x stepsPerEpisode x branches.")
+    position: str | None = Field(
+        None,
+        description="Where the search stands, in words: 'episode 2/3 (1 of 3 steps done)' or 'finished after 3 episodes'.",
+    )
+    plannedChildren: int | None = Field(
+        None, description="Children the budget plans: episodes x stepsPerEpisode x branches."
+    )
     progress: str | None = Field(None, description="Children finished of those planned, e.g. 12/36.")
     feasibleCount: int | None = Field(None, description="Children that met every constraint.")
     children: ChildCounts | None = Field(None, description="Children by outcome so far.")
-    store: str | None = Field(None, description="Where this search's state lives: the store URI with namespace, name and uid appended.")
+    store: str | None = Field(
+        None, description="Where this search's state lives: the store URI with namespace, name and uid appended."
+    )
     bestChild: str | None = Field(None, description="The child with the highest reward, feasible or not.")
     bestHash: str | None = Field(None, description="Its architecture hash.")
     bestAccuracy: float | None = Field(None, description="Its validation accuracy, 0 to 1.")
     bestReward: float | None = Field(None, description="Its reward (accuracy penalised by constraint violations).")
-    bestMetrics: dict[str, float] | None = Field(None, description="Its measured metrics: params, sizeBytes, flops, bytesMoved, computeIntensity.")
-    bestArchitecture: str | None = Field(None, description="Its layers on one line; the full architecture is arch.json under the child in the store.")
+    bestMetrics: dict[str, float] | None = Field(
+        None, description="Its measured metrics: params, sizeBytes, flops, bytesMoved, computeIntensity."
+    )
+    bestArchitecture: str | None = Field(
+        None, description="Its layers on one line; the full architecture is arch.json under the child in the store."
+    )
     bestFeasibleChild: str | None = Field(None, description="The most accurate child that meets every constraint.")
     bestFeasibleHash: str | None = Field(None, description="Its architecture hash.")
-    bestFeasibleAccuracy: float | None = Field(None, description="Its validation accuracy, 0 to 1 (the Best-Acc column).")
+    bestFeasibleAccuracy: float | None = Field(
+        None, description="Its validation accuracy, 0 to 1 (the Best-Acc column)."
+    )
     bestFeasibleReward: float | None = Field(None, description="Its reward.")
     finalModel: FinalModel | None = Field(None, description="The best model of final training, once it ran.")
     conditions: list[StatusCondition] | None = Field(None, description="The search's conditions.")
-
-

@@ -39,9 +39,13 @@ class StorePolicy:
         path = urllib.parse.urlsplit(uri).path
         if any(part in (".", "..") for part in path.split("/")):
             return f"spec.store.uri {uri!r} has '.' or '..' path segments"
-        if self.uris and not any(_normal(uri) == _normal(a) or _normal(uri).startswith(_normal(a) + "/") for a in self.uris):
+        if self.uris and not any(
+            _normal(uri) == _normal(a) or _normal(uri).startswith(_normal(a) + "/") for a in self.uris
+        ):
             return f"spec.store.uri {uri!r} is not under a store this installation allows ({', '.join(self.uris)})"
         if self.endpoints and _normal(endpoint or "") not in {_normal(e) for e in self.endpoints}:
             shown = repr(endpoint) if endpoint else "(none: AWS S3)"
-            return f"spec.store.endpoint {shown} is not an endpoint this installation allows ({', '.join(self.endpoints)})"
+            return (
+                f"spec.store.endpoint {shown} is not an endpoint this installation allows ({', '.join(self.endpoints)})"
+            )
         return None

@@ -108,7 +108,9 @@ class Arch(_Frozen):
     def hash(self) -> str:
         """First 16 hex digits of the SHA-256 of the JSON of ``canonical(self)``: two
         architectures that compute the same function the same way hash alike."""
-        text = json.dumps(canonical(self).model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":"))
+        text = json.dumps(
+            canonical(self).model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":")
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
@@ -201,7 +203,9 @@ def _value_problems(where: str, item: BaseModel, activations: tuple[str, ...]) -
         problems.append(Problem(f"{where}.keep", f"keep probability must be in (0, 1], got {keep}"))
     activation = getattr(item, "activation", None)
     if activation is not None and activation not in activations:
-        problems.append(Problem(f"{where}.activation", f"unknown activation {activation!r}; one of {', '.join(activations)}"))
+        problems.append(
+            Problem(f"{where}.activation", f"unknown activation {activation!r}; one of {', '.join(activations)}")
+        )
     return problems
 
 
@@ -215,7 +219,9 @@ def _cell_problems(arch: Arch, space: ModuleSpace) -> list[Problem]:
     for j, branch in enumerate(branches):
         where = f"cell.branches[{j}]"
         if branch.type not in space.branch_types:
-            problems.append(Problem(f"{where}.type", f"unknown branch type {branch.type!r}; one of {', '.join(space.branch_types)}"))
+            problems.append(
+                Problem(f"{where}.type", f"unknown branch type {branch.type!r}; one of {', '.join(space.branch_types)}")
+            )
             continue
         if not 0 <= branch.src1 <= j:
             problems.append(Problem(f"{where}.src1", f"{branch.src1} out of range 0..{j}"))
@@ -262,11 +268,19 @@ def canonical(arch: Arch) -> Arch:
         return arch.model_copy(update={"layers": _canonical_layers(list(arch.layers))})
     if arch.cell is None:
         return arch
-    return arch.model_copy(update={"cell": Cell(branches=tuple(_canonical_branch(b) for b in arch.cell.branches)), "stack": arch.stack or Stack()})
+    return arch.model_copy(
+        update={
+            "cell": Cell(branches=tuple(_canonical_branch(b) for b in arch.cell.branches)),
+            "stack": arch.stack or Stack(),
+        }
+    )
 
 
 def _canonical_layers(layers: list[Layer]) -> tuple[Layer, ...]:
-    layers = [layer if layer.src2 is not None or layer.merge == "add" else layer.model_copy(update={"merge": "add"}) for layer in layers]
+    layers = [
+        layer if layer.src2 is not None or layer.merge == "add" else layer.model_copy(update={"merge": "add"})
+        for layer in layers
+    ]
     while len(layers) > 1:
         last = len(layers) - 1
         read = {s for layer in layers for s in (layer.src1, layer.src2) if s is not None}
@@ -292,7 +306,14 @@ def remove_layer_at(layers: list[Layer], position: int) -> list[Layer]:
     out_index = position + 1
     kept = layers[:position]
     for old in layers[position + 1 :]:
-        kept.append(old.model_copy(update={"src1": _reindex(old.src1, out_index, removed.src1), "src2": _reindex(old.src2, out_index, removed.src1)}))
+        kept.append(
+            old.model_copy(
+                update={
+                    "src1": _reindex(old.src1, out_index, removed.src1),
+                    "src2": _reindex(old.src2, out_index, removed.src1),
+                }
+            )
+        )
     return kept
 
 
@@ -378,7 +399,7 @@ def output_shape(arch: Arch, input_shape: Shape) -> Shape:
         return trace_layers(arch, input_shape)[-1].out
     stack = arch.stack or Stack()
     h, w = input_shape[1], input_shape[2]
-    for stage in range(1, stack.stages):
+    for _ in range(1, stack.stages):
         h, w = same_out(h, 2), same_out(w, 2)
     return (stage_channels(stack, stack.stages - 1), h, w)
 

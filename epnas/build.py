@@ -135,7 +135,12 @@ class GRU(nn.Module):
         self.hidden, self.directions = hidden, directions
         bound = 1 / math.sqrt(hidden)
         for d in range(directions):
-            for name, shape in (("w_ih", (3 * hidden, features)), ("w_hh", (3 * hidden, hidden)), ("b_ih", (3 * hidden,)), ("b_hh", (3 * hidden,))):
+            for name, shape in (
+                ("w_ih", (3 * hidden, features)),
+                ("w_hh", (3 * hidden, hidden)),
+                ("b_ih", (3 * hidden,)),
+                ("b_hh", (3 * hidden,)),
+            ):
                 self.register_parameter(f"{name}_{d}", nn.Parameter(torch.empty(shape).uniform_(-bound, bound)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -205,7 +210,12 @@ class LayerNet(nn.Module):
         nodes = trace_layers(arch, input_shape)
         self.sources = [(n.layer.src1, n.layer.src2) for n in nodes]
         self.body = nn.ModuleDict(
-            {f"{n.index}_{n.layer.op}": LayerBlock(Merge(n.layer.merge), layer_op(arch.space, n.layer.op).module(n.layer, n.merged), n.layer.keep) for n in nodes}
+            {
+                f"{n.index}_{n.layer.op}": LayerBlock(
+                    Merge(n.layer.merge), layer_op(arch.space, n.layer.op).module(n.layer, n.merged), n.layer.keep
+                )
+                for n in nodes
+            }
         )
         self.head = Head(nodes[-1].out[0], num_classes)
 

@@ -97,7 +97,7 @@ class LoopState:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "LoopState":
+    def from_json(cls, data: dict[str, Any]) -> LoopState:
         return cls(**data)
 
 

@@ -22,9 +22,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from epnas.checkpoint import SUMMARY, pin_search, read_history, read_state_json
-from epnas.records import ChildRecord, ranked_children
 from epnas.errors import EpnasError, InvalidInput, SpecError, message_lines
 from epnas.executors.local import LocalExecutor
+from epnas.records import ChildRecord, ranked_children
 from epnas.repair import repair_store
 from epnas.search import SearchFailed, SearchLoop, StepReport, position_text
 from epnas.spec import ArchitectureSearch, load_search
@@ -63,7 +63,9 @@ def read_search(path: str) -> ArchitectureSearch:
         return load_search(text, source=path)
     except SpecError as err:
         count = len(err.problems)
-        raise SpecError(err.problems, heading=f"{path} is not a valid ArchitectureSearch ({count} problem{'s' * (count > 1)}):") from None
+        raise SpecError(
+            err.problems, heading=f"{path} is not a valid ArchitectureSearch ({count} problem{'s' * (count > 1)}):"
+        ) from None
 
 
 def store_root(search: ArchitectureSearch, override: str | None) -> str:
@@ -84,12 +86,29 @@ def main() -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--store", "store_uri", help="Store root (file:///abs/dir or s3://bucket/prefix); default: spec.store.uri or ./runs.")
-@click.option("--parallelism", type=click.IntRange(min=1), help="Children trained at once (default: spec.parallelism or the CPU count).")
-@click.option("--trainer-command", help="Command that runs the trainer, split like a shell would (default: the venv's python -m child_trainer).")
+@click.option(
+    "--store",
+    "store_uri",
+    help="Store root (file:///abs/dir or s3://bucket/prefix); default: spec.store.uri or ./runs.",
+)
+@click.option(
+    "--parallelism",
+    type=click.IntRange(min=1),
+    help="Children trained at once (default: spec.parallelism or the CPU count).",
+)
+@click.option(
+    "--trainer-command",
+    help="Command that runs the trainer, split like a shell would (default: the venv's python -m child_trainer).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--repair", is_flag=True, help="Damaged state: move the damaged files aside (*.damaged), rebuild from what is intact, resume.")
-def search(file: str, store_uri: str | None, parallelism: int | None, trainer_command: str | None, quiet: bool, repair: bool) -> None:
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Damaged state: move the damaged files aside (*.damaged), rebuild from what is intact, resume.",
+)
+def search(
+    file: str, store_uri: str | None, parallelism: int | None, trainer_command: str | None, quiet: bool, repair: bool
+) -> None:
     """Run (or resume) the search in FILE with children as local processes (``--repair``: ``epnas.repair``)."""
     spec_doc = read_search(file)
     root = store_root(spec_doc, store_uri)
@@ -98,7 +117,14 @@ def search(file: str, store_uri: str | None, parallelism: int | None, trainer_co
     try:
         store = open_store(search_uri, endpoint=spec_doc.spec.store.endpoint, region=spec_doc.spec.store.region)
         if repair:
-            store = repair_store(store, spec_doc, search_uri, file, pin=_write_search_file, say=lambda line: errors.print(f"epnas: {line}", markup=False, highlight=False))
+            store = repair_store(
+                store,
+                spec_doc,
+                search_uri,
+                file,
+                pin=_write_search_file,
+                say=lambda line: errors.print(f"epnas: {line}", markup=False, highlight=False),
+            )
         else:
             _write_search_file(store, spec_doc)
     except StoreError as err:
@@ -116,14 +142,20 @@ def search(file: str, store_uri: str | None, parallelism: int | None, trainer_co
         task = progress.add_task("children", total=total)
 
         def on_step(report: StepReport) -> None:
-            progress.update(task, completed=min(total, report.summary["children"]["total"]), description=progress_line(report))
+            progress.update(
+                task, completed=min(total, report.summary["children"]["total"]), description=progress_line(report)
+            )
 
         loop = SearchLoop(spec_doc, store=store, store_uri=search_uri, executor=executor, on_step=on_step)
         try:
             summary = loop.run()
         except SearchFailed as err:
             progress.stop()
-            print_summary(open_store(search_uri, endpoint=spec_doc.spec.store.endpoint, region=spec_doc.spec.store.region).get_json(SUMMARY))
+            print_summary(
+                open_store(
+                    search_uri, endpoint=spec_doc.spec.store.endpoint, region=spec_doc.spec.store.region
+                ).get_json(SUMMARY)
+            )
             raise EpnasError(f"search {spec_doc.name} failed: {err}") from None
         progress.update(task, completed=total, description=f"done: {summary['children']['total']} children")
     print_summary(summary)
@@ -141,7 +173,9 @@ def trainer_argv(command: str | None) -> list[str] | None:
     if not argv:
         raise InvalidInput("--trainer-command is empty")
     if shutil.which(argv[0]) is None:
-        raise InvalidInput(f"--trainer-command: {argv[0]!r} is not an executable program (not on PATH, or not executable)")
+        raise InvalidInput(
+            f"--trainer-command: {argv[0]!r} is not an executable program (not on PATH, or not executable)"
+        )
     return argv
 
 
@@ -167,11 +201,14 @@ def _write_search_file(store, search: ArchitectureSearch) -> None:
             "use another name or store"
         )
     if pinned.extensions:
-        errors.print(f"epnas: extending search {search.name!r}: {', '.join(pinned.extensions)} changed; continuing from its checkpoint", markup=False)
+        errors.print(
+            f"epnas: extending search {search.name!r}: {', '.join(pinned.extensions)} changed; continuing from its checkpoint",
+            markup=False,
+        )
 
 
 class _NoProgress:
-    def __enter__(self) -> "_NoProgress":
+    def __enter__(self) -> _NoProgress:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -191,7 +228,13 @@ def _progress(quiet: bool):
     if quiet:
         return _NoProgress()
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("children"), TimeElapsedColumn(), TimeRemainingColumn(), console=console
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("children"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
     )
 
 
@@ -208,10 +251,16 @@ def search_root(target: str, store_uri: str | None) -> str:
 @click.argument("target")
 @click.option("--store", "store_uri", help="Store root, when TARGET is a search file.")
 @click.option("--child", help="The child to export (default: the best feasible child).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Directory to write (default: export/<search>-<child>).")
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False), help="Directory to write (default: export/<search>-<child>)."
+)
 @click.option("--no-onnx", is_flag=True, help="Skip model.onnx (it needs the [export] extra).")
-@click.option("--allow-infeasible", is_flag=True, help="Export the best child even when no child satisfies the constraints.")
-def export(target: str, store_uri: str | None, child: str | None, out_dir: str | None, no_onnx: bool, allow_infeasible: bool) -> None:
+@click.option(
+    "--allow-infeasible", is_flag=True, help="Export the best child even when no child satisfies the constraints."
+)
+def export(
+    target: str, store_uri: str | None, child: str | None, out_dir: str | None, no_onnx: bool, allow_infeasible: bool
+) -> None:
     """Export a trained child of a search (TARGET: its search file, directory or URI) as TorchScript,
     ONNX (checked with onnxruntime), safetensors + arch.json and a model card."""
     from epnas.export import choose_child, export_child
@@ -223,8 +272,11 @@ def export(target: str, store_uri: str | None, child: str | None, out_dir: str |
         out_dir = str(pathlib.Path("export") / f"{uri.rstrip('/').rsplit('/', 1)[-1]}-{chosen.child}")
     done = export_child(store, pathlib.Path(out_dir), child, onnx=not no_onnx, allow_infeasible=allow_infeasible)
     card = done.card
-    console.print(f"exported {card['search']}/{done.child} (val {card['valAccuracy']:.4f}, test {card['testAccuracy']:.4f}, "
-                  f"{'feasible' if card['feasible'] else 'INFEASIBLE'}) to {done.out}: {', '.join(done.files)}", highlight=False)
+    console.print(
+        f"exported {card['search']}/{done.child} (val {card['valAccuracy']:.4f}, test {card['testAccuracy']:.4f}, "
+        f"{'feasible' if card['feasible'] else 'INFEASIBLE'}) to {done.out}: {', '.join(done.files)}",
+        highlight=False,
+    )
     if done.onnx_max_abs_diff is not None:
         console.print(f"onnxruntime agrees with torch to {done.onnx_max_abs_diff:.2g}", highlight=False)
 
@@ -232,7 +284,9 @@ def export(target: str, store_uri: str | None, child: str | None, out_dir: str |
 @main.command()
 @click.argument("target")
 @click.option("--store", "store_uri", help="Store root, when TARGET is a search file.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Directory to write (default: report/<search>).")
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False), help="Directory to write (default: report/<search>)."
+)
 def report(target: str, store_uri: str | None, out_dir: str | None) -> None:
     """Write report.html (self-contained) and its PNGs for a search (TARGET: its search file, directory or URI):
     every child's accuracy and reward, feasible children per episode, Pareto fronts with the constraints,
@@ -248,8 +302,17 @@ def report(target: str, store_uri: str | None, out_dir: str | None) -> None:
 @main.command()
 @click.argument("target")
 @click.option("--store", "store_uri", help="Store root, when TARGET is a search file.")
-@click.option("--top", "top", type=click.IntRange(min=0), default=5, show_default=True, help="How many of the best children to list.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary, the top children and the failed ones as JSON.")
+@click.option(
+    "--top",
+    "top",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="How many of the best children to list.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the summary, the top children and the failed ones as JSON."
+)
 def status(target: str, store_uri: str | None, top: int, as_json: bool) -> None:
     """Summarise a running or finished search (TARGET: its search file, its directory or its URI):
     the best feasible child, the top children, children by status and why the failed ones failed."""
@@ -263,10 +326,29 @@ def status(target: str, store_uri: str | None, top: int, as_json: bool) -> None:
     ranked = ranked_children(records)[:top]
     failed = [r for r in records if r.status == "failed"]
     if as_json:
-        brief = lambda r: {"child": r.child, "status": r.status, "feasible": r.feasible, "valAccuracy": r.val_accuracy,  # noqa: E731
-                           "testAccuracy": r.test_accuracy, "reward": r.reward, "metrics": r.metrics, "hash": r.hash}
-        click.echo(json.dumps({"summary": summary, "top": [brief(r) for r in ranked],
-                               "failed": [{"child": r.child, "exitCode": r.exit_code, "reason": r.reason} for r in failed]}, indent=2))
+
+        def brief(r: ChildRecord) -> dict[str, Any]:
+            return {
+                "child": r.child,
+                "status": r.status,
+                "feasible": r.feasible,
+                "valAccuracy": r.val_accuracy,
+                "testAccuracy": r.test_accuracy,
+                "reward": r.reward,
+                "metrics": r.metrics,
+                "hash": r.hash,
+            }
+
+        click.echo(
+            json.dumps(
+                {
+                    "summary": summary,
+                    "top": [brief(r) for r in ranked],
+                    "failed": [{"child": r.child, "exitCode": r.exit_code, "reason": r.reason} for r in failed],
+                },
+                indent=2,
+            )
+        )
         return
     print_summary(summary)
     if ranked:
@@ -283,8 +365,16 @@ def top_table(records: list[ChildRecord]) -> Table:
         table.add_column(column, justify="left" if column in ("child", "feasible") else "right", no_wrap=True)
     for i, r in enumerate(records, 1):
         m = r.metrics
-        table.add_row(str(i), r.child, "yes" if r.feasible else "no", f"{r.val_accuracy:.4f}", f"{r.test_accuracy:.4f}",
-                      f"{m.get('params', 0):,}", _si(m.get("flops", 0)), f"{m.get('compute_intensity', 0):.2f}")
+        table.add_row(
+            str(i),
+            r.child,
+            "yes" if r.feasible else "no",
+            f"{r.val_accuracy:.4f}",
+            f"{r.test_accuracy:.4f}",
+            f"{m.get('params', 0):,}",
+            _si(m.get("flops", 0)),
+            f"{m.get('compute_intensity', 0):.2f}",
+        )
     return table
 
 
@@ -320,18 +410,40 @@ def print_summary(summary: dict) -> None:
     console.print(arch_table(best["arch"]))
     for final in summary.get("final") or []:
         if final["status"] == "succeeded":
-            console.print(f"[bold green]Final training[/bold green] of {final['child']}: val acc {final['valAccuracy']:.4f}  "
-                          f"test acc {final['testAccuracy']:.4f} after {final['epochsRun']} epochs ({final['dir']}/)", highlight=False,
-                          soft_wrap=True)
+            console.print(
+                f"[bold green]Final training[/bold green] of {final['child']}: val acc {final['valAccuracy']:.4f}  "
+                f"test acc {final['testAccuracy']:.4f} after {final['epochsRun']} epochs ({final['dir']}/)",
+                highlight=False,
+                soft_wrap=True,
+            )
         else:
-            console.print(f"[red]Final training of {final['child']} failed[/red]: {final['reason']}", highlight=False, soft_wrap=True)
-    console.print(f"Artifacts: {summary['store']}  (children/, weights/, state/{', final/' if summary.get('final') else ''})")
+            console.print(
+                f"[red]Final training of {final['child']} failed[/red]: {final['reason']}",
+                highlight=False,
+                soft_wrap=True,
+            )
+    console.print(
+        f"Artifacts: {summary['store']}  (children/, weights/, state/{', final/' if summary.get('final') else ''})"
+    )
 
 
 def arch_table(arch: dict) -> Table:
     table = Table(show_header=True, header_style="bold")
     if "layers" in arch:
-        fields = ["op", "src1", "src2", "merge", "channels", "width", "freq_width", "stride_time", "stride_freq", "dilation", "activation", "directions"]
+        fields = [
+            "op",
+            "src1",
+            "src2",
+            "merge",
+            "channels",
+            "width",
+            "freq_width",
+            "stride_time",
+            "stride_freq",
+            "dilation",
+            "activation",
+            "directions",
+        ]
         rows = arch["layers"]
     else:
         fields = ["type", "src1", "src2", "channels", "width", "pool", "activation", "propagate"]
@@ -353,7 +465,9 @@ def arch_table(arch: dict) -> Table:
 def validate(file: str) -> None:
     """Check a search file; print every problem and exit 2 if there are any."""
     search = read_search(file)
-    console.print(f"{file}: valid ArchitectureSearch {search.name!r} ({search.spec.search_space}, {search.spec.strategy})")
+    console.print(
+        f"{file}: valid ArchitectureSearch {search.name!r} ({search.spec.search_space}, {search.spec.strategy})"
+    )
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})

@@ -102,7 +102,7 @@ class SpecError(InvalidInput, ValueError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
     @classmethod
-    def one(cls, path: str, message: str) -> "SpecError":
+    def one(cls, path: str, message: str) -> SpecError:
         """A ``SpecError`` of one problem at ``path``."""
         return cls([Problem(path, message)])
 

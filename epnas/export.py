@@ -24,9 +24,9 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
-import warnings
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -82,15 +82,18 @@ def choose_child(records: list[ChildRecord], child: str | None, allow_infeasible
             raise ExportError("no child of this search finished training")
         record = ranked[0]
         if not record.feasible and not allow_infeasible:
-            raise ExportError(f"no child of this search satisfies its constraints (the best, {record.child}, does not); "
-                              "name one with --child, or pass --allow-infeasible")
+            raise ExportError(
+                f"no child of this search satisfies its constraints (the best, {record.child}, does not); "
+                "name one with --child, or pass --allow-infeasible"
+            )
     if record.cached_from:
         record = by_id.get(record.cached_from, record)
     return record
 
 
-def export_child(store: Store, out: pathlib.Path, child: str | None = None, *, onnx: bool = True,
-                 allow_infeasible: bool = False) -> Exported:
+def export_child(
+    store: Store, out: pathlib.Path, child: str | None = None, *, onnx: bool = True, allow_infeasible: bool = False
+) -> Exported:
     """Export ``child`` (default: the best feasible one) of the search rooted at ``store`` into ``out``."""
     records = [ChildRecord.from_json(r) for r in read_history(store, 10**9)]
     if not records:
@@ -102,13 +105,17 @@ def export_child(store: Store, out: pathlib.Path, child: str | None = None, *, o
     arch = with_channel_factor(task.arch, task.training.channel_factor)
     shape, classes = geometry_of(task.dataset, task.arch.space, task.training.resolution)
     if shape is None or classes is None:
-        raise ExportError(f"children/{record.child}/arch.json does not say its input shape and classes (npz without inputShape)")
+        raise ExportError(
+            f"children/{record.child}/arch.json does not say its input shape and classes (npz without inputShape)"
+        )
     model = build_model(arch, shape, classes)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise CorruptState(f"{join_uri(store.uri, f'{directory}/weights.safetensors')} does not fit "
-                           f"its architecture: {str(err).splitlines()[0]}") from None
+        raise CorruptState(
+            f"{join_uri(store.uri, f'{directory}/weights.safetensors')} does not fit "
+            f"its architecture: {str(err).splitlines()[0]}"
+        ) from None
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     example = torch.randn(CHECK_BATCH, *shape, generator=torch.Generator().manual_seed(0))
@@ -127,8 +134,11 @@ def export_child(store: Store, out: pathlib.Path, child: str | None = None, *, o
     if onnx:
         onnx_diff = _export_onnx(model, example, expected, out / "model.onnx")
         files.append("model.onnx")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "weights.safetensors"),
-              metadata={"child": record.child, "arch_hash": task.arch.hash})
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(out / "weights.safetensors"),
+        metadata={"child": record.child, "arch_hash": task.arch.hash},
+    )
     (out / "arch.json").write_text(arch.to_json() + "\n")
     card = model_card(store, record, task, result, shape, classes, onnx_diff, directory)
     (out / "model.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
@@ -162,10 +172,14 @@ def _child_files(store: Store, directory: str) -> tuple[ChildTask, ChildResult, 
         try:
             loaded.append(read(data))
         except Exception as err:  # SpecError, SafetensorError: the file is damaged
-            raise CorruptState(f"{join_uri(store.uri, key)} is damaged: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+            raise CorruptState(
+                f"{join_uri(store.uri, key)} is damaged: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+            ) from None
     task, result, state = loaded
     if result.arch_hash != task.arch.hash:
-        raise CorruptState(f"{join_uri(store.uri, paths[1])} is for architecture {result.arch_hash}, not {task.arch.hash}")
+        raise CorruptState(
+            f"{join_uri(store.uri, paths[1])} is for architecture {result.arch_hash}, not {task.arch.hash}"
+        )
     return task, result, state
 
 
@@ -174,12 +188,22 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, expected: torch.
         import onnx
         import onnxruntime
     except ImportError:
-        raise ExportError("ONNX export needs the [export] extra: pip install 'epnas[export]' (or pass --no-onnx)") from None
+        raise ExportError(
+            "ONNX export needs the [export] extra: pip install 'epnas[export]' (or pass --no-onnx)"
+        ) from None
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" is not news
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (example[:2],), dynamo=True, input_names=["input"], output_names=["logits"],
-                                    opset_version=OPSET, dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), verbose=False)
+        program = torch.onnx.export(
+            model,
+            (example[:2],),
+            dynamo=True,
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=OPSET,
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            verbose=False,
+        )
     program.save(str(path))
     onnx.checker.check_model(onnx.load(str(path)))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -190,8 +214,16 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, expected: torch.
     return diff
 
 
-def model_card(store: Store, record: ChildRecord, task: ChildTask, result: ChildResult, shape: tuple[int, int, int],
-               classes: int, onnx_diff: float | None, directory: str) -> dict[str, Any]:
+def model_card(
+    store: Store,
+    record: ChildRecord,
+    task: ChildTask,
+    result: ChildResult,
+    shape: tuple[int, int, int],
+    classes: int,
+    onnx_diff: float | None,
+    directory: str,
+) -> dict[str, Any]:
     """The card's facts: source, input, metrics, constraints (each with whether it holds), accuracies, regime."""
     metrics = compute_metrics(with_channel_factor(task.arch, task.training.channel_factor), shape, classes)
     constraints: list[dict[str, Any]] = []
@@ -200,7 +232,15 @@ def model_card(store: Store, record: ChildRecord, task: ChildTask, result: Child
         reward = compute_reward(result.val_accuracy, metrics, list(spec.constraints))
         for c in spec.constraints:
             value = metrics.value(c.metric)
-            constraints.append({"metric": c.metric, "min": c.min, "max": c.max, "value": value, "holds": reward.violations[c.metric] <= 0})
+            constraints.append(
+                {
+                    "metric": c.metric,
+                    "min": c.min,
+                    "max": c.max,
+                    "value": value,
+                    "holds": reward.violations[c.metric] <= 0,
+                }
+            )
     return {
         "search": task.search,
         "child": record.child,
@@ -215,7 +255,12 @@ def model_card(store: Store, record: ChildRecord, task: ChildTask, result: Child
         "feasible": all(c["holds"] for c in constraints) if constraints else record.feasible,
         "valAccuracy": result.val_accuracy,
         "testAccuracy": result.test_accuracy,
-        "training": {"regime": task.training.regime, "epochs": result.epochs_run, "dataset": task.dataset.kind, "seed": task.seed},
+        "training": {
+            "regime": task.training.regime,
+            "epochs": result.epochs_run,
+            "dataset": task.dataset.kind,
+            "seed": task.seed,
+        },
         "onnxMaxAbsDiff": onnx_diff,
     }
 
@@ -243,7 +288,14 @@ def card_markdown(card: dict[str, Any]) -> str:
     if card["constraints"]:
         lines += ["", "| constraint | value | holds |", "|---|---|---|"]
         for c in card["constraints"]:
-            bound = " and ".join(s for s in (f"≥ {c['min']:g}" if c["min"] is not None else "", f"≤ {c['max']:g}" if c["max"] is not None else "") if s)
+            bound = " and ".join(
+                s
+                for s in (
+                    f"≥ {c['min']:g}" if c["min"] is not None else "",
+                    f"≤ {c['max']:g}" if c["max"] is not None else "",
+                )
+                if s
+            )
             lines.append(f"| {c['metric']} {bound} | {c['value']:g} | {'yes' if c['holds'] else 'no'} |")
     lines += [
         "",

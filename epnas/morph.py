@@ -28,7 +28,17 @@ from epnas.space import LayerSpace, ModuleSpace, get_space, step_along
 DIRECTIONS = (+1, 0, -1)
 KINDS = ("insert", "keep", "remove")
 EXTRA_POSITIONS = 5
-LAYER_CHOICES = ("channels", "activation", "width", "merge", "pool", "freq_width", "stride_time", "stride_freq", "directions")
+LAYER_CHOICES = (
+    "channels",
+    "activation",
+    "width",
+    "merge",
+    "pool",
+    "freq_width",
+    "stride_time",
+    "stride_freq",
+    "directions",
+)
 """The insert decoder's choices for a layer after ``op``, in order; each indexes the space table
 ``epnas.ops.TABLES`` names (``merge``: add or concat), and one the space has no table for is left out."""
 
@@ -68,7 +78,7 @@ class Action:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Action":
+    def from_dict(cls, data: dict[str, Any]) -> Action:
         return cls(
             scale_channel=tuple(data["scale_channel"]),
             scale_width=tuple(data["scale_width"]),
@@ -241,7 +251,12 @@ def insert_branch(arch: Arch, position: int, branch: Branch) -> Arch:
     if position > 0:
         branches[position - 1] = branches[position - 1].model_copy(update={"propagate": False})
     shifted = [
-        b.model_copy(update={"src1": b.src1 + (b.src1 > position), "src2": None if b.src2 is None else b.src2 + (b.src2 > position)})
+        b.model_copy(
+            update={
+                "src1": b.src1 + (b.src1 > position),
+                "src2": None if b.src2 is None else b.src2 + (b.src2 > position),
+            }
+        )
         for b in branches[position:]
     ]
     return arch.model_copy(update={"cell": Cell(branches=tuple(branches[:position] + [branch] + shifted))})
@@ -253,7 +268,14 @@ def remove_branch(arch: Arch, position: int) -> Arch:
     removed = branches[position]
     kept = branches[:position]
     for b in branches[position + 1 :]:
-        kept.append(b.model_copy(update={"src1": _reindex(b.src1, position + 1, removed.src1), "src2": _reindex(b.src2, position + 1, removed.src1)}))
+        kept.append(
+            b.model_copy(
+                update={
+                    "src1": _reindex(b.src1, position + 1, removed.src1),
+                    "src2": _reindex(b.src2, position + 1, removed.src1),
+                }
+            )
+        )
     return arch.model_copy(update={"cell": Cell(branches=tuple(kept))})
 
 

@@ -25,9 +25,10 @@ FLOPs, every point-wise op 1 per element it writes, a pooling window of ``k`` el
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from epnas.errors import SpecError
 from epnas.space import LayerSpace
@@ -71,8 +72,10 @@ class Cost:
     read: int = 0
     write: int = 0
 
-    def __add__(self, other: "Cost") -> "Cost":
-        return Cost(self.params + other.params, self.flops + other.flops, self.read + other.read, self.write + other.write)
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(
+            self.params + other.params, self.flops + other.flops, self.read + other.read, self.write + other.write
+        )
 
     @property
     def bytes_moved(self) -> int:
@@ -90,7 +93,9 @@ def act_channels(channels: int, activation: str | None) -> int:
     return 2 * channels if activation == "crelu" else channels
 
 
-def conv_cost(c_in: int, c_out: int, kh: int, kw: int, out_hw: int, activation: str | None, separable: bool = False) -> Cost:
+def conv_cost(
+    c_in: int, c_out: int, kh: int, kw: int, out_hw: int, activation: str | None, separable: bool = False
+) -> Cost:
     """activation → conv (or depthwise k×k + pointwise 1×1) → batch-norm; ``out_hw`` = H'·W'.
 
     ``C = act_channels(c_in)``; params ``C·kh·kw·c_out`` (separable ``C·kh·kw + C·c_out``)
@@ -226,17 +231,28 @@ def _strided(channels: Callable[[Layer, Shape], int], stride: Pair) -> Callable[
     return out_shape
 
 
-def _conv(name: str, fields: tuple[str, ...], kernel: Pair, stride: Pair = _ones, dilation: Callable[[Layer], int] = _one, separable: bool = False) -> LayerOp:
+def _conv(
+    name: str,
+    fields: tuple[str, ...],
+    kernel: Pair,
+    stride: Pair = _ones,
+    dilation: Callable[[Layer], int] = _one,
+    separable: bool = False,
+) -> LayerOp:
     """activation → SAME conv (``separable``: depthwise + pointwise) → batch-norm, ``channels`` out."""
     out_shape = _strided(lambda layer, x: layer.channels, stride)
 
     def cost(layer: Layer, x: Shape) -> Cost:
         out = out_shape(layer, x)
         kh, kw = kernel(layer)
-        return conv_cost(x[0], out[0], kh, kw, out[1] * out[2], layer.activation, separable) + Cost(flops=_act_flops(layer, x))
+        return conv_cost(x[0], out[0], kh, kw, out[1] * out[2], layer.activation, separable) + Cost(
+            flops=_act_flops(layer, x)
+        )
 
     def module(layer: Layer, x: Shape) -> nn.Module:
-        return _blocks().ConvUnit(x[0], layer.channels, kernel(layer), stride(layer), dilation(layer), layer.activation, separable)
+        return _blocks().ConvUnit(
+            x[0], layer.channels, kernel(layer), stride(layer), dilation(layer), layer.activation, separable
+        )
 
     return LayerOp(name, fields, out_shape, cost, module)
 
@@ -273,7 +289,9 @@ def _gru() -> LayerOp:
         "gru",
         ("channels", "directions"),
         out_shape=lambda layer, x: (layer.channels * layer.directions, x[1], 1),
-        cost=lambda layer, x: gru_cost(features=x[0] * x[2], steps=x[1], hidden=layer.channels, directions=layer.directions),
+        cost=lambda layer, x: gru_cost(
+            features=x[0] * x[2], steps=x[1], hidden=layer.channels, directions=layer.directions
+        ),
         module=lambda layer, x: _blocks().GRU(x[0] * x[2], layer.channels, layer.directions),
     )
 
@@ -315,14 +333,21 @@ LAYER_OPS: dict[str, dict[str, LayerOp]] = {
     "kws-layer": _by_name(
         _conv("conv2d", _KWS_CONV, _time_freq, _strides),
         _conv("dep-sep-conv2d", _KWS_CONV, _time_freq, _strides, separable=True),
-        _conv("dilated-conv2d", ("channels", "width", "freq_width", "dilation", "activation"), _time_freq, dilation=lambda layer: layer.dilation),
+        _conv(
+            "dilated-conv2d",
+            ("channels", "width", "freq_width", "dilation", "activation"),
+            _time_freq,
+            dilation=lambda layer: layer.dilation,
+        ),
         _gru(),
         _pool("avgpool", ("width", "freq_width"), _time_freq, _time_freq),
         _fc(),
     ),
 }
 
-OP_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {space: {name: op.fields for name, op in ops.items()} for space, ops in LAYER_OPS.items()}
+OP_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
+    space: {name: op.fields for name, op in ops.items()} for space, ops in LAYER_OPS.items()
+}
 """``OP_FIELDS[space][op]``: the fields ``op`` needs, in order (a view of ``LAYER_OPS``)."""
 
 
@@ -378,7 +403,9 @@ BRANCH_OPS: dict[str, BranchOp] = {
         ("channels", "width", "activation"),
         out_channels=lambda branch, c_in: branch.channels,
         cost=_branch_conv_cost,
-        module=lambda branch, c_in: _blocks().ConvUnit(c_in, branch.channels, (branch.width, branch.width), activation=branch.activation),
+        module=lambda branch, c_in: _blocks().ConvUnit(
+            c_in, branch.channels, (branch.width, branch.width), activation=branch.activation
+        ),
     ),
     "maxpool": _branch_pool("maxpool"),
     "avgpool": _branch_pool("avgpool"),

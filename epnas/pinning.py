@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-EXTENDABLE = frozenset({"spec.budget.episodes", "spec.budget.maxChildren", "spec.budget.maxFailedChildren", "spec.parallelism"})
+EXTENDABLE = frozenset(
+    {"spec.budget.episodes", "spec.budget.maxChildren", "spec.budget.maxFailedChildren", "spec.parallelism"}
+)
 EXTENDABLE_SECTIONS = ("spec.finalTraining.", "spec.trainer.")
 """Every field under these may change: final training runs after the search and changes nothing
 in it; the trainer section says where and with what a child's Job runs (image, resources,
@@ -40,10 +42,18 @@ def spec_changes(stored: dict[str, Any], new: dict[str, Any]) -> tuple[list[str]
     """``(extensions, refused)``: the differing fields of two resolved search documents
     (``{"spec": …, "metadata": …}``), split by the rule in the module docstring.  Metadata
     other than the name is not part of the search and is ignored."""
-    fields = differing_fields({"name": stored["metadata"]["name"], "spec": stored["spec"]}, {"name": new["metadata"]["name"], "spec": new["spec"]})
+    fields = differing_fields(
+        {"name": stored["metadata"]["name"], "spec": stored["spec"]},
+        {"name": new["metadata"]["name"], "spec": new["spec"]},
+    )
     old_episodes = (stored["spec"].get("budget") or {}).get("episodes")
     new_episodes = (new["spec"].get("budget") or {}).get("episodes")
-    shrunk = "spec.budget.episodes" in fields and old_episodes is not None and new_episodes is not None and new_episodes < old_episodes
+    shrunk = (
+        "spec.budget.episodes" in fields
+        and old_episodes is not None
+        and new_episodes is not None
+        and new_episodes < old_episodes
+    )
     refused = [f for f in fields if not extendable(f)]
     if shrunk:
         refused.append(f"spec.budget.episodes (cannot shrink from {old_episodes} to {new_episodes})")

@@ -32,8 +32,9 @@ the same numbers.  No I/O.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -245,15 +246,27 @@ class Policy(nn.Module):
             h, c = self.scale_cell(x, state)
             state = (h, c)
             logits = self.scale_head(h)
-            channel, lp_c, ent_c = choose(logits[:, :SCALE_OPTIONS], active, forced=None if forced is None else forced[:, f, 0], generator=generator)
-            width, lp_w, ent_w = choose(logits[:, SCALE_OPTIONS:], active, forced=None if forced is None else forced[:, f, 1], generator=generator)
+            channel, lp_c, ent_c = choose(
+                logits[:, :SCALE_OPTIONS],
+                active,
+                forced=None if forced is None else forced[:, f, 0],
+                generator=generator,
+            )
+            width, lp_w, ent_w = choose(
+                logits[:, SCALE_OPTIONS:],
+                active,
+                forced=None if forced is None else forced[:, f, 1],
+                generator=generator,
+            )
             choices.append(torch.stack([channel, width], dim=1))
             log_prob = log_prob + lp_c + lp_w
             entropy = entropy + ent_c + ent_w
             x = self.scale_channel_embedding(channel) + self.scale_width_embedding(width)
         return torch.stack(choices, dim=1), log_prob, entropy
 
-    def decode_insert(self, network: Tensor, depths: Tensor, forced: dict[str, Tensor] | None, generator: torch.Generator | None):
+    def decode_insert(
+        self, network: Tensor, depths: Tensor, forced: dict[str, Tensor] | None, generator: torch.Generator | None
+    ):
         """kind → position (L+5 rule) → src2 → insert fields: ``(choices {name: [B]}, log p [B], entropy [B])``."""
         batch = network.shape[0]
         options = torch.arange(self.positions)
@@ -267,7 +280,9 @@ class Policy(nn.Module):
             h, c = self.insert_cell(x, state)
             state = (h, c)
             logits = self.insert_heads[name](h)
-            choice, lp, ent = choose(logits, active, allowed=allowed, forced=None if forced is None else forced[name], generator=generator)
+            choice, lp, ent = choose(
+                logits, active, allowed=allowed, forced=None if forced is None else forced[name], generator=generator
+            )
             choices[name] = choice
             log_prob = log_prob + lp
             entropy = entropy + ent

@@ -46,7 +46,7 @@ class ChildRecord:
     parent_hash: str = ""
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ChildRecord":
+    def from_json(cls, data: dict[str, Any]) -> ChildRecord:
         """A stored record; fields added later take their defaults."""
         return cls(**data)
 
@@ -80,7 +80,7 @@ class TrajectoryStep:
         return {"moves": [{"arch": m.arch, "action": m.action} for m in self.moves], "reward": self.reward}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "TrajectoryStep":
+    def from_json(cls, data: dict[str, Any]) -> TrajectoryStep:
         """Also reads the one-morph form of earlier checkpoints, ``{"arch", "action", "reward"}``."""
         if "moves" in data:
             moves = tuple(Move(m["arch"], m["action"]) for m in data["moves"])

@@ -33,8 +33,8 @@ without a copy.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import safetensors
 import safetensors.torch
@@ -67,7 +67,11 @@ Say = Callable[[str], None]
 
 STATE_PREFIX = "state/"
 CHILDREN_PREFIX = "children/"
-LISTED = (HISTORY_PREFIX, UPDATES_PREFIX, f"{WEIGHTS_PREFIX}{OBJECTS}")  # folders the loop lists and reads every file of
+LISTED = (
+    HISTORY_PREFIX,
+    UPDATES_PREFIX,
+    f"{WEIGHTS_PREFIX}{OBJECTS}",
+)  # folders the loop lists and reads every file of
 DERIVED = (SUMMARY, PENDING)  # rewritten by every step: an intact one is overwritten without a copy
 ASIDE_SUFFIXES = (".damaged", ".superseded")
 
@@ -101,7 +105,7 @@ def aside_key(store: Store, key: str, suffix: str) -> str:
     in a folder the loop lists, under the sibling ``<folder>-aside/``."""
     for prefix in LISTED:
         if key.startswith(prefix):
-            key = f"{prefix.rstrip('/')}-aside/{key[len(prefix):]}"
+            key = f"{prefix.rstrip('/')}-aside/{key[len(prefix) :]}"
             break
     target, n = f"{key}{suffix}", 1
     while store.exists(target):
@@ -170,11 +174,19 @@ def find_damage(store: Store, search: ArchitectureSearch) -> list[Damage]:
         except CorruptState:
             count = state.history_count
         if count < state.history_count:
-            found.append(Damage(HISTORY_PREFIX.rstrip("/"), f"{count} child records, the checkpoint counts {state.history_count}", movable=False))
+            found.append(
+                Damage(
+                    HISTORY_PREFIX.rstrip("/"),
+                    f"{count} child records, the checkpoint counts {state.history_count}",
+                    movable=False,
+                )
+            )
     if SUMMARY in keys:
         _check(found, SUMMARY, lambda: _json_dict(store, SUMMARY, "phase"))
     if PENDING in keys:
-        _check(found, PENDING, lambda: _json_dict(store, PENDING, "episode", "step", "children", "python_rng", "torch_rng"))
+        _check(
+            found, PENDING, lambda: _json_dict(store, PENDING, "episode", "step", "children", "python_rng", "torch_rng")
+        )
     for key in (k for k in keys if k.startswith(UPDATES_PREFIX)):
         _check(found, key, lambda k=key: _json_dict(store, k))
     policies = [k for k in keys if k.startswith(STATE_PREFIX + "policy-") and k.endswith(".safetensors")]
@@ -187,7 +199,9 @@ def find_damage(store: Store, search: ArchitectureSearch) -> list[Damage]:
     for key in (k for k in keys if k.startswith(f"{WEIGHTS_PREFIX}{OBJECTS}")):
         _check(found, key, lambda k=key: _safetensors(store, k))
     for prefix, child_of in ((CHILDREN_PREFIX, lambda name: name), (FINAL_PREFIX, lambda name: f"final-{name}")):
-        for name in sorted({k[len(prefix):].split("/", 1)[0] for k in keys if k.startswith(prefix) and k.count("/") == 2}):
+        for name in sorted(
+            {k[len(prefix) :].split("/", 1)[0] for k in keys if k.startswith(prefix) and k.count("/") == 2}
+        ):
             _child_damage(store, found, f"{prefix}{name}", child_of(name), set(keys))
     return found
 
@@ -284,7 +298,9 @@ class Overlay(Store):
     """``base`` seen through an in-memory layer: writes and deletes stay in memory; ``hidden``
     prefixes and keys read as absent (the replay rebuilds them); ``on_put`` sees every write."""
 
-    def __init__(self, base: Store, hidden_prefixes: tuple[str, ...], hidden_keys: set[str], on_put: Callable[[str, bytes], None]):
+    def __init__(
+        self, base: Store, hidden_prefixes: tuple[str, ...], hidden_keys: set[str], on_put: Callable[[str, bytes], None]
+    ):
         self.base, self.uri = base, base.uri
         self.hidden_prefixes, self.hidden_keys, self.on_put = hidden_prefixes, hidden_keys, on_put
         self.writes: dict[str, bytes] = {}
@@ -309,7 +325,10 @@ class Overlay(Store):
         return key in self.writes or (not self._hidden(key) and self.base.exists(key))
 
     def list(self, prefix: str = "") -> list[str]:
-        return sorted({k for k in self.base.list(prefix) if not self._hidden(k)} | {k for k in self.writes if k.startswith(prefix)})
+        return sorted(
+            {k for k in self.base.list(prefix) if not self._hidden(k)}
+            | {k for k in self.writes if k.startswith(prefix)}
+        )
 
     def delete(self, key: str) -> None:
         self.writes.pop(key, None)
@@ -346,7 +365,9 @@ def _kept_result_hash(store: Store, child: str) -> str | None:
         return None
 
 
-def replay(store: Store, search: ArchitectureSearch, store_uri: str, damage: list[Damage]) -> tuple[Overlay, str | None]:
+def replay(
+    store: Store, search: ArchitectureSearch, store_uri: str, damage: list[Damage]
+) -> tuple[Overlay, str | None]:
     """Run the search from its seed against an ``Overlay`` of ``store`` hiding ``state/``,
     ``weights/`` and every damaged file (and the results of children whose weights are damaged),
     training nothing.  Returns the overlay (its writes are the rebuilt state as of its last commit)
@@ -357,7 +378,13 @@ def replay(store: Store, search: ArchitectureSearch, store_uri: str, damage: lis
     for key in sorted(store.list(HISTORY_PREFIX)):
         if key not in hidden and not is_aside(key):
             try:
-                failed.update({r["child"]: ChildRecord.from_json(r) for r in read_state_json(store, key) if r.get("status") == "failed"})
+                failed.update(
+                    {
+                        r["child"]: ChildRecord.from_json(r)
+                        for r in read_state_json(store, key)
+                        if r.get("status") == "failed"
+                    }
+                )
             except (CorruptState, StoreError, TypeError, AttributeError):
                 continue
     planned: dict[str, str] = {}
@@ -407,9 +434,25 @@ def repair(store: Store, search: ArchitectureSearch, store_uri: str, say: Say) -
     for d in report.damage:  # a child's result and weights stand together: when one is damaged the child trains again
         folder = d.key.rsplit("/", 1)[0]
         if d.key.endswith("/weights.safetensors") and store.exists(f"{folder}/result.json"):
-            _move(store, report, say, f"{folder}/result.json", ".superseded", "its weights are damaged", "the child is trained again")
+            _move(
+                store,
+                report,
+                say,
+                f"{folder}/result.json",
+                ".superseded",
+                "its weights are damaged",
+                "the child is trained again",
+            )
         if d.key.endswith("/result.json") and store.exists(f"{folder}/weights.safetensors"):
-            _move(store, report, say, f"{folder}/weights.safetensors", ".superseded", "its result is damaged", "the child is trained again")
+            _move(
+                store,
+                report,
+                say,
+                f"{folder}/weights.safetensors",
+                ".superseded",
+                "its result is damaged",
+                "the child is trained again",
+            )
     reuse_objects(store, overlay)
     ours = {k for k in overlay.writes if k.startswith((STATE_PREFIX, WEIGHTS_PREFIX))}
     for key in [k for k in store.list(STATE_PREFIX) if not is_aside(k)] + [f"{WEIGHTS_PREFIX}{INDEX}"]:
@@ -417,7 +460,15 @@ def repair(store: Store, search: ArchitectureSearch, store_uri: str, say: Say) -
             continue  # gone, or derived and rewritten below
         if key in ours and overlay.writes[key] == store.get_bytes(key):
             continue
-        _move(store, report, say, key, ".superseded", "intact, but not the state the repaired search resumes from", rebuilt(key))
+        _move(
+            store,
+            report,
+            say,
+            key,
+            ".superseded",
+            "intact, but not the state the repaired search resumes from",
+            rebuilt(key),
+        )
     for key in sorted(overlay.writes):
         data = overlay.writes[key]
         if key in ours:
@@ -440,7 +491,15 @@ def _set_aside_unreferenced(store: Store, overlay: Overlay, report: RepairReport
     referenced = {f"{WEIGHTS_PREFIX}{e['object']}" for entries in tensors.values() for e in entries}
     for key in store.list(f"{WEIGHTS_PREFIX}{OBJECTS}"):
         if key not in referenced:
-            _move(store, report, say, key, ".superseded", "intact, not in the rebuilt weight dictionary", "kept out of the shared weights")
+            _move(
+                store,
+                report,
+                say,
+                key,
+                ".superseded",
+                "intact, not in the rebuilt weight dictionary",
+                "kept out of the shared weights",
+            )
 
 
 def reuse_objects(store: Store, overlay: Overlay) -> None:
@@ -452,10 +511,10 @@ def reuse_objects(store: Store, overlay: Overlay) -> None:
     existing = [k for k in store.list(prefix) if not is_aside(k)]
     renamed: dict[str, str] = {}
     for key in [k for k in overlay.writes if k.startswith(prefix) and not store.exists(k)]:
-        child = key[len(prefix):].rsplit("-", 1)[0]
-        for old in (k for k in existing if k[len(prefix):].rsplit("-", 1)[0] == child):
+        child = key[len(prefix) :].rsplit("-", 1)[0]
+        for old in (k for k in existing if k[len(prefix) :].rsplit("-", 1)[0] == child):
             if same_tensors(overlay.writes[key], store.get_bytes(old)):
-                renamed[key[len(WEIGHTS_PREFIX):]] = old[len(WEIGHTS_PREFIX):]
+                renamed[key[len(WEIGHTS_PREFIX) :]] = old[len(WEIGHTS_PREFIX) :]
                 del overlay.writes[key]
                 break
     if renamed and index in overlay.writes:
@@ -473,7 +532,11 @@ def same_tensors(a: bytes, b: bytes) -> bool:
         meta_a, meta_b = (json.loads(d[8 : 8 + int.from_bytes(d[:8], "little")]).get("__metadata__") for d in (a, b))
     except Exception:  # an unreadable one is not the same
         return False
-    return meta_a == meta_b and ta.keys() == tb.keys() and all(ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k]) for k in ta)
+    return (
+        meta_a == meta_b
+        and ta.keys() == tb.keys()
+        and all(ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k]) for k in ta)
+    )
 
 
 def _rebuilt_from(overlay: Overlay, stopped: str | None) -> Callable[[str], str]:
@@ -487,6 +550,7 @@ def _rebuilt_from(overlay: Overlay, stopped: str | None) -> Callable[[str], str]
         if key in overlay.writes:
             return "rebuilt by replaying the search from the children's results"
         return "the resumed search writes it again" if stopped else "not part of the replayed search"
+
     return rebuilt
 
 
@@ -554,14 +618,27 @@ class PlanGuard(Store):
         if task_hash in (None, arch_hash) and kept in (None, arch_hash):
             return
         final = f"{FINAL_PREFIX}{base.rsplit('/', 1)[-1]}"  # its final training was of the old architecture too
-        for key in [f"{folder}/{name}" for folder in (base, final) for name in ("result.json", "weights.safetensors", "arch.json")]:
+        for key in [
+            f"{folder}/{name}"
+            for folder in (base, final)
+            for name in ("result.json", "weights.safetensors", "arch.json")
+        ]:
             if self.base.exists(key):
                 target = move_aside(self.base, key, ".superseded")
-                self.say(f"moved aside {key} (for another architecture than the resumed search plans) to {target}; it is trained again")
+                self.say(
+                    f"moved aside {key} (for another architecture than the resumed search plans) to {target}; it is trained again"
+                )
 
 
-def repair_store(store: Store, search: ArchitectureSearch, store_uri: str, source: str, *, pin: Callable[[Store, ArchitectureSearch], None],
-                 say: Say) -> Store:
+def repair_store(
+    store: Store,
+    search: ArchitectureSearch,
+    store_uri: str,
+    source: str,
+    *,
+    pin: Callable[[Store, ArchitectureSearch], None],
+    say: Say,
+) -> Store:
     """What ``epnas search FILE --repair`` runs before the loop: a damaged stored spec moved aside,
     the spec pinned by ``pin`` (the CLI's rule: a refused change raises before anything else is
     touched), then ``repair``; returns the store the loop runs on."""

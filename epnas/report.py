@@ -22,8 +22,9 @@ import base64
 import html
 import io
 import pathlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from epnas.checkpoint import SEARCH_FILE, SUMMARY, UPDATES_PREFIX, read_history
 from epnas.errors import CorruptState, EpnasError
@@ -34,8 +35,17 @@ from epnas.store import Store, StoreError, StoreNotFound, join_uri
 METRIC_KEYS = {"modelSize": "params", "flops": "flops", "computeIntensity": "compute_intensity"}
 METRIC_LABELS = {"modelSize": "parameters", "flops": "FLOPs", "computeIntensity": "compute intensity (FLOPs/byte)"}
 TOP_K = 10
-SHORT = {"channels": "channels", "width": "width", "freq_width": "freq width", "stride_time": "stride t",
-         "stride_freq": "stride f", "activation": "", "directions": "directions", "dilation": "dilation", "keep": "keep"}
+SHORT = {
+    "channels": "channels",
+    "width": "width",
+    "freq_width": "freq width",
+    "stride_time": "stride t",
+    "stride_freq": "stride f",
+    "activation": "",
+    "directions": "directions",
+    "dilation": "dilation",
+    "keep": "keep",
+}
 
 
 class ReportError(EpnasError, RuntimeError):
@@ -61,7 +71,9 @@ def write_report(store: Store, out: pathlib.Path) -> Report:
     try:
         import matplotlib
     except ImportError as err:
-        raise ReportError(f"the [report] extra is needed ({err.name} is missing): pip install 'epnas[report]'") from None
+        raise ReportError(
+            f"the [report] extra is needed ({err.name} is missing): pip install 'epnas[report]'"
+        ) from None
 
     matplotlib.use("Agg")
     records = [ChildRecord.from_json(r) for r in read_history(store, 10**9)]
@@ -69,16 +81,22 @@ def write_report(store: Store, out: pathlib.Path) -> Report:
         raise ReportError(f"no search history under {store.uri}")
     summary = _optional_json(store, SUMMARY) or {}
     constraints = _constraints(store)
-    updates = sorted((_optional_json(store, key) or {} for key in store.list(UPDATES_PREFIX)), key=lambda u: u.get("episode", 0))
+    updates = sorted(
+        (_optional_json(store, key) or {} for key in store.list(UPDATES_PREFIX)), key=lambda u: u.get("episode", 0)
+    )
     ranked = ranked_children(records)
     best = ranked[0] if ranked else None
     out.mkdir(parents=True, exist_ok=True)
-    figures = [("children.png", "Every child", children_figure(records)),
-               ("feasible.png", "Feasible children per episode", feasible_figure(records))]
+    figures = [
+        ("children.png", "Every child", children_figure(records)),
+        ("feasible.png", "Feasible children per episode", feasible_figure(records)),
+    ]
     if constraints:
         figures.append(("pareto.png", "Accuracy against the constrained metrics", pareto_figure(records, constraints)))
     if best is not None:
-        figures.append(("best.png", f"Best {'feasible ' if best.feasible else ''}network: {best.child}", arch_figure(best.arch)))
+        figures.append(
+            ("best.png", f"Best {'feasible ' if best.feasible else ''}network: {best.child}", arch_figure(best.arch))
+        )
     if updates:
         figures.append(("policy.png", "Policy updates", policy_figure(updates)))
     images, sections = [], []
@@ -89,7 +107,9 @@ def write_report(store: Store, out: pathlib.Path) -> Report:
         (out / name).write_bytes(buffer.getvalue())
         images.append(out / name)
         encoded = base64.b64encode(buffer.getvalue()).decode()
-        sections.append(f'<h2>{html.escape(title)}</h2>\n<img alt="{html.escape(title)}" src="data:image/png;base64,{encoded}">')
+        sections.append(
+            f'<h2>{html.escape(title)}</h2>\n<img alt="{html.escape(title)}" src="data:image/png;base64,{encoded}">'
+        )
     page = _page(summary, store.uri, records, ranked[:TOP_K], constraints, sections)
     (out / "report.html").write_text(page)
     return Report(out / "report.html", images)
@@ -120,9 +140,11 @@ def children_figure(records: Sequence[ChildRecord]):
 
     fig, ax = plt.subplots(figsize=(8, 3.6))
     xs = range(len(records))
-    groups = (("feasible", "tab:green", "o", lambda r: r.status != "failed" and r.feasible),
-              ("infeasible", "tab:gray", "o", lambda r: r.status != "failed" and not r.feasible),
-              ("failed", "tab:red", "x", lambda r: r.status == "failed"))
+    groups = (
+        ("feasible", "tab:green", "o", lambda r: r.status != "failed" and r.feasible),
+        ("infeasible", "tab:gray", "o", lambda r: r.status != "failed" and not r.feasible),
+        ("failed", "tab:red", "x", lambda r: r.status == "failed"),
+    )
     for label, colour, marker, test in groups:
         points = [(i, r.val_accuracy) for i, r in zip(xs, records) if test(r)]
         if points:
@@ -133,7 +155,14 @@ def children_figure(records: Sequence[ChildRecord]):
         if r.status != "failed" and r.feasible:
             best = r.val_accuracy if best is None else max(best, r.val_accuracy)
         running.append(best)
-    ax.step(list(xs), [float("nan") if b is None else b for b in running], where="post", c="black", lw=1.2, label="best feasible so far")
+    ax.step(
+        list(xs),
+        [float("nan") if b is None else b for b in running],
+        where="post",
+        c="black",
+        lw=1.2,
+        label="best feasible so far",
+    )
     ax.set_xlabel("child (training order)")
     ax.set_ylabel("validation accuracy")
     ax.set_ylim(0, 1.02)
@@ -179,9 +208,13 @@ def pareto_figure(records: Sequence[ChildRecord], constraints: Sequence[dict[str
             points = [(r.metrics[key], r.val_accuracy) for r in done if r.feasible is test]
             if points:
                 ax.scatter(*zip(*points), s=14, c=colour, label=label)
-        front = pareto_front([(r.metrics[key], r.val_accuracy) for r in done if r.feasible], lower_is_better=c["max"] is not None)
+        front = pareto_front(
+            [(r.metrics[key], r.val_accuracy) for r in done if r.feasible], lower_is_better=c["max"] is not None
+        )
         if front:
-            ax.step(*zip(*front), where="post" if c["max"] is not None else "pre", c="black", lw=1, label="Pareto front")
+            ax.step(
+                *zip(*front), where="post" if c["max"] is not None else "pre", c="black", lw=1, label="Pareto front"
+            )
         for bound, style in ((c["min"], "--"), (c["max"], "-")):
             if bound is not None:
                 ax.axvline(bound, c="tab:red", ls=style, lw=1, label=f"{'min' if style == '--' else 'max'} {bound:g}")
@@ -199,7 +232,11 @@ def arch_boxes(arch: dict) -> tuple[list[str], list[tuple[int, int]]]:
         labels = ["input"]
         skips = []
         for i, layer in enumerate(arch["layers"], 1):
-            fields = [f"{SHORT.get(k, k)} {v}".strip() for k, v in layer.items() if k not in ("op", "src1", "src2", "merge") and v is not None]
+            fields = [
+                f"{SHORT.get(k, k)} {v}".strip()
+                for k, v in layer.items()
+                if k not in ("op", "src1", "src2", "merge") and v is not None
+            ]
             if layer.get("src2") is not None:
                 fields.append(f"{layer.get('merge', 'add')} ← {layer['src2']}")
             labels.append("\n".join([layer["op"], *fields]))
@@ -233,13 +270,29 @@ def arch_figure(arch: dict):
     height = 0.3 + 0.22 * max(label.count("\n") + 1 for label in labels)
     fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(labels)), 1.2 + height))
     for i, label in enumerate(labels):
-        ax.add_patch(FancyBboxPatch((i * 2, 0), 1.5, height, boxstyle="round,pad=0.05", fc="#e8f0fe" if i else "#eeeeee", ec="#3367d6"))
+        ax.add_patch(
+            FancyBboxPatch(
+                (i * 2, 0), 1.5, height, boxstyle="round,pad=0.05", fc="#e8f0fe" if i else "#eeeeee", ec="#3367d6"
+            )
+        )
         ax.text(i * 2 + 0.75, height / 2, label, ha="center", va="center", fontsize=7)
         if i:
-            ax.add_patch(FancyArrowPatch(((i - 1) * 2 + 1.5, height / 2), (i * 2, height / 2), arrowstyle="->", mutation_scale=10))
+            ax.add_patch(
+                FancyArrowPatch(
+                    ((i - 1) * 2 + 1.5, height / 2), (i * 2, height / 2), arrowstyle="->", mutation_scale=10
+                )
+            )
     for src, dst in skips:
-        ax.add_patch(FancyArrowPatch((src * 2 + 0.75, height + 0.05), (dst * 2 + 0.75, height + 0.05), connectionstyle="arc3,rad=-0.3",
-                                     arrowstyle="->", mutation_scale=10, color="tab:orange"))
+        ax.add_patch(
+            FancyArrowPatch(
+                (src * 2 + 0.75, height + 0.05),
+                (dst * 2 + 0.75, height + 0.05),
+                connectionstyle="arc3,rad=-0.3",
+                arrowstyle="->",
+                mutation_scale=10,
+                color="tab:orange",
+            )
+        )
     ax.set_xlim(-0.3, len(labels) * 2)
     ax.set_ylim(-0.2, height + 1.0)
     ax.axis("off")
@@ -263,8 +316,14 @@ def policy_figure(updates: Sequence[dict[str, Any]]):
 # ---------------------------------------------------------------- page
 
 
-def _page(summary: dict, uri: str, records: Sequence[ChildRecord], top: Sequence[ChildRecord],
-          constraints: Sequence[dict[str, Any]], sections: Sequence[str]) -> str:
+def _page(
+    summary: dict,
+    uri: str,
+    records: Sequence[ChildRecord],
+    top: Sequence[ChildRecord],
+    constraints: Sequence[dict[str, Any]],
+    sections: Sequence[str],
+) -> str:
     e = html.escape
     name = summary.get("search") or uri.rstrip("/").rsplit("/", 1)[-1]
     counts = {s: sum(r.status == s for r in records) for s in ("succeeded", "cached", "failed")}
@@ -274,20 +333,29 @@ def _page(summary: dict, uri: str, records: Sequence[ChildRecord], top: Sequence
         f"<td>{r.metrics.get('compute_intensity', 0):.2f}</td></tr>"
         for i, r in enumerate(top, 1)
     )
-    limits = ", ".join(
-        " and ".join(s for s in (f"{c['metric']} ≥ {c['min']:g}" if c["min"] is not None else "",
-                                 f"{c['metric']} ≤ {c['max']:g}" if c["max"] is not None else "") if s)
-        for c in constraints
-    ) or "none"
+    limits = (
+        ", ".join(
+            " and ".join(
+                s
+                for s in (
+                    f"{c['metric']} ≥ {c['min']:g}" if c["min"] is not None else "",
+                    f"{c['metric']} ≤ {c['max']:g}" if c["max"] is not None else "",
+                )
+                if s
+            )
+            for c in constraints
+        )
+        or "none"
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>EPNAS report: {e(name)}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}img{{max-width:100%}}</style>
 </head><body>
 <h1>EPNAS report: {e(name)}</h1>
-<p>Store <code>{e(uri)}</code>; phase <b>{e(str(summary.get('phase', 'unknown')))}</b>{e(': ' + summary['reason']) if summary.get('reason') else ''}.
-{len(records)} children: {counts['succeeded']} trained, {counts['cached']} served from cache, {counts['failed']} failed;
-{sum(r.feasible and r.status != 'failed' for r in records)} feasible. Constraints: {e(limits)}.</p>
+<p>Store <code>{e(uri)}</code>; phase <b>{e(str(summary.get("phase", "unknown")))}</b>{e(": " + summary["reason"]) if summary.get("reason") else ""}.
+{len(records)} children: {counts["succeeded"]} trained, {counts["cached"]} served from cache, {counts["failed"]} failed;
+{sum(r.feasible and r.status != "failed" for r in records)} feasible. Constraints: {e(limits)}.</p>
 <h2>Top {len(top)} children (feasible first)</h2>
 <table><tr><th>#</th><th>child</th><th>feasible</th><th>val acc</th><th>test acc</th><th>params</th><th>FLOPs</th><th>FLOPs/B</th></tr>
 {rows}

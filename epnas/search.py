@@ -17,8 +17,9 @@ that result; a child whose ``result.json`` exists is never trained again.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -30,11 +31,11 @@ from epnas.checkpoint import (
     SUMMARY,
     UPDATES_PREFIX,
     LoopState,
+    damaged,
     decode_python_rng,
     decode_torch_rng,
     encode_python_rng,
     encode_torch_rng,
-    damaged,
     history_key,
     read_history,
     read_state_json,
@@ -51,10 +52,25 @@ from epnas.task import ChildResult, ChildTask, load_result
 from epnas.weights import merge
 
 WEIGHTS_PREFIX = "weights/"
-CHECKPOINT_KEYS = ("episode", "step", "seeds", "history_count")  # a checkpoint without these is damaged, not a fresh start
+CHECKPOINT_KEYS = (
+    "episode",
+    "step",
+    "seeds",
+    "history_count",
+)  # a checkpoint without these is damaged, not a fresh start
 FINAL_PREFIX = "final/"  # final/<child>/{arch.json,result.json,weights.safetensors}: the winners trained again
 
-__all__ = ["SearchLoop", "SearchFailed", "SearchStopped", "StepReport", "ChildRecord", "child_id", "summarize", "single_thread", "top_k"]
+__all__ = [
+    "SearchLoop",
+    "SearchFailed",
+    "SearchStopped",
+    "StepReport",
+    "ChildRecord",
+    "child_id",
+    "summarize",
+    "single_thread",
+    "top_k",
+]
 
 
 def child_id(episode: int, step: int, index: int) -> str:
@@ -126,12 +142,19 @@ class SearchLoop:
             raise CorruptState(damaged(self.store, CHECKPOINT, str(err))) from None
         records = read_history(self.store, state.history_count)
         if len(records) < state.history_count:
-            raise CorruptState(damaged(self.store, HISTORY_PREFIX.rstrip("/"),
-                                       f"{len(records)} child records, the checkpoint counts {state.history_count}"))
+            raise CorruptState(
+                damaged(
+                    self.store,
+                    HISTORY_PREFIX.rstrip("/"),
+                    f"{len(records)} child records, the checkpoint counts {state.history_count}",
+                )
+            )
         try:
             history = [ChildRecord.from_json(r) for r in records]
         except TypeError as err:
-            raise CorruptState(damaged(self.store, HISTORY_PREFIX.rstrip("/"), f"a record does not read: {err}")) from None
+            raise CorruptState(
+                damaged(self.store, HISTORY_PREFIX.rstrip("/"), f"a record does not read: {err}")
+            ) from None
         if state.policy_file:
             self.strategy.load(self.store, state.policy_file)
         return state, history
@@ -142,7 +165,9 @@ class SearchLoop:
         if start is None:
             start = random_arch(self.spec.search_space, self.spec.initial_architecture.random.depth, rng)
         generator = torch.Generator().manual_seed(self.spec.seed)
-        return LoopState(seeds=[_arch_json(start)], python_rng=encode_python_rng(rng), torch_rng=encode_torch_rng(generator))
+        return LoopState(
+            seeds=[_arch_json(start)], python_rng=encode_python_rng(rng), torch_rng=encode_torch_rng(generator)
+        )
 
     def _get_json(self, key: str, default: Any) -> Any:
         try:
@@ -160,12 +185,19 @@ class SearchLoop:
             raise CorruptState(damaged(self.store, key, str(err).splitlines()[0])) from None
 
     def _commit(
-        self, state: LoopState, history: list[ChildRecord], phase: str, step_records: list[ChildRecord] = (), reason: str | None = None,
+        self,
+        state: LoopState,
+        history: list[ChildRecord],
+        phase: str,
+        step_records: list[ChildRecord] = (),
+        reason: str | None = None,
         final: list[dict] | None = None,
     ) -> dict:
         """The step's history and the summary first, the checkpoint last: its presence commits the step."""
         if step_records:
-            self.store.put_json(history_key(step_records[0].episode, step_records[0].step), [asdict(r) for r in step_records])
+            self.store.put_json(
+                history_key(step_records[0].episode, step_records[0].step), [asdict(r) for r in step_records]
+            )
         state.history_count = len(history)
         summary = summarize(self.search, state, history, phase, self.steps, self.store_uri)
         if reason:
@@ -227,26 +259,56 @@ class SearchLoop:
         for index, record in enumerate(winners):
             arch = parse_arch(record.arch)
             out_dir = f"{FINAL_PREFIX}{record.child}"
-            task = ChildTask(search=self.search.name, child=f"final-{record.child}", arch=arch, dataset=self.spec.dataset,
-                             training=training, seed=self.spec.seed, weights=None, parent=record.child, out_dir=out_dir)
+            task = ChildTask(
+                search=self.search.name,
+                child=f"final-{record.child}",
+                arch=arch,
+                dataset=self.spec.dataset,
+                training=training,
+                seed=self.spec.seed,
+                weights=None,
+                parent=record.child,
+                out_dir=out_dir,
+            )
             if not self.store.exists(f"{out_dir}/arch.json"):
                 self.store.put_bytes(f"{out_dir}/arch.json", task.to_json().encode())
             entries.append((record, out_dir))
             if self._final_result(out_dir, arch.hash) is None:
                 base = join_uri(self.store_uri, out_dir)
-                runs.append(ChildRun(self.search.name, task.child, f"{base}/arch.json", base, None, float(training.timeout_seconds),
-                                     self.spec.budget.episodes, 0, index))
+                runs.append(
+                    ChildRun(
+                        self.search.name,
+                        task.child,
+                        f"{base}/arch.json",
+                        base,
+                        None,
+                        float(training.timeout_seconds),
+                        self.spec.budget.episodes,
+                        0,
+                        index,
+                    )
+                )
         outcomes = {o.child: o for o in self.executor.submit(runs)} if runs else {}
         out = []
         for record, out_dir in entries:
             result = self._final_result(out_dir, parse_arch(record.arch).hash)
-            entry: dict[str, Any] = {"child": record.child, "dir": out_dir, "uri": join_uri(self.store_uri, out_dir),
-                                     "searchValAccuracy": record.val_accuracy, "metrics": record.metrics}
+            entry: dict[str, Any] = {
+                "child": record.child,
+                "dir": out_dir,
+                "uri": join_uri(self.store_uri, out_dir),
+                "searchValAccuracy": record.val_accuracy,
+                "metrics": record.metrics,
+            }
             if result is None:
                 entry.update(status="failed", reason=failure_reason(outcomes.get(f"final-{record.child}")))
             else:
-                entry.update(status="succeeded", valAccuracy=result.val_accuracy, testAccuracy=result.test_accuracy,
-                             epochsRun=result.epochs_run, trainSeconds=result.train_seconds)
+                entry.update(
+                    status="succeeded",
+                    valAccuracy=result.val_accuracy,
+                    testAccuracy=result.test_accuracy,
+                    epochsRun=result.epochs_run,
+                    trainSeconds=result.train_seconds,
+                )
             out.append(entry)
         return out
 
@@ -293,7 +355,12 @@ class SearchLoop:
         plan = []
         for b, (arch_data, proposal) in enumerate(zip(state.branches, proposals)):
             moves = [
-                {"arch": _arch_json(m.parent), "action": m.action.to_dict(), "applied": m.result.applied, "degraded": m.result.degraded}
+                {
+                    "arch": _arch_json(m.parent),
+                    "action": m.action.to_dict(),
+                    "applied": m.result.applied,
+                    "degraded": m.result.degraded,
+                }
                 for m in proposal.morphs
             ]
             plan.append(
@@ -309,7 +376,13 @@ class SearchLoop:
             )
         state.python_rng = encode_python_rng(context.rng)
         state.torch_rng = encode_torch_rng(context.generator)
-        pending = {"episode": state.episode, "step": state.step, "children": plan, "python_rng": state.python_rng, "torch_rng": state.torch_rng}
+        pending = {
+            "episode": state.episode,
+            "step": state.step,
+            "children": plan,
+            "python_rng": state.python_rng,
+            "torch_rng": state.torch_rng,
+        }
         self.store.put_json(PENDING, pending)
         return plan
 
@@ -380,9 +453,13 @@ class SearchLoop:
         """The same network was already trained (by ``earlier``): its result stands for this child too."""
         result = self._result_at(f"children/{earlier}/result.json")
         if result is None:
-            raise CorruptState(damaged(self.store, f"children/{earlier}/result.json", "missing, but the history says it was trained"))
+            raise CorruptState(
+                damaged(self.store, f"children/{earlier}/result.json", "missing, but the history says it was trained")
+            )
         note = f"cached: same architecture as {earlier}"
-        cached = result.model_copy(update={"child": child, "warnings": [*result.warnings, note], "cached_from": result.cached_from or earlier})
+        cached = result.model_copy(
+            update={"child": child, "warnings": [*result.warnings, note], "cached_from": result.cached_from or earlier}
+        )
         self.store.put_bytes(f"children/{child}/result.json", cached.to_json().encode())
 
     def _record(self, state: LoopState, b: int, item: dict, outcome: ChildOutcome | None) -> ChildRecord:
@@ -406,7 +483,9 @@ class SearchLoop:
         )
         result = self._read_result(item["child"])
         if result is not None and result.arch_hash != arch.hash:
-            record.reason = f"children/{item['child']}/result.json is for architecture {result.arch_hash}, not {arch.hash}"
+            record.reason = (
+                f"children/{item['child']}/result.json is for architecture {result.arch_hash}, not {arch.hash}"
+            )
             result = None
         if result is None:
             record.exit_code = outcome.exit_code if outcome else None
@@ -470,7 +549,14 @@ def _arch_json(arch: Arch) -> dict:
 
 def _plan_moves(item: dict) -> list[dict]:
     """A plan item's morphs; plans written before multi-morph children have one."""
-    return item.get("moves") or [{"arch": item["parent_arch"], "action": item["action"], "applied": item["applied"], "degraded": item["degraded"]}]
+    return item.get("moves") or [
+        {
+            "arch": item["parent_arch"],
+            "action": item["action"],
+            "applied": item["applied"],
+            "degraded": item["degraded"],
+        }
+    ]
 
 
 def trained_count(history: list[ChildRecord]) -> int:
@@ -507,7 +593,9 @@ def position_text(summary: dict) -> str:
     return f"episode {summary['episode'] + 1}/{summary['episodes']} ({summary['step']} of {summary['stepsPerEpisode']} steps done)"
 
 
-def summarize(search: ArchitectureSearch, state: LoopState, history: list[ChildRecord], phase: str, steps: int, store_uri: str) -> dict:
+def summarize(
+    search: ArchitectureSearch, state: LoopState, history: list[ChildRecord], phase: str, steps: int, store_uri: str
+) -> dict:
     """The search at a glance: progress, counts, the best and the best feasible child."""
     done = [r for r in history if r.status != "failed"]
     feasible = [r for r in done if r.feasible]

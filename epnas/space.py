@@ -104,9 +104,7 @@ KWS_LAYER = LayerSpace(
     input_shape=(1, 49, 40),
 )
 
-SPACES: dict[str, LayerSpace | ModuleSpace] = {
-    s.name: s for s in (IMAGE_LAYER, IMAGE_MODULE, KWS_LAYER)
-}
+SPACES: dict[str, LayerSpace | ModuleSpace] = {s.name: s for s in (IMAGE_LAYER, IMAGE_MODULE, KWS_LAYER)}
 
 
 def get_space(name: str) -> LayerSpace | ModuleSpace:

@@ -9,9 +9,7 @@ Everything that is wrong is reported at once: ``load_search`` raises one
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
-
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import annotated_types
 import pydantic
@@ -47,7 +45,11 @@ class _Model(BaseModel):
 class Metadata(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40, description="DNS label; Job names append -eNNN-sNN-cNN")
+    name: str = Field(
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length=40,
+        description="DNS label; Job names append -eNNN-sNN-cNN",
+    )
     namespace: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
@@ -57,7 +59,9 @@ class RandomStart(_Model):
     """A random starting network drawn from the search space's value tables."""
 
     depth: Int = Field(
-        3, ge=1, le=32,
+        3,
+        ge=1,
+        le=32,
         description="Layers (cell branches, for image-module) of the random starting network, capped at what the space allows; "
         "1 to 32. Default 3.",
     )
@@ -67,7 +71,8 @@ class InitialArchitecture(_Model):
     """The network every branch starts from: exactly one of a random network of a given depth or an explicit architecture."""
 
     random: RandomStart | None = Field(
-        None, description="Start from a random network of the given depth, seeded by spec.seed. Set either random or architecture, not both."
+        None,
+        description="Start from a random network of the given depth, seeded by spec.seed. Set either random or architecture, not both.",
     )
     architecture: dict[str, Any] | None = Field(
         None,
@@ -76,7 +81,7 @@ class InitialArchitecture(_Model):
     )
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "InitialArchitecture":
+    def _exactly_one(self) -> InitialArchitecture:
         if (self.random is None) == (self.architecture is None):
             raise ValueError("set exactly one of 'random' or 'architecture'")
         return self
@@ -97,12 +102,16 @@ class Dataset(_Model):
         "or the .npz file (npz). Required for cifar10 and npz, ignored otherwise.",
     )
     input_shape: list[Int] | None = Field(
-        None, min_length=3, max_length=3,
+        None,
+        min_length=3,
+        max_length=3,
         description="Shape of one input sample as [C, H, W], each positive. Required for npz; for synthetic the shape generated "
         "(default: the search space's input shape); for other kinds it must match the data.",
     )
     num_classes: Int | None = Field(
-        None, ge=2, description="Number of classes, at least 2. Required for npz; for synthetic the classes generated (default 10)."
+        None,
+        ge=2,
+        description="Number of classes, at least 2. Required for npz; for synthetic the classes generated (default 10).",
     )
     options: dict[str, Any] = Field(
         default_factory=dict,
@@ -111,7 +120,7 @@ class Dataset(_Model):
     )
 
     @model_validator(mode="after")
-    def _needs(self) -> "Dataset":
+    def _needs(self) -> Dataset:
         if self.kind in ("cifar10", "npz") and not self.uri:
             raise ValueError(f"dataset kind {self.kind} needs 'uri'")
         if self.kind == "npz" and (self.input_shape is None or self.num_classes is None):
@@ -126,25 +135,42 @@ class Constraint(_Model):
     A violation multiplies the child's reward by penalty to the power V, the relative violation (EPNAS Eq. 2)."""
 
     # the cross-field rules again as CEL rules of the CRD, so that `kubectl apply` refuses them at once
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        {"rule": "has(self.min) || has(self.max)", "message": "set 'min', 'max' or both"},
-        {"rule": "!has(self.min) || !has(self.max) || self.min <= self.max", "message": "min must not be greater than max"},
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "has(self.min) || has(self.max)", "message": "set 'min', 'max' or both"},
+                {
+                    "rule": "!has(self.min) || !has(self.max) || self.min <= self.max",
+                    "message": "min must not be greater than max",
+                },
+            ]
+        }
+    )
 
     metric: Literal["modelSize", "flops", "computeIntensity"] = Field(
         description="The metric bounded: modelSize (trainable parameters), flops (floating-point operations of one inference "
         "at batch 1, a multiply-add counting 2) or computeIntensity (FLOPs per byte moved, float32). Required."
     )
-    min: Float | None = Field(None, gt=0, description="Lower bound on the metric, greater than 0. Set min, max or both; min must not exceed max.")
-    max: Float | None = Field(None, gt=0, description="Upper bound on the metric, greater than 0. Set min, max or both; max must not be below min.")
+    min: Float | None = Field(
+        None,
+        gt=0,
+        description="Lower bound on the metric, greater than 0. Set min, max or both; min must not exceed max.",
+    )
+    max: Float | None = Field(
+        None,
+        gt=0,
+        description="Upper bound on the metric, greater than 0. Set min, max or both; max must not be below min.",
+    )
     penalty: Float = Field(
-        0.9, gt=0, lt=1,
+        0.9,
+        gt=0,
+        lt=1,
         description="Base p of the penalty p^V that multiplies a violating child's reward; the smaller, the harsher. "
         "Between 0 and 1, exclusive. Default 0.9.",
     )
 
     @model_validator(mode="after")
-    def _bounds(self) -> "Constraint":
+    def _bounds(self) -> Constraint:
         if self.min is None and self.max is None:
             raise ValueError("set 'min', 'max' or both")
         if self.min is not None and self.max is not None and self.min > self.max:
@@ -156,26 +182,37 @@ class Budget(_Model):
     """How much to search: episodes times steps per episode times branches children, unless stopped earlier."""
 
     episodes: Int = Field(
-        15, ge=1,
+        15,
+        ge=1,
         description="Number of episodes; after each the policy learns and the best networks seed the next. At least 1. Default 15. "
         "Raising it on a finished search continues the search.",
     )
     steps_per_episode: Int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="Morphing steps per episode; each step trains one child per branch. At least 1. "
         "Default when unset: 10 for image-layer and kws-layer, 5 for image-module.",
     )
-    branches: Int = Field(8, ge=1, le=512, description="Children trained per step, each morphing the network of its own branch; 1 to 512. Default 8.")
+    branches: Int = Field(
+        8,
+        ge=1,
+        le=512,
+        description="Children trained per step, each morphing the network of its own branch; 1 to 512. Default 8.",
+    )
     top_k: Int = Field(
-        8, ge=1, description="How many of the best networks seed the next episode; the branches start from them in turn. At least 1. Default 8."
+        8,
+        ge=1,
+        description="How many of the best networks seed the next episode; the branches start from them in turn. At least 1. Default 8.",
     )
     max_children: Int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="Stop the search once this many children were trained (children served from cache are free); "
         "checked between steps. At least 1. Default: no limit.",
     )
     max_failed_children: Int | None = Field(
-        None, ge=0,
+        None,
+        ge=0,
         description="End the search Failed once more children than this failed. At least 0. "
         "Default: only when every child of a step failed.",
     )
@@ -185,24 +222,39 @@ class PolicySpec(_Model):
     """The LSTM policy that samples morphing actions, and its REINFORCE training (EPNAS section 4.1 defaults).
     Used by the epnas and epnas-paper strategies; ignored by random."""
 
-    learning_rate: Float = Field(6e-4, gt=0, description="Adam learning rate of the policy's update after each episode; greater than 0. Default 0.0006.")
-    embedding_size: Int = Field(
-        32, ge=1, description="Size of the layer embeddings and units of the LSTM that embeds a network; at least 1. Default 32."
+    learning_rate: Float = Field(
+        6e-4,
+        gt=0,
+        description="Adam learning rate of the policy's update after each episode; greater than 0. Default 0.0006.",
     )
-    hidden_size: Int = Field(128, ge=1, description="Units of the scale and insert decoder LSTM cells; at least 1. Default 128.")
+    embedding_size: Int = Field(
+        32,
+        ge=1,
+        description="Size of the layer embeddings and units of the LSTM that embeds a network; at least 1. Default 32.",
+    )
+    hidden_size: Int = Field(
+        128, ge=1, description="Units of the scale and insert decoder LSTM cells; at least 1. Default 128."
+    )
     scale_groups: Int = Field(
-        4, ge=1,
+        4,
+        ge=1,
         description="F: the layers (or cell branches) are split into this many contiguous groups, and the scale action "
         "picks a channel and a width direction per group. At least 1. Default 4.",
     )
     init_range: Float = Field(
-        0.1, gt=0, description="Every policy parameter is initialised uniformly in [-initRange, initRange]; greater than 0. Default 0.1."
+        0.1,
+        gt=0,
+        description="Every policy parameter is initialised uniformly in [-initRange, initRange]; greater than 0. Default 0.1.",
     )
     entropy_weight: Float = Field(
-        0.0, ge=0, description="Weight of the entropy bonus in the policy's loss, which keeps it exploring; 0 turns it off. Default 0."
+        0.0,
+        ge=0,
+        description="Weight of the entropy bonus in the policy's loss, which keeps it exploring; 0 turns it off. Default 0.",
     )
     baseline_decay: Float = Field(
-        0.9, ge=0, lt=1,
+        0.9,
+        ge=0,
+        lt=1,
         description="Decay d of the moving-average reward baseline, b = d*b + (1-d)*R; at least 0 and below 1. Default 0.9.",
     )
 
@@ -210,9 +262,14 @@ class PolicySpec(_Model):
 class Screening(_Model):
     """Zero-cost screening by the default epnas strategy: each child is the first feasible, new network among the policy's samples, reached in at most maxMorphs morphs. Ignored by epnas-paper and random."""
 
-    candidates: Int = Field(32, ge=1, le=1024, description="Actions sampled from the policy per branch and morph; 1 to 1024. Default 32.")
+    candidates: Int = Field(
+        32, ge=1, le=1024, description="Actions sampled from the policy per branch and morph; 1 to 1024. Default 32."
+    )
     max_morphs: Int = Field(
-        4, ge=1, le=16, description="Morphs one child may take to reach a feasible network not trained before; 1 to 16. Default 4."
+        4,
+        ge=1,
+        le=16,
+        description="Morphs one child may take to reach a feasible network not trained before; 1 to 16. Default 4.",
     )
 
 
@@ -224,26 +281,54 @@ class ChildTraining(_Model):
         description="prediction: a short performance-prediction run (10 epochs, batch 1024, lr 0.5 decayed by a cosine to 0 "
         "after a warm-up); standard: SGD with warm restarts (20 epochs, batch 128, lr 0.05 to 0.001). Default prediction.",
     )
-    epochs: Int | None = Field(None, ge=1, description="Epochs of training; at least 1. Default when unset: 20 (standard) or 10 (prediction).")
-    batch_size: Int | None = Field(None, ge=1, description="Training batch size; at least 1. Default when unset: 128 (standard) or 1024 (prediction).")
-    lr: Float | None = Field(None, gt=0, description="Peak SGD learning rate; greater than 0. Default when unset: 0.05 (standard) or 0.5 (prediction).")
-    lr_min: Float | None = Field(
-        None, ge=0, description="Learning rate the cosine schedule decays to; at least 0. Default when unset: 0.001 (standard) or 0 (prediction)."
+    epochs: Int | None = Field(
+        None, ge=1, description="Epochs of training; at least 1. Default when unset: 20 (standard) or 10 (prediction)."
     )
-    momentum: Float = Field(0.9, ge=0, lt=1, description="SGD momentum, Nesterov when above 0; at least 0 and below 1. Default 0.9.")
+    batch_size: Int | None = Field(
+        None,
+        ge=1,
+        description="Training batch size; at least 1. Default when unset: 128 (standard) or 1024 (prediction).",
+    )
+    lr: Float | None = Field(
+        None,
+        gt=0,
+        description="Peak SGD learning rate; greater than 0. Default when unset: 0.05 (standard) or 0.5 (prediction).",
+    )
+    lr_min: Float | None = Field(
+        None,
+        ge=0,
+        description="Learning rate the cosine schedule decays to; at least 0. Default when unset: 0.001 (standard) or 0 (prediction).",
+    )
+    momentum: Float = Field(
+        0.9, ge=0, lt=1, description="SGD momentum, Nesterov when above 0; at least 0 and below 1. Default 0.9."
+    )
     weight_decay: Float = Field(5e-4, ge=0, description="SGD weight decay (L2); at least 0. Default 0.0005.")
-    t0: Int = Field(10, ge=1, description="Length in epochs of the first period of SGDR, the standard regime's schedule; at least 1. Default 10.")
-    t_mult: Int = Field(2, ge=1, description="Factor by which each SGDR period is longer than the one before (standard regime); at least 1. Default 2.")
+    t0: Int = Field(
+        10,
+        ge=1,
+        description="Length in epochs of the first period of SGDR, the standard regime's schedule; at least 1. Default 10.",
+    )
+    t_mult: Int = Field(
+        2,
+        ge=1,
+        description="Factor by which each SGDR period is longer than the one before (standard regime); at least 1. Default 2.",
+    )
     channel_factor: Float = Field(
-        1.0, gt=0, le=1,
+        1.0,
+        gt=0,
+        le=1,
         description="EcoNAS proxy: every channel count is multiplied by this factor (rounded, at least 1) for training; "
         "above 0 and at most 1. Default 1 (off).",
     )
     resolution: Int | None = Field(
-        None, ge=1, description="EcoNAS proxy: inputs are resized to this height and width, in pixels; at least 1. Default: the data's own size."
+        None,
+        ge=1,
+        description="EcoNAS proxy: inputs are resized to this height and width, in pixels; at least 1. Default: the data's own size.",
     )
     sample_ratio: Float = Field(
-        1.0, gt=0, le=1,
+        1.0,
+        gt=0,
+        le=1,
         description="EcoNAS proxy: fraction of the training samples used, a seeded subset; above 0 and at most 1. Default 1 (all).",
     )
     parameter_sharing: bool = Field(
@@ -252,7 +337,8 @@ class ChildTraining(_Model):
         "and add their trained weights to it. Default true.",
     )
     timeout_seconds: Int = Field(
-        3600, ge=1,
+        3600,
+        ge=1,
         description="Seconds one child may train: training stops after the epoch that passes it and the child is scored as it is; "
         "on one machine a child still running after this long is killed as a failed attempt. At least 1. Default 3600.",
     )
@@ -268,7 +354,7 @@ class ChildTraining(_Model):
         "trains without it and its result carries a warning. Pays off on GPUs for long runs. Default false.",
     )
 
-    def resolved(self) -> "ChildTraining":
+    def resolved(self) -> ChildTraining:
         """A copy with every ``None`` number replaced by the regime's default."""
         defaults = regime_defaults(self.regime)
         return self.model_copy(update={k: v for k, v in defaults.items() if getattr(self, k) is None})
@@ -279,14 +365,19 @@ class FinalTraining(ChildTraining):
     by default in the standard regime: the models to ship. Results go under final/ in the store."""
 
     top: Int = Field(
-        0, ge=0, le=16, description="How many of the best feasible children to train again after the search; 0 to 16. Default 0 (none)."
+        0,
+        ge=0,
+        le=16,
+        description="How many of the best feasible children to train again after the search; 0 to 16. Default 0 (none).",
     )
     regime: Literal["standard", "prediction"] = Field(
         "standard",
         description="standard: SGD with warm restarts (20 epochs, batch 128, lr 0.05 to 0.001); prediction: a short "
         "performance-prediction run (10 epochs, batch 1024, lr 0.5 decayed by a cosine to 0). Default standard.",
     )
-    parameter_sharing: bool = Field(False, description="Ignored: final models always train from scratch, without shared weights. Default false.")
+    parameter_sharing: bool = Field(
+        False, description="Ignored: final models always train from scratch, without shared weights. Default false."
+    )
 
     def child_training(self) -> ChildTraining:
         """The regime a final child's task carries (resolved, no sharing, no ``top``)."""
@@ -305,20 +396,39 @@ class Trainer(_Model):
     """Where and how each child's Kubernetes Job runs in a cluster; ignored when epnas search runs on one machine.
     A field left unset takes the installation's trainer default (the chart's trainer values), else the default named here."""
 
-    image: str = Field("ghcr.io/epnas/epnas-trainer:0.1.0", description="Container image that trains a child. Default ghcr.io/epnas/epnas-trainer:0.1.0.")
-    gpu: Int = Field(1, ge=0, description="NVIDIA GPUs (nvidia.com/gpu) requested per child; 0 trains on CPU. Default 1.")
-    cpu: str = Field("2", pattern=QUANTITY, description="CPU request of a child's pod, as a Kubernetes quantity such as 2 or 500m. Default 2.")
-    memory: str = Field("8Gi", pattern=QUANTITY, description="Memory request and limit of a child's pod, as a Kubernetes quantity such as 8Gi. Default 8Gi.")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels a child's pod must match, as a pod's nodeSelector. Default: none.")
+    image: str = Field(
+        "ghcr.io/epnas/epnas-trainer:0.1.0",
+        description="Container image that trains a child. Default ghcr.io/epnas/epnas-trainer:0.1.0.",
+    )
+    gpu: Int = Field(
+        1, ge=0, description="NVIDIA GPUs (nvidia.com/gpu) requested per child; 0 trains on CPU. Default 1."
+    )
+    cpu: str = Field(
+        "2",
+        pattern=QUANTITY,
+        description="CPU request of a child's pod, as a Kubernetes quantity such as 2 or 500m. Default 2.",
+    )
+    memory: str = Field(
+        "8Gi",
+        pattern=QUANTITY,
+        description="Memory request and limit of a child's pod, as a Kubernetes quantity such as 8Gi. Default 8Gi.",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels a child's pod must match, as a pod's nodeSelector. Default: none.",
+    )
     tolerations: list[dict[str, Any]] = Field(
-        default_factory=list, description="Tolerations of the children's pods, as in a pod spec, e.g. for a tainted GPU node pool. Default: none."
+        default_factory=list,
+        description="Tolerations of the children's pods, as in a pod spec, e.g. for a tainted GPU node pool. Default: none.",
     )
     affinity: dict[str, Any] | None = Field(
-        None, description="Affinity of the children's pods, as in a pod spec (nodeAffinity, podAffinity, podAntiAffinity). Default: none."
+        None,
+        description="Affinity of the children's pods, as in a pod spec (nodeAffinity, podAffinity, podAntiAffinity). Default: none.",
     )
     priority_class_name: str | None = Field(None, description="PriorityClass of the children's pods. Default: none.")
     image_pull_secrets: list[str] = Field(
-        default_factory=list, description="Names of Secrets in the search's namespace to pull the trainer image with. Default: none."
+        default_factory=list,
+        description="Names of Secrets in the search's namespace to pull the trainer image with. Default: none.",
     )
     service_account_name: str | None = Field(
         None,
@@ -326,33 +436,40 @@ class Trainer(_Model):
         "Default: the namespace's default ServiceAccount.",
     )
     queue_name: str | None = Field(
-        None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        None,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
         description="Kueue LocalQueue in the search's namespace that admits the children: each Job is created suspended with the "
         "label kueue.x-k8s.io/queue-name, and Kueue starts it when the ClusterQueue has quota for it. Default: none (Jobs start at once).",
     )
     backoff_limit: Int = Field(
-        2, ge=0,
+        2,
+        ge=0,
         description="Retries of a failed child, the Job's backoffLimit; invalid input (exit 2) and divergence (exit 3) are never "
         "retried. At least 0. Default 2.",
     )
     start_deadline_seconds: Int = Field(
-        300, ge=1,
+        300,
+        ge=1,
         description="Seconds a child's pod may wait, once on a node, in an image pull error (ErrImagePull, ImagePullBackOff, "
         "InvalidImageName) or a container configuration error (CreateContainerConfigError: e.g. a missing Secret or ConfigMap) "
         "before the child fails with that reason and its Job is deleted, instead of holding the step until "
         "activeDeadlineSeconds; time queued for a node does not count. At least 1. Default 300.",
     )
     active_deadline_seconds: Int = Field(
-        3600, ge=1,
+        3600,
+        ge=1,
         description="Seconds one attempt of a child may run, counted from its pod's start (time queued for a node does not count); "
         "at least 1. Default 3600.",
     )
     ttl_seconds_after_finished: Int = Field(
-        86400, ge=0, description="Seconds a finished child's Job is kept before Kubernetes deletes it; at least 0. Default 86400 (one day)."
+        86400,
+        ge=0,
+        description="Seconds a finished child's Job is kept before Kubernetes deletes it; at least 0. Default 86400 (one day).",
     )
 
 
-def with_trainer_defaults(search: "ArchitectureSearch", defaults: dict[str, Any]) -> "ArchitectureSearch":
+def with_trainer_defaults(search: ArchitectureSearch, defaults: dict[str, Any]) -> ArchitectureSearch:
     """``search`` with its ``spec.trainer`` completed from an installation's ``defaults``
     (camelCase ``Trainer`` fields): a field the search sets wins, one it leaves out takes the default."""
     if not defaults:
@@ -366,12 +483,14 @@ class StoreSpec(_Model):
     """Where the search keeps its state, its children and the shared weights: a directory or an S3-compatible bucket."""
 
     uri: str | None = Field(
-        None, pattern=r"^(file|s3)://",
+        None,
+        pattern=r"^(file|s3)://",
         description="Root of the store, file:///abs/dir or s3://bucket/prefix. Required in a cluster, where a search's data lives at "
         "<uri>/<namespace>/<name>/<uid>; on one machine the default is ./runs.",
     )
     endpoint: str | None = Field(
-        None, pattern=r"^https?://[^\s/]+(/\S*)?$",
+        None,
+        pattern=r"^https?://[^\s/]+(/\S*)?$",
         description="Endpoint URL of an S3-compatible store such as MinIO, http:// or https://. Default: AWS S3, unless the environment sets EPNAS_S3_ENDPOINT.",
     )
     secret_name: str | None = Field(
@@ -379,7 +498,10 @@ class StoreSpec(_Model):
         description="Secret in the search's namespace with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, given to the children's pods. "
         "Default: none.",
     )
-    region: str | None = Field(None, description="S3 region of the bucket. Default: AWS_REGION or AWS_DEFAULT_REGION from the environment, else us-east-1.")
+    region: str | None = Field(
+        None,
+        description="S3 region of the bucket. Default: AWS_REGION or AWS_DEFAULT_REGION from the environment, else us-east-1.",
+    )
     resume_uid: str | None = Field(
         None,
         pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
@@ -402,27 +524,38 @@ class SearchSpec(_Model):
         description="How children are proposed: epnas, the policy with zero-cost screening and feasibility-first seeding (default); "
         "epnas-paper, the paper's algorithm exactly; random, uniform actions in the same loop.",
     )
-    seed: Int = Field(0, ge=0, description="Seed of the policy, the random starting network and every child's training; at least 0. Default 0.")
+    seed: Int = Field(
+        0,
+        ge=0,
+        description="Seed of the policy, the random starting network and every child's training; at least 0. Default 0.",
+    )
     initial_architecture: InitialArchitecture = Field(
         default_factory=lambda: InitialArchitecture(random=RandomStart()),
         description="The network every branch starts from: a random network or an explicit architecture. Default: a random network of depth 3.",
     )
-    dataset: Dataset = Field(default_factory=Dataset, description="The data children are trained and scored on. Default: the digits dataset.")
+    dataset: Dataset = Field(
+        default_factory=Dataset, description="The data children are trained and scored on. Default: the digits dataset."
+    )
     constraints: list[Constraint] = Field(
         default_factory=list,
         description="Resource constraints on the children; a child is feasible when it meets all of them, and each violation "
         "lowers its reward. Default: none.",
     )
-    budget: Budget = Field(default_factory=Budget, description="How much to search: episodes, steps per episode, branches and optional early stops.")
+    budget: Budget = Field(
+        default_factory=Budget,
+        description="How much to search: episodes, steps per episode, branches and optional early stops.",
+    )
     policy: PolicySpec = Field(
         default_factory=PolicySpec,
         description="The policy network that proposes morphs, and its training; used by the epnas and epnas-paper strategies.",
     )
     screening: Screening = Field(
-        default_factory=Screening, description="Zero-cost screening of the default epnas strategy; ignored by epnas-paper and random."
+        default_factory=Screening,
+        description="Zero-cost screening of the default epnas strategy; ignored by epnas-paper and random.",
     )
     child_training: ChildTraining = Field(
-        default_factory=ChildTraining, description="How each child is trained during the search; numbers left unset take the regime's defaults."
+        default_factory=ChildTraining,
+        description="How each child is trained during the search; numbers left unset take the regime's defaults.",
     )
     final_training: FinalTraining = Field(
         default_factory=FinalTraining,
@@ -430,11 +563,15 @@ class SearchSpec(_Model):
         "off unless top is above 0.",
     )
     trainer: Trainer = Field(
-        default_factory=Trainer, description="Where and how each child's Kubernetes Job runs; ignored when epnas search runs on one machine."
+        default_factory=Trainer,
+        description="Where and how each child's Kubernetes Job runs; ignored when epnas search runs on one machine.",
     )
-    store: StoreSpec = Field(default_factory=StoreSpec, description="Where the search keeps its state, children and shared weights.")
+    store: StoreSpec = Field(
+        default_factory=StoreSpec, description="Where the search keeps its state, children and shared weights."
+    )
     parallelism: Int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="Children trained at once; at least 1. Default: every child of a step in a cluster, or the CPU count on one machine.",
     )
     executor: Literal["jobs", "argo"] = Field(
@@ -483,7 +620,7 @@ def dataset_geometry(spec: SearchSpec) -> tuple[tuple[int, int, int], int]:
     return geometry_of(spec.dataset, spec.search_space, spec.child_training.resolution)
 
 
-def geometry_of(ds: "Dataset", space: str, res: int | None = None) -> tuple[tuple[int, int, int], int]:
+def geometry_of(ds: Dataset, space: str, res: int | None = None) -> tuple[tuple[int, int, int], int]:
     """``dataset_geometry`` from its parts: a dataset, a search space's name, a resolution."""
     shape, classes = {
         "digits": ((1, 8, 8), 10),
@@ -514,10 +651,14 @@ class _StrictLoader(yaml.SafeLoader):
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in a search file", event.start_mark)
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not allowed in a search file", event.start_mark
+            )
         self._depth += 1
         if self._depth > MAX_NESTING:
-            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_NESTING} levels", self.peek_event().start_mark)
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_NESTING} levels", self.peek_event().start_mark
+            )
         try:
             return super().compose_node(parent, index)
         finally:
@@ -542,12 +683,16 @@ def load_search(text: str | bytes, source: str = "<search>") -> ArchitectureSear
     """
     size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_DOCUMENT_BYTES:
-        raise SpecError.one("", f"{source}: {size:,} bytes; a search file may have at most {MAX_DOCUMENT_BYTES:,} (1.5 MiB)")
+        raise SpecError.one(
+            "", f"{source}: {size:,} bytes; a search file may have at most {MAX_DOCUMENT_BYTES:,} (1.5 MiB)"
+        )
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise SpecError.one("", f"{source}: not UTF-8 text (byte {err.start}: {text[err.start:err.start + 1]!r})") from None
+            raise SpecError.one(
+                "", f"{source}: not UTF-8 text (byte {err.start}: {text[err.start : err.start + 1]!r})"
+            ) from None
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
@@ -568,7 +713,9 @@ def parse_search(data: Any) -> ArchitectureSearch:
     try:
         initial_arch(search.spec)
     except SpecError as err:
-        raise SpecError([Problem(f"spec.initialArchitecture.architecture.{p.path}", p.message) for p in err.problems]) from None
+        raise SpecError(
+            [Problem(f"spec.initialArchitecture.architecture.{p.path}", p.message) for p in err.problems]
+        ) from None
     return search
 
 
@@ -577,7 +724,9 @@ def parse_search(data: Any) -> ArchitectureSearch:
 _DROP = {"title", "discriminator"}
 
 
-def structural_schema(model: type[BaseModel], *, mode: Literal["validation", "serialization"] = "validation") -> dict[str, Any]:
+def structural_schema(
+    model: type[BaseModel], *, mode: Literal["validation", "serialization"] = "validation"
+) -> dict[str, Any]:
     """A pydantic model's JSON schema made structural for a CRD (see ``crd_openapi_schema``)."""
     raw = model.model_json_schema(by_alias=True, mode=mode)
     defs = raw.pop("$defs", {})
@@ -631,8 +780,12 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     if "const" in node:
         node["enum"] = [node.pop("const")]
     # pydantic leaves a constraint on an Annotated type inside ``X | None`` as a raw ``ge``/``gt``/``le``/``lt``
-    for raw, bound, exclusive in (("ge", "minimum", None), ("gt", "minimum", "exclusiveMinimum"),
-                                  ("le", "maximum", None), ("lt", "maximum", "exclusiveMaximum")):
+    for raw, bound, exclusive in (
+        ("ge", "minimum", None),
+        ("gt", "minimum", "exclusiveMinimum"),
+        ("le", "maximum", None),
+        ("lt", "maximum", "exclusiveMaximum"),
+    ):
         if raw in node:
             value = node.pop(raw)
             tighter = max if bound == "minimum" else min
@@ -657,7 +810,11 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             out[key] = _structural(value, defs)
         else:
             out[key] = value
-    if out.get("type") == "object" and "properties" not in out and not isinstance(out.get("additionalProperties"), dict):
+    if (
+        out.get("type") == "object"
+        and "properties" not in out
+        and not isinstance(out.get("additionalProperties"), dict)
+    ):
         out.pop("additionalProperties", None)
         out["x-kubernetes-preserve-unknown-fields"] = True
     if "properties" in out and out.get("additionalProperties") is False:

@@ -22,8 +22,8 @@ import io
 import json
 import os
 import pathlib
-import re
 import random
+import re
 import tempfile
 import time
 import urllib.parse
@@ -103,7 +103,9 @@ def check_root(uri: str) -> str:
     scheme, sep, rest = uri.partition("://")
     if not sep:
         if ":" in uri.split("/", 1)[0]:
-            raise StoreURIError(f"{_redact(uri)}: not a store URI; use file:///abs/dir, s3://bucket/prefix or a directory")
+            raise StoreURIError(
+                f"{_redact(uri)}: not a store URI; use file:///abs/dir, s3://bucket/prefix or a directory"
+            )
         return uri
     if scheme == "file":
         parsed = urllib.parse.urlparse(uri)
@@ -115,12 +117,14 @@ def check_root(uri: str) -> str:
         if not bucket:
             raise StoreURIError(f"{_redact(uri)}: no bucket in the URI; use s3://bucket/prefix")
         if not S3_BUCKET.match(bucket):
-            raise StoreURIError(f"{_redact(uri)}: {bucket!r} is not an S3 bucket name (3-63 characters of a-z, 0-9, '.', '-')")
+            raise StoreURIError(
+                f"{_redact(uri)}: {bucket!r} is not an S3 bucket name (3-63 characters of a-z, 0-9, '.', '-')"
+            )
         return uri
     raise StoreURIError(f"{_redact(uri)}: unsupported store scheme {scheme!r}; use file:// or s3://")
 
 
-def open_store(uri: str, *, endpoint: str | None = None, region: str | None = None) -> "Store":
+def open_store(uri: str, *, endpoint: str | None = None, region: str | None = None) -> Store:
     """The store rooted at ``uri`` (``file:///abs/dir``, a plain path, or ``s3://bucket/prefix``)."""
     scheme, sep, rest = uri.partition("://")
     if not sep:
@@ -134,7 +138,9 @@ def open_store(uri: str, *, endpoint: str | None = None, region: str | None = No
         bucket, _, prefix = rest.partition("/")
         if not bucket:
             raise StoreURIError(f"{_redact(uri)}: no bucket in the URI")
-        return S3Store(bucket, prefix.strip("/"), endpoint=endpoint or os.environ.get("EPNAS_S3_ENDPOINT") or None, region=region)
+        return S3Store(
+            bucket, prefix.strip("/"), endpoint=endpoint or os.environ.get("EPNAS_S3_ENDPOINT") or None, region=region
+        )
     raise StoreURIError(f"{_redact(uri)}: unsupported store scheme {scheme!r}; use file:// or s3://")
 
 
@@ -294,6 +300,7 @@ class S3Store(Store):
         """One GET, its body read whole: one version of the object, never parts of two (a broken
         stream is read again from the start by ``with_retries``). On loopback MinIO this is 1.7–3.5×
         faster than s3transfer's ranged, threaded download for 4–64 MiB (bench/bench_store_throughput.py)."""
+
         def fetch() -> bytes:
             body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
             try:
@@ -308,10 +315,18 @@ class S3Store(Store):
         if len(payload) < MULTIPART_THRESHOLD:  # a bytes body re-sends cleanly on botocore's retries
             self._call("put", key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=payload))
         else:
-            self._call("put", key, lambda: self.client.upload_fileobj(io.BytesIO(payload), self.bucket, self._key(key), Config=self.transfer))
+            self._call(
+                "put",
+                key,
+                lambda: self.client.upload_fileobj(
+                    io.BytesIO(payload), self.bucket, self._key(key), Config=self.transfer
+                ),
+            )
 
     def put_file(self, key: str, path: str | os.PathLike) -> None:
-        self._call("put", key, lambda: self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer))
+        self._call(
+            "put", key, lambda: self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer)
+        )
 
     def exists(self, key: str) -> bool:
         try:
@@ -370,10 +385,14 @@ def with_retries(fn: Callable[[], T], *, describe: str, deadline_s: float = RETR
             if permanent == "SignatureDoesNotMatch" and resends > 0:
                 permanent, resends = None, resends - 1
             if permanent or time.monotonic() > give_up:
-                raise StoreError(f"{describe}: upload failed ({permanent or 'gave up after retries'})", transient=not permanent) from None
+                raise StoreError(
+                    f"{describe}: upload failed ({permanent or 'gave up after retries'})", transient=not permanent
+                ) from None
         except (bx.ConnectionError, bx.HTTPClientError, bx.IncompleteReadError) as err:  # incl. a body cut mid-stream
             if time.monotonic() > give_up:
-                raise StoreError(f"{describe}: {type(err).__name__} (gave up after {deadline_s:.0f} s)", transient=True) from None
+                raise StoreError(
+                    f"{describe}: {type(err).__name__} (gave up after {deadline_s:.0f} s)", transient=True
+                ) from None
         except bx.BotoCoreError as err:
             raise StoreError(f"{describe}: {type(err).__name__}") from None
         time.sleep(delay * (0.5 + random.random()))

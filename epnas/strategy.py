@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import torch
 
@@ -66,7 +67,7 @@ class Screen:
     classes: int
 
     @classmethod
-    def for_spec(cls, spec: SearchSpec) -> "Screen":
+    def for_spec(cls, spec: SearchSpec) -> Screen:
         shape, classes = dataset_geometry(spec)
         return cls(tuple(spec.constraints), shape, classes)
 
@@ -176,8 +177,7 @@ class Strategy(Protocol):
         """Write the strategy's state under ``key``; ``False`` when it has none."""
         ...
 
-    def load(self, store: Store, key: str) -> None:
-        ...
+    def load(self, store: Store, key: str) -> None: ...
 
 
 def make_strategy(spec: SearchSpec) -> Strategy:
@@ -200,7 +200,9 @@ def top_k_by_reward(records: Sequence[ChildRecord], k: int, fallback: list[dict]
 
 def top_k_feasible_first(records: Sequence[ChildRecord], k: int, fallback: list[dict]) -> list[dict]:
     """The ``k`` best distinct networks: feasible ones by validation accuracy, then the rest by reward."""
-    ranked = sorted(records, key=lambda r: (not r.feasible, -(r.val_accuracy if r.feasible else r.reward), -r.reward, r.child))
+    ranked = sorted(
+        records, key=lambda r: (not r.feasible, -(r.val_accuracy if r.feasible else r.reward), -r.reward, r.child)
+    )
     return _distinct(ranked, k, fallback)
 
 
@@ -283,7 +285,13 @@ class PaperStrategy:
             baseline = reinforce.MovingBaseline(self.spec.policy.baseline_decay, baselines)
             b = baseline.update(returns)  # ENAS order: the baseline first, then advantages against it
             update = reinforce.update(
-                self.policy, self.optimizer, step_log_probs.view(n, t), returns, b, step_entropies.view(n, t), self.spec.policy.entropy_weight
+                self.policy,
+                self.optimizer,
+                step_log_probs.view(n, t),
+                returns,
+                b,
+                step_entropies.view(n, t),
+                self.spec.policy.entropy_weight,
             )
         return Learning(update, list(baseline.values))
 

@@ -25,8 +25,8 @@ draws come from the caller's ``torch.Generator``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -43,7 +43,13 @@ CHOICE_STD = 0.03
 
 def features(params: float, flops: float, depth: int, intensity: float) -> list[float]:
     """``φ(X)`` from a network's metrics and depth (logs of values below 1 read 0)."""
-    return [1.0, math.log10(max(params, 1.0)), math.log10(max(flops, 1.0)), float(depth), math.log10(max(intensity, 1.0))]
+    return [
+        1.0,
+        math.log10(max(params, 1.0)),
+        math.log10(max(flops, 1.0)),
+        float(depth),
+        math.log10(max(intensity, 1.0)),
+    ]
 
 
 @dataclass(frozen=True)
@@ -100,8 +106,13 @@ def choices(arch: Arch) -> list[str]:
                 out.append("skip")
     if arch.cell is not None:
         for branch in arch.cell.branches:
-            out += [f"type:{branch.type}", f"channels:{branch.channels}", f"width:{branch.width}",
-                    f"pool:{branch.pool}", f"activation:{branch.activation}"]
+            out += [
+                f"type:{branch.type}",
+                f"channels:{branch.channels}",
+                f"width:{branch.width}",
+                f"pool:{branch.pool}",
+                f"activation:{branch.activation}",
+            ]
     return out
 
 
@@ -129,7 +140,7 @@ class Encoder:
     keys: tuple[str, ...]
 
     @classmethod
-    def for_space(cls, space: LayerSpace | ModuleSpace) -> "Encoder":
+    def for_space(cls, space: LayerSpace | ModuleSpace) -> Encoder:
         return cls(vocabulary(space))
 
     @property
@@ -156,5 +167,5 @@ class Encoder:
         dozens of choice counts, each drawn, would drown the analytic ranking in noise before any
         evidence; at their mean they only move a ranking once children have shown an effect."""
         weights = posterior.draw(generator)
-        weights[len(FEATURES):] = posterior.mean[len(FEATURES):]
+        weights[len(FEATURES) :] = posterior.mean[len(FEATURES) :]
         return weights

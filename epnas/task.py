@@ -45,7 +45,9 @@ class ChildTask(_Doc):
     seed: int = 0
     weights: str | None = None
     parent: str | None = None
-    out_dir: str | None = Field(None, description="the child's directory relative to the search root (default children/<child>)")
+    out_dir: str | None = Field(
+        None, description="the child's directory relative to the search root (default children/<child>)"
+    )
 
     def to_json(self) -> str:
         """The document as the loop writes it (camelCase, arch in canonical form)."""
@@ -63,17 +65,25 @@ class ChildResult(_Doc):
     arch_hash: str
     val_accuracy: float = Field(ge=0, le=1)
     test_accuracy: float = Field(ge=0, le=1)
-    history: dict[str, list[float]] = Field(default_factory=dict, description="train_loss, train_acc, val_loss, val_acc, lr")
+    history: dict[str, list[float]] = Field(
+        default_factory=dict, description="train_loss, train_acc, val_loss, val_acc, lr"
+    )
     metrics: dict[str, Any] = Field(default_factory=dict)
     train_seconds: float = Field(ge=0)
     epochs_run: int = Field(ge=0)
     inherited_fraction: float = Field(0.0, ge=0, le=1)
     device: str = "cpu"
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="the arithmetic training ran in (childTraining.precision resolved)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="the arithmetic training ran in (childTraining.precision resolved)"
+    )
     channels_last: bool = Field(False, description="convolutions ran in channels_last memory format")
-    compiled: bool = Field(False, description="the model ran through torch.compile (false also when compiling failed and it fell back)")
+    compiled: bool = Field(
+        False, description="the model ran through torch.compile (false also when compiling failed and it fell back)"
+    )
     warnings: list[str] = Field(default_factory=list)
-    weights_key: str | None = Field(None, description="children/<child>/weights.safetensors, relative to the search root")
+    weights_key: str | None = Field(
+        None, description="children/<child>/weights.safetensors, relative to the search root"
+    )
     weights_uri: str | None = Field(None, description="full URI of the pushed weights")
     cached_from: str | None = Field(None, description="set by the loop: the child whose training this result repeats")
 

@@ -208,7 +208,10 @@ def read_index(store: Store, prefix: str, *, strict: bool = False) -> tuple[dict
         problems.append("weight index has no 'tensors' mapping")
     for name, entries in (tensors or {}).items():
         try:
-            index[name] = [Entry(str(e["object"]), tuple(int(d) for d in e["shape"]), float(e["accuracy"]), str(e["child"])) for e in entries]
+            index[name] = [
+                Entry(str(e["object"]), tuple(int(d) for d in e["shape"]), float(e["accuracy"]), str(e["child"]))
+                for e in entries
+            ]
         except (KeyError, TypeError, ValueError):
             problems.append(f"weight index entry {name!r} malformed")
     if problems and strict:
@@ -296,7 +299,9 @@ def merge(store: Store, prefix: str, results: list[tuple[str, float, str]]) -> M
         except (ValueError, StoreNotFound) as err:
             report.warnings.append(f"child {child} skipped in merge: {err}")
             continue
-        candidates += [(name, tuple(t.shape), float(accuracy), pos) for name, t in tensors.items() if t.is_floating_point()]
+        candidates += [
+            (name, tuple(t.shape), float(accuracy), pos) for name, t in tensors.items() if t.is_floating_point()
+        ]
         del tensors
     winners = step_winners(candidates)
     won_by: dict[int, list[str]] = {}

@@ -29,7 +29,9 @@ class ChildRun:
     step: int
     index: int
 
-    def trainer_args(self, *, termination_log: str, endpoint: str | None = None, device: str | None = None) -> list[str]:
+    def trainer_args(
+        self, *, termination_log: str, endpoint: str | None = None, device: str | None = None
+    ) -> list[str]:
         """The trainer's flags for this child, wherever it runs (a local process or a Job's container)."""
         args = ["--arch", self.arch_uri, "--out", self.out_uri]
         if self.weights_uri:

@@ -148,7 +148,14 @@ class LocalExecutor:
         finally:
             if slot is not None:
                 self._release(slot)
-        return ChildOutcome(outcome.child, outcome.exit_code, outcome.reason, outcome.stderr_tail, outcome.attempts, time.monotonic() - started)
+        return ChildOutcome(
+            outcome.child,
+            outcome.exit_code,
+            outcome.reason,
+            outcome.stderr_tail,
+            outcome.attempts,
+            time.monotonic() - started,
+        )
 
     # ------------------------------------------------------------ one process per child
 
@@ -205,7 +212,11 @@ class LocalExecutor:
             termination_log = str(Path(tmp) / "termination-log")
             stderr_path = Path(tmp) / "stderr"
             stderr_path.touch()
-            request = {"argv": self.trainer_args(run, termination_log), "stderr": str(stderr_path), "termination_log": termination_log}
+            request = {
+                "argv": self.trainer_args(run, termination_log),
+                "stderr": str(stderr_path),
+                "termination_log": termination_log,
+            }
             worker_log = b""
             worker = None
             try:
@@ -222,8 +233,6 @@ class LocalExecutor:
                     self._workers[slot] = None
             tail = (stderr_path.read_bytes() + worker_log)[-STDERR_TAIL_CHARS:].decode(errors="replace")
         return ChildOutcome(run.child, code, reason, tail, attempt)
-
-
 
 
 def _exit_description(returncode: int | None) -> str:
@@ -255,7 +264,9 @@ class _Worker:
         self.log: IO[bytes] = tempfile.TemporaryFile(prefix="epnas-worker-")
         try:
             # same process group as the caller (no start_new_session): Ctrl-C and killpg reach it
-            self.proc = subprocess.Popen(worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env)
+            self.proc = subprocess.Popen(
+                worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env
+            )
         except BaseException:
             self.log.close()
             raise

@@ -16,7 +16,10 @@ import race  # noqa: E402
 
 def test_every_method_trains_the_same_children_and_the_tables_are_written(tmp_path) -> None:
     out = tmp_path / "race"
-    assert race.main(["--problems", "digits-quick", "--seeds", "1", "--children", "4", "--epochs", "1", "--out", str(out)]) == 0
+    assert (
+        race.main(["--problems", "digits-quick", "--seeds", "1", "--children", "4", "--epochs", "1", "--out", str(out)])
+        == 0
+    )
     runs = json.loads((out / "race.json").read_text())["runs"]
     assert sorted(r["method"] for r in runs) == sorted(race.METHODS)
     for run in runs:

@@ -60,8 +60,13 @@ def crd(control_plane):
 @pytest.fixture
 def store_secret(control_plane, namespace, minio) -> str:
     core = k8s_client.CoreV1Api(control_plane.api_client())
-    core.create_namespaced_secret(namespace, {"metadata": {"name": SECRET}, "stringData": {
-        "AWS_ACCESS_KEY_ID": minio.root_user, "AWS_SECRET_ACCESS_KEY": minio.root_password}})
+    core.create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {"name": SECRET},
+            "stringData": {"AWS_ACCESS_KEY_ID": minio.root_user, "AWS_SECRET_ACCESS_KEY": minio.root_password},
+        },
+    )
     return SECRET
 
 
@@ -75,13 +80,28 @@ def search_yaml(minio, store_secret):
             "constraints": [{"metric": "modelSize", "max": 20000}],
             "budget": {"episodes": 2, "stepsPerEpisode": 2, "branches": 3, "topK": 3},
             "childTraining": {"regime": "prediction", "epochs": 1, "batchSize": 64, "lr": 0.1},
-            "trainer": {"image": TRAINER_IMAGE, "gpu": 0, "cpu": "100m", "memory": "512Mi", "backoffLimit": 2,
-                        "ttlSecondsAfterFinished": 3600, "activeDeadlineSeconds": 600},
-            "store": {"uri": f"s3://{bucket}/searches", "endpoint": minio.endpoint, "secretName": store_secret, "region": minio.region},
+            "trainer": {
+                "image": TRAINER_IMAGE,
+                "gpu": 0,
+                "cpu": "100m",
+                "memory": "512Mi",
+                "backoffLimit": 2,
+                "ttlSecondsAfterFinished": 3600,
+                "activeDeadlineSeconds": 600,
+            },
+            "store": {
+                "uri": f"s3://{bucket}/searches",
+                "endpoint": minio.endpoint,
+                "secretName": store_secret,
+                "region": minio.region,
+            },
         }
         for key, value in overrides.items():
             spec[key] = {**spec[key], **value} if isinstance(value, dict) and isinstance(spec.get(key), dict) else value
-        return yaml.safe_dump({"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch", "metadata": {"name": name}, "spec": spec})
+        return yaml.safe_dump(
+            {"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch", "metadata": {"name": name}, "spec": spec}
+        )
+
     return build
 
 
@@ -134,18 +154,39 @@ class ControllerProcess:
 def start_controller(control_plane, minio, tmp_path, crd):
     started: list[ControllerProcess] = []
 
-    def start(namespace: str, *, trainer_command: str | None = None, kubeconfig: pathlib.Path | None = None) -> ControllerProcess:
+    def start(
+        namespace: str, *, trainer_command: str | None = None, kubeconfig: pathlib.Path | None = None
+    ) -> ControllerProcess:
         port = free_port()
-        argv = [sys.executable, "-m", "controller", "--namespace", namespace, "--metrics-port", str(port),
-                "--leader-election-namespace", namespace, "--lease-duration", str(LEASE[0]),
-                "--renew-deadline", str(LEASE[1]), "--retry-period", str(LEASE[2])]
+        argv = [
+            sys.executable,
+            "-m",
+            "controller",
+            "--namespace",
+            namespace,
+            "--metrics-port",
+            str(port),
+            "--leader-election-namespace",
+            namespace,
+            "--lease-duration",
+            str(LEASE[0]),
+            "--renew-deadline",
+            str(LEASE[1]),
+            "--retry-period",
+            str(LEASE[2]),
+        ]
         if trainer_command:
             argv += ["--trainer-command", trainer_command]
         if kubeconfig:
             argv += ["--kubeconfig", str(kubeconfig)]
         # The controller's own store credentials come from its environment, as in a Deployment.
-        env = {**control_plane.env, "AWS_ACCESS_KEY_ID": minio.root_user, "AWS_SECRET_ACCESS_KEY": minio.root_password,
-               "AWS_REGION": minio.region, "PYTHONUNBUFFERED": "1"}
+        env = {
+            **control_plane.env,
+            "AWS_ACCESS_KEY_ID": minio.root_user,
+            "AWS_SECRET_ACCESS_KEY": minio.root_password,
+            "AWS_REGION": minio.region,
+            "PYTHONUNBUFFERED": "1",
+        }
         proc = ControllerProcess(argv, env, tmp_path / f"controller-{len(started)}.log", port)
         started.append(proc)
         return proc
@@ -172,7 +213,9 @@ class JobLog:
         self.stopped = False
         while not self.stopped:
             try:
-                for event in self.watch.stream(self.batch.list_namespaced_job, self.namespace, resource_version=self.version):
+                for event in self.watch.stream(
+                    self.batch.list_namespaced_job, self.namespace, resource_version=self.version
+                ):
                     job = event["object"]
                     self.version = job.metadata.resource_version or self.version
                     if event["type"] in ("ADDED", "MODIFIED") and job.metadata.uid not in self.uids:

@@ -21,7 +21,9 @@ def read_search(control_plane, namespace: str, name: str) -> dict:
     return api.get_namespaced_custom_object("epnas.io", "v1alpha1", namespace, "architecturesearches", name)
 
 
-def wait_for_phase(control_plane, namespace: str, name: str, phases: tuple[str, ...], *, timeout_s: float, proc=None) -> dict:
+def wait_for_phase(
+    control_plane, namespace: str, name: str, phases: tuple[str, ...], *, timeout_s: float, proc=None
+) -> dict:
     deadline = time.monotonic() + timeout_s
     obj = {}
     while time.monotonic() < deadline:
@@ -32,7 +34,9 @@ def wait_for_phase(control_plane, namespace: str, name: str, phases: tuple[str, 
             raise AssertionError(f"controller exited {proc.proc.returncode}:\n{proc.output()[-3000:]}")
         time.sleep(1)
     tail = proc.output()[-3000:] if proc is not None else ""
-    raise AssertionError(f"{name} not in {phases} after {timeout_s} s: status {json.dumps(obj.get('status'))[:2000]}\n{tail}")
+    raise AssertionError(
+        f"{name} not in {phases} after {timeout_s} s: status {json.dumps(obj.get('status'))[:2000]}\n{tail}"
+    )
 
 
 def store_prefix(control_plane, namespace: str, name: str) -> str:

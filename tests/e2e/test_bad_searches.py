@@ -34,8 +34,20 @@ PLURAL_PATH = "/apis/epnas.io/v1alpha1/namespaces/{namespace}/architecturesearch
 
 # the local cases that are no custom resource (the rule above; a new case must be sorted into one table)
 NOT_A_CUSTOM_RESOURCE = {
-    "binary junk", "empty file", "a list", "YAML aliases (billion laughs)", "duplicate key", "nested 20,000 deep",
-    "over 1.5 MiB", "latin-1 bytes", "YAML syntax", "two documents", "wrong apiVersion", "wrong kind", "lr .inf", "lr .nan",
+    "binary junk",
+    "empty file",
+    "a list",
+    "YAML aliases (billion laughs)",
+    "duplicate key",
+    "nested 20,000 deep",
+    "over 1.5 MiB",
+    "latin-1 bytes",
+    "YAML syntax",
+    "two documents",
+    "wrong apiVersion",
+    "wrong kind",
+    "lr .inf",
+    "lr .nan",
 }
 REFUSED = "refused"  # by `kubectl apply`: the CRD's schema or CEL rules, or the API server
 # case → how it ends on the cluster: REFUSED, or the reason of its Failed condition
@@ -126,8 +138,16 @@ def nested(depth: int) -> str:
 #   how: "apply" (kubectl apply), "server-side" (kubectl apply --server-side: no last-applied annotation)
 #   or "raw" (kubectl create --raw: the bytes as they are, past kubectl's own JSON depth limit)
 HOSTILE = {
-    "huge-client-side": ("apply", REFUSED, "metadata.annotations: Too long"),  # kubectl apply's last-applied copy: 256 KiB
-    "huge": ("server-side", "InvalidSpec", "spec.dataset: dataset kind npz needs 'uri'"),  # 1.4 MiB, under the object limit
+    "huge-client-side": (
+        "apply",
+        REFUSED,
+        "metadata.annotations: Too long",
+    ),  # kubectl apply's last-applied copy: 256 KiB
+    "huge": (
+        "server-side",
+        "InvalidSpec",
+        "spec.dataset: dataset kind npz needs 'uri'",
+    ),  # 1.4 MiB, under the object limit
     "huge-over-limit": ("server-side", REFUSED, "request is too large"),  # 1.6 MiB: etcd's limit
     "nested-100": ("apply", "InvalidSpec", "spec.dataset.options.n: nested deeper than 64 levels"),
     "nested-9990": ("raw", "InvalidSpec", "spec.dataset.options.n: nested deeper than 64 levels"),
@@ -141,6 +161,7 @@ HOSTILE = {
 
 def hostile_texts(base: dict) -> dict[str, str]:
     """The JSON text of each ``HOSTILE`` object; ``base`` is a valid search on the test's store."""
+
     def variant(name: str, **spec) -> dict:
         doc = json.loads(json.dumps(base))
         doc["metadata"] = {"name": name}
@@ -154,8 +175,11 @@ def hostile_texts(base: dict) -> dict[str, str]:
         "huge-over-limit": variant("huge-over-limit", dataset={**npz, "options": {"blob": "x" * 1_600_000}}),
         "unknown-fields": variant("unknown-fields", bogus=1, budget={**base["spec"]["budget"], "bogus": 2}),
         "n" * 63: variant("n" * 63),
-        "j" * 40: variant("j" * 40, budget={"episodes": 10**6, "stepsPerEpisode": 1000, "branches": 512, "topK": 2},
-                          finalTraining={"top": 1}),
+        "j" * 40: variant(
+            "j" * 40,
+            budget={"episodes": 10**6, "stepsPerEpisode": 1000, "branches": 512, "topK": 2},
+            finalTraining={"top": 1},
+        ),
     }
     texts = {name: json.dumps(doc) for name, doc in texts.items()}
     for depth in (100, 9990, 10010):
@@ -180,15 +204,32 @@ def test_the_table_is_sorted():
 
 
 def test_every_bad_search_is_refused_or_fails_naming_the_field_and_the_controller_carries_on(
-        control_plane, node_agent, minio, bucket, namespace, store_secret, search_yaml, start_controller, job_log, deep_objects):
+    control_plane,
+    node_agent,
+    minio,
+    bucket,
+    namespace,
+    store_secret,
+    search_yaml,
+    start_controller,
+    job_log,
+    deep_objects,
+):
     jobs_seen = job_log(namespace)
     ctl = start_controller(namespace)
-    store = {"uri": f"s3://{bucket}/searches", "endpoint": minio.endpoint, "secretName": store_secret, "region": minio.region}
+    store = {
+        "uri": f"s3://{bucket}/searches",
+        "endpoint": minio.endpoint,
+        "secretName": store_secret,
+        "region": minio.region,
+    }
     sends: dict[str, tuple[str, str, str, str]] = {}  # object name → (case, how, text, expected end)
     for case, doc in CASES.items():
         doc = cluster_doc(doc, case, store)
         sends[(doc.get("metadata") or {}).get("name", "")] = (case, "apply", json.dumps(doc), ENDS[case])
-    fine = yaml.safe_load(search_yaml("fine", bucket, budget={"episodes": 1, "stepsPerEpisode": 1, "branches": 2, "topK": 2}))
+    fine = yaml.safe_load(
+        search_yaml("fine", bucket, budget={"episodes": 1, "stepsPerEpisode": 1, "branches": 2, "topK": 2})
+    )
     for name, text in hostile_texts(fine).items():
         sends[name] = (name, HOSTILE[name][0], text, HOSTILE[name][1])
 
@@ -198,7 +239,9 @@ def test_every_bad_search_is_refused_or_fails_naming_the_field_and_the_controlle
             with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
                 file.write(text)
                 file.flush()
-                return name, control_plane.kubectl("create", "--raw", PLURAL_PATH.format(namespace=namespace), "-f", file.name, check=False)
+                return name, control_plane.kubectl(
+                    "create", "--raw", PLURAL_PATH.format(namespace=namespace), "-f", file.name, check=False
+                )
         extra = ["--server-side"] if how == "server-side" else []
         return name, control_plane.kubectl("apply", *extra, "-n", namespace, "-f", "-", input_text=text, check=False)
 
@@ -228,15 +271,21 @@ def test_every_bad_search_is_refused_or_fails_naming_the_field_and_the_controlle
         if all(status.get(n, {}).get("phase") in ("Succeeded", "Failed") for n in accepted):
             break
         assert ctl.proc.poll() is None, f"the controller exited {ctl.proc.returncode}:\n{ctl.output()[-3000:]}"
-        assert time.monotonic() < deadline, f"not ended after 120 s: {[n for n in accepted if status.get(n, {}).get('phase') not in ('Succeeded', 'Failed')]}"
+        assert time.monotonic() < deadline, (
+            f"not ended after 120 s: {[n for n in accepted if status.get(n, {}).get('phase') not in ('Succeeded', 'Failed')]}"
+        )
         time.sleep(1)
     for name in accepted:
         case, _, _, end = sends[name]
         words = HOSTILE[case][2] if case in HOSTILE else field_of(case)
-        failed = next((c for c in status[name].get("conditions") or [] if c["type"] == "Failed" and c["status"] == "True"), {})
+        failed = next(
+            (c for c in status[name].get("conditions") or [] if c["type"] == "Failed" and c["status"] == "True"), {}
+        )
         if status[name]["phase"] != "Failed" or failed.get("reason") != end or words not in failed.get("message", ""):
-            problems.append(f"{case}: {status[name]['phase']} {failed.get('reason')}: {failed.get('message')!r}; "
-                            f"expected Failed {end} naming {words!r}")
+            problems.append(
+                f"{case}: {status[name]['phase']} {failed.get('reason')}: {failed.get('message')!r}; "
+                f"expected Failed {end} naming {words!r}"
+            )
     ended_s = time.monotonic() - started
     assert not problems, "\n".join(problems)
     assert not jobs_seen.names(), f"Jobs of bad searches: {jobs_seen.names()}"
@@ -249,7 +298,10 @@ def test_every_bad_search_is_refused_or_fails_naming_the_field_and_the_controlle
     stored = read_search(control_plane, namespace, "fine")["spec"]
     assert "bogus" not in stored and "bogus" not in stored["budget"], stored
     deadline = time.monotonic() + 300
-    while (phase := (read_search(control_plane, namespace, "fine").get("status") or {}).get("phase")) not in ("Succeeded", "Failed"):
+    while (phase := (read_search(control_plane, namespace, "fine").get("status") or {}).get("phase")) not in (
+        "Succeeded",
+        "Failed",
+    ):
         assert ctl.proc.poll() is None, f"the controller exited {ctl.proc.returncode}:\n{ctl.output()[-3000:]}"
         assert time.monotonic() < deadline, f"fine: {phase} after 300 s\n{ctl.output()[-3000:]}"
         time.sleep(1)
@@ -260,18 +312,34 @@ def test_every_bad_search_is_refused_or_fails_naming_the_field_and_the_controlle
     assert "Traceback" not in log, log[-5000:]
     assert "watch broke" not in log, log[-3000:]
     assert all(n.startswith("fine-") for n in jobs_seen.names()), jobs_seen.names()
-    print(f"{len(sends)} bad searches: {len(sends) - len(accepted)} refused by kubectl apply, {len(accepted)} Failed; "
-          f"applied in {applied_s:.1f} s, all ended after {ended_s:.1f} s")
+    print(
+        f"{len(sends)} bad searches: {len(sends) - len(accepted)} refused by kubectl apply, {len(accepted)} Failed; "
+        f"applied in {applied_s:.1f} s, all ended after {ended_s:.1f} s"
+    )
 
 
-@pytest.mark.xfail(strict=True, reason="the controller never reads Secrets (no RBAC for them): a missing store Secret is not "
-                   "detected before the Jobs are created, and their pods wait in CreateContainerConfigError")
+@pytest.mark.xfail(
+    strict=True,
+    reason="the controller never reads Secrets (no RBAC for them): a missing store Secret is not "
+    "detected before the Jobs are created, and their pods wait in CreateContainerConfigError",
+)
 def test_a_search_whose_store_secret_does_not_exist_fails_naming_it_before_any_job(
-        control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller):
+    control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller
+):
     ctl = start_controller(namespace)
-    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml(
-        "nosecret", bucket, budget={"episodes": 1, "stepsPerEpisode": 1, "branches": 2, "topK": 2},
-        store={"secretName": "no-such-secret"}))
+    control_plane.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input_text=search_yaml(
+            "nosecret",
+            bucket,
+            budget={"episodes": 1, "stepsPerEpisode": 1, "branches": 2, "topK": 2},
+            store={"secretName": "no-such-secret"},
+        ),
+    )
     deadline = time.monotonic() + 60
     while (status := read_search(control_plane, namespace, "nosecret").get("status") or {}).get("phase") != "Failed":
         assert not search_jobs(control_plane, namespace, "nosecret"), f"Jobs created: {status}"

@@ -11,8 +11,9 @@ from e2e_helpers import WRAPPER, read_search, s3_keys, search_jobs, store_prefix
 CHILDREN = 12
 
 
-def test_killed_controller_resumes_without_duplicates(control_plane, node_agent, minio, bucket, namespace, search_yaml,
-                                                      start_controller, job_log, trainer_state):
+def test_killed_controller_resumes_without_duplicates(
+    control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller, job_log, trainer_state
+):
     jobs_seen = job_log(namespace)
     state = trainer_state(bucket)
     # step 1's children train slowly, so they still run when the new controller takes the Lease

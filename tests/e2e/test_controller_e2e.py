@@ -25,7 +25,9 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def test_search_runs_to_success_as_jobs(control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller, job_log):
+def test_search_runs_to_success_as_jobs(
+    control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller, job_log
+):
     jobs_seen = job_log(namespace)
     started = time.monotonic()
     ctl = start_controller(namespace)
@@ -39,10 +41,14 @@ def test_search_runs_to_success_as_jobs(control_plane, node_agent, minio, bucket
     counted_while_running = 0.0
     deadline = time.monotonic() + 900
     while True:
-        obj = wait_for_phase(control_plane, namespace, "tiny", ("Running", "Succeeded", "Failed"), timeout_s=120, proc=ctl)
+        obj = wait_for_phase(
+            control_plane, namespace, "tiny", ("Running", "Succeeded", "Failed"), timeout_s=120, proc=ctl
+        )
         if obj["status"]["phase"] != "Running":
             break
-        counted_while_running = max(counted_while_running, metric(ctl.get("/metrics")[1], "epnas_children_total", search="tiny"))
+        counted_while_running = max(
+            counted_while_running, metric(ctl.get("/metrics")[1], "epnas_children_total", search="tiny")
+        )
         assert time.monotonic() < deadline, "search did not finish"
         time.sleep(2)
     elapsed = time.monotonic() - started
@@ -53,7 +59,11 @@ def test_search_runs_to_success_as_jobs(control_plane, node_agent, minio, bucket
     # status: progress, best architecture, counts, conditions
     counts = status["children"]
     assert counts["succeeded"] + counts["cached"] + counts["failed"] == CHILDREN and counts["failed"] == 0
-    assert status["bestHash"] and status["bestArchitecture"].startswith(("conv", "sep", "dep", "max", "avg", "dense")) and 0 < status["bestAccuracy"] <= 1
+    assert (
+        status["bestHash"]
+        and status["bestArchitecture"].startswith(("conv", "sep", "dep", "max", "avg", "dense"))
+        and 0 < status["bestAccuracy"] <= 1
+    )
     assert "bestReward" in status and status["feasibleCount"] >= 1 and "bestFeasibleAccuracy" in status
     assert status["observedGeneration"] == obj["metadata"]["generation"]
     conditions = {c["type"]: c for c in status["conditions"]}
@@ -68,7 +78,9 @@ def test_search_runs_to_success_as_jobs(control_plane, node_agent, minio, bucket
     assert len(jobs) == len(jobs_seen.uids) == trained == CHILDREN - counts["cached"], jobs_seen.names()
     print(f"e2e: {len(jobs)} Jobs for {CHILDREN} children ({counts['cached']} cached)")
     for job in jobs:
-        assert job.status.succeeded == 1 and any(c.type == "Complete" and c.status == "True" for c in job.status.conditions)
+        assert job.status.succeeded == 1 and any(
+            c.type == "Complete" and c.status == "True" for c in job.status.conditions
+        )
         (owner,) = job.metadata.owner_references
         assert owner.kind == "ArchitectureSearch" and owner.uid == obj["metadata"]["uid"] and owner.controller
         assert re.fullmatch(r"tiny-e00[01]-s0[01]-c0[0-2]", job.metadata.name)
@@ -88,7 +100,9 @@ def test_search_runs_to_success_as_jobs(control_plane, node_agent, minio, bucket
     text = ctl.get("/metrics")[1]
     assert metric(text, "epnas_children_total", search="tiny") == CHILDREN
     assert metric(text, "epnas_child_duration_seconds_count", search="tiny") == trained
-    assert round(metric(text, "epnas_best_accuracy", search="tiny"), 4) == status["bestAccuracy"]  # the status rounds to 4 decimals
+    assert (
+        round(metric(text, "epnas_best_accuracy", search="tiny"), 4) == status["bestAccuracy"]
+    )  # the status rounds to 4 decimals
     assert "epnas_policy_loss{" in text and "epnas_policy_entropy{" in text and "epnas_searches_running 0.0" in text
 
     # kubectl get nas: the printer columns
@@ -100,8 +114,11 @@ def test_search_runs_to_success_as_jobs(control_plane, node_agent, minio, bucket
     wide = control_plane.kubectl("get", "nas", "-n", namespace, "-o", "wide").stdout
     assert "finished after 2 episodes" in wide, wide  # POSITION, in `epnas status`'s words
     assert status["startTime"] <= status["completionTime"] and status["reason"] == "Completed"
-    assert {c["type"]: c["status"] for c in status["conditions"]} == {"Running": "False", "Succeeded": "True",
-                                                                        "NoFeasibleChild": "False"}
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Running": "False",
+        "Succeeded": "True",
+        "NoFeasibleChild": "False",
+    }
     described = control_plane.kubectl("describe", "nas", "tiny", "-n", namespace).stdout
     # describe shows the one-line architecture whole (kubectl may pad the key differently)
     line = next(x for x in described.splitlines() if x.strip().startswith("Best Architecture:"))
@@ -113,23 +130,33 @@ def test_search_runs_to_success_as_jobs(control_plane, node_agent, minio, bucket
 
     # no credentials anywhere a user can read
     secret = minio.root_password
-    for text in (ctl.output(), control_plane.kubectl("get", "nas,jobs,pods,events", "-n", namespace, "-o", "json").stdout):
+    for text in (
+        ctl.output(),
+        control_plane.kubectl("get", "nas,jobs,pods,events", "-n", namespace, "-o", "json").stdout,
+    ):
         assert secret not in text
 
 
-def test_final_training_runs_as_a_job_and_the_status_names_the_final_model(control_plane, node_agent, minio, bucket, namespace,
-                                                                             search_yaml, start_controller):
+def test_final_training_runs_as_a_job_and_the_status_names_the_final_model(
+    control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller
+):
     """``finalTraining`` on the cluster: the winner is trained again as one more Job owned by the
     search, its result and weights land under ``final/`` in MinIO, and ``status.finalModel`` names it."""
     ctl = start_controller(namespace)
-    doc = search_yaml("fin", bucket, budget={"episodes": 1, "stepsPerEpisode": 1, "branches": 2},
-                      finalTraining={"top": 1, "epochs": 2})
+    doc = search_yaml(
+        "fin",
+        bucket,
+        budget={"episodes": 1, "stepsPerEpisode": 1, "branches": 2},
+        finalTraining={"top": 1, "epochs": 2},
+    )
     control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=doc)
     obj = wait_for_phase(control_plane, namespace, "fin", ("Succeeded", "Failed"), timeout_s=600, proc=ctl)
     status = obj["status"]
     assert status["phase"] == "Succeeded", json.dumps(status)[:2000]
     final = status["finalModel"]
-    assert final["child"] == status["bestFeasibleChild"] and final["uri"].endswith(f"/fin/{obj['metadata']['uid']}/final/{final['child']}")
+    assert final["child"] == status["bestFeasibleChild"] and final["uri"].endswith(
+        f"/fin/{obj['metadata']['uid']}/final/{final['child']}"
+    )
     jobs = {j.metadata.name: j for j in search_jobs(control_plane, namespace, "fin")}
     job = jobs[f"fin-final-{final['child']}"]
     assert job.status.succeeded == 1 and job.metadata.owner_references[0].uid == obj["metadata"]["uid"]

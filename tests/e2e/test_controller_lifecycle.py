@@ -17,8 +17,9 @@ def wait_for_jobs(control_plane, namespace: str, name: str, ctl, *, timeout_s: f
     return jobs
 
 
-def test_deleting_a_running_search_stops_it_and_collects_its_jobs(control_plane, node_agent, minio, bucket, namespace, search_yaml,
-                                                                   start_controller, job_log):
+def test_deleting_a_running_search_stops_it_and_collects_its_jobs(
+    control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller, job_log
+):
     jobs_seen = job_log(namespace)
     ctl = start_controller(namespace)
     control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml("doomed", bucket))
@@ -47,17 +48,23 @@ def test_deleting_a_running_search_stops_it_and_collects_its_jobs(control_plane,
     print(f"deletion: Jobs collected in {gc_s:.1f} s, loop stopped {stopped_s:.1f} s after the delete")
 
 
-def test_two_searches_progress_independently(control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller):
+def test_two_searches_progress_independently(
+    control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller
+):
     ctl = start_controller(namespace)
     budget = {"episodes": 1, "stepsPerEpisode": 2, "branches": 2, "topK": 2}
     control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml("alpha", bucket, budget=budget))
-    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml("beta", bucket, budget=budget, seed=9))
+    control_plane.kubectl(
+        "apply", "-n", namespace, "-f", "-", input_text=search_yaml("beta", bucket, budget=budget, seed=9)
+    )
     # both run at the same time: one list of the namespace's Jobs (one moment) holds unfinished
     # Jobs of both searches; polled every 0.1 s until both have ended
     batch = k8s_client.BatchV1Api(control_plane.api_client())
     overlaps, deadline = 0, time.monotonic() + 600
-    while any(read_search(control_plane, namespace, n).get("status", {}).get("phase") not in ("Succeeded", "Failed")
-              for n in ("alpha", "beta")):
+    while any(
+        read_search(control_plane, namespace, n).get("status", {}).get("phase") not in ("Succeeded", "Failed")
+        for n in ("alpha", "beta")
+    ):
         assert time.monotonic() < deadline and ctl.proc.poll() is None, ctl.output()[-3000:]
         listed = batch.list_namespaced_job(namespace, label_selector="epnas.io/search in (alpha,beta)").items
         unfinished = {j.metadata.labels["epnas.io/search"] for j in listed if not _finished(j)}
@@ -81,20 +88,32 @@ def _finished(job) -> bool:
     return any(c.type in ("Complete", "Failed") and c.status == "True" for c in job.status.conditions or [])
 
 
-def test_spec_change_after_start_is_refused_but_parallelism_is_live(control_plane, node_agent, minio, bucket, namespace, search_yaml,
-                                                                    start_controller):
+def test_spec_change_after_start_is_refused_but_parallelism_is_live(
+    control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller
+):
     ctl = start_controller(namespace)
     budget = {"episodes": 1, "stepsPerEpisode": 2, "branches": 2, "topK": 2}
     control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml("steady", bucket, budget=budget))
     wait_for_phase(control_plane, namespace, "steady", ("Running",), timeout_s=120, proc=ctl)
-    control_plane.kubectl("patch", "nas", "steady", "-n", namespace, "--type=merge", "-p", '{"spec": {"parallelism": 1}}')
+    control_plane.kubectl(
+        "patch", "nas", "steady", "-n", namespace, "--type=merge", "-p", '{"spec": {"parallelism": 1}}'
+    )
     deadline = time.monotonic() + 30
     while read_search(control_plane, namespace, "steady")["status"].get("observedGeneration") != 2:
         assert time.monotonic() < deadline
         time.sleep(0.3)
     conditions = {c["type"]: c for c in read_search(control_plane, namespace, "steady")["status"]["conditions"]}
     assert conditions["SpecChangeRefused"]["status"] == "False"
-    control_plane.kubectl("patch", "nas", "steady", "-n", namespace, "--type=merge", "-p", '{"spec": {"seed": 99, "budget": {"branches": 5}}}')
+    control_plane.kubectl(
+        "patch",
+        "nas",
+        "steady",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec": {"seed": 99, "budget": {"branches": 5}}}',
+    )
     deadline = time.monotonic() + 30
     while True:
         status = read_search(control_plane, namespace, "steady")["status"]
@@ -109,33 +128,51 @@ def test_spec_change_after_start_is_refused_but_parallelism_is_live(control_plan
     deadline = time.monotonic() + 600
     while read_search(control_plane, namespace, "steady")["status"].get("phase") not in ("Succeeded", "Failed"):
         assert time.monotonic() < deadline and ctl.proc.poll() is None, ctl.output()[-3000:]
-        step1 = [j for j in search_jobs(control_plane, namespace, "steady") if j.metadata.labels["epnas.io/step"] == "1"]
+        step1 = [
+            j for j in search_jobs(control_plane, namespace, "steady") if j.metadata.labels["epnas.io/step"] == "1"
+        ]
         step1_jobs |= {j.metadata.name for j in step1}
         running = [j for j in step1 if not _finished(j)]
         most_at_once = max(most_at_once, len(running))
         time.sleep(0.1)
     obj = read_search(control_plane, namespace, "steady")
-    assert obj["status"]["phase"] == "Succeeded" and sum(obj["status"]["children"].values()) == 4  # the original 2 branches
+    assert (
+        obj["status"]["phase"] == "Succeeded" and sum(obj["status"]["children"].values()) == 4
+    )  # the original 2 branches
     assert most_at_once == 1 and len(step1_jobs) == 2 - obj["status"]["children"]["cached"], (most_at_once, step1_jobs)
 
 
-def test_semantic_errors_fail_the_search_and_the_controller_carries_on(control_plane, node_agent, minio, bucket, namespace, search_yaml,
-                                                                       start_controller):
+def test_semantic_errors_fail_the_search_and_the_controller_carries_on(
+    control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller
+):
     ctl = start_controller(namespace)
     # min > max: the CRD's CEL rule refuses it at `kubectl apply`, naming the field
     bad_bounds = search_yaml("bounds", bucket, constraints=[{"metric": "modelSize", "min": 50000, "max": 20000}])
     refused = control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=bad_bounds, check=False)
-    assert refused.returncode != 0 and "spec.constraints[0]" in refused.stderr and "min must not be greater than max" in refused.stderr
+    assert (
+        refused.returncode != 0
+        and "spec.constraints[0]" in refused.stderr
+        and "min must not be greater than max" in refused.stderr
+    )
     only_max = search_yaml("onlymax", bucket, constraints=[{"metric": "modelSize", "max": 20000, "min": None}])
-    assert control_plane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input_text=only_max, check=False).returncode == 0
+    assert (
+        control_plane.kubectl(
+            "apply", "--dry-run=server", "-n", namespace, "-f", "-", input_text=only_max, check=False
+        ).returncode
+        == 0
+    )
     # what only the controller can check fails the search with the reason: a dataset without its uri
     bad_dataset = search_yaml("bounds", bucket, dataset={"kind": "npz", "inputShape": [1, 8, 8], "numClasses": 4})
     no_store = search_yaml("nostore", bucket, store={"uri": None})
     for doc in (bad_dataset, no_store):
         control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=doc)
-    failed = {name: wait_for_phase(control_plane, namespace, name, ("Failed", "Succeeded"), timeout_s=60, proc=ctl)["status"]
-              for name in ("bounds", "nostore")}
-    assert failed["bounds"]["phase"] == "Failed" and "dataset kind npz needs 'uri'" in _failed(failed["bounds"])["message"]
+    failed = {
+        name: wait_for_phase(control_plane, namespace, name, ("Failed", "Succeeded"), timeout_s=60, proc=ctl)["status"]
+        for name in ("bounds", "nostore")
+    }
+    assert (
+        failed["bounds"]["phase"] == "Failed" and "dataset kind npz needs 'uri'" in _failed(failed["bounds"])["message"]
+    )
     assert _failed(failed["bounds"])["reason"] == "InvalidSpec"
     assert failed["nostore"]["phase"] == "Failed" and _failed(failed["nostore"])["reason"] == "StoreMissing"
     budget = {"episodes": 1, "stepsPerEpisode": 1, "branches": 2, "topK": 2}
@@ -148,8 +185,9 @@ def _failed(status: dict) -> dict:
     return next(c for c in status["conditions"] if c["type"] == "Failed" and c["status"] == "True")
 
 
-def test_more_episodes_extend_a_finished_search_and_other_edits_are_refused(control_plane, node_agent, minio, bucket, namespace,
-                                                                            search_yaml, start_controller, job_log):
+def test_more_episodes_extend_a_finished_search_and_other_edits_are_refused(
+    control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller, job_log
+):
     """``kubectl patch``/``apply`` of a Succeeded search with a larger ``budget.episodes`` continues it
     from its checkpoint (the same rule as ``epnas search`` locally): the first episode's Jobs are
     not run again; an edit of anything else is refused by name and the search stays as it was."""
@@ -161,7 +199,9 @@ def test_more_episodes_extend_a_finished_search_and_other_edits_are_refused(cont
     assert first["phase"] == "Succeeded" and sum(first["children"].values()) == 2
     before = dict(jobs_seen.uids)
 
-    control_plane.kubectl("patch", "nas", "grow", "-n", namespace, "--type=merge", "-p", '{"spec": {"budget": {"episodes": 2}}}')
+    control_plane.kubectl(
+        "patch", "nas", "grow", "-n", namespace, "--type=merge", "-p", '{"spec": {"budget": {"episodes": 2}}}'
+    )
     status = _ended_at_generation(control_plane, namespace, "grow", 2, ctl, timeout_s=300)
     assert status["phase"] == "Succeeded" and sum(status["children"].values()) == 4 and status["episode"] == 2, status
     names = list(jobs_seen.uids.values())

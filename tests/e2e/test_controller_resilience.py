@@ -12,10 +12,9 @@ import json
 import time
 
 import pytest
-from kubernetes import client as k8s_client
-
 from e2e_helpers import LEASE, read_search, s3_keys, search_jobs, store_prefix, wait_for_phase
 from harness.faultproxy import FaultProxy
+from kubernetes import client as k8s_client
 
 BUDGET = {"episodes": 1, "stepsPerEpisode": 2, "branches": 3, "topK": 3}
 CHILDREN = 6
@@ -44,7 +43,8 @@ def assert_every_child_once(control_plane, minio, bucket, namespace, name, statu
 
 
 def test_injected_api_errors_are_retried_and_a_lost_create_answer_adopts_the_job(
-        control_plane, node_agent, minio, bucket, namespace, search_yaml, proxy, start_controller, job_log):
+    control_plane, node_agent, minio, bucket, namespace, search_yaml, proxy, start_controller, job_log
+):
     """500 and 429 on Job creates and lists, a create that happened but whose answer was lost,
     and a 500 on a status patch: none fails the search, no Job is created twice."""
     jobs_seen = job_log(namespace)
@@ -67,7 +67,8 @@ def test_injected_api_errors_are_retried_and_a_lost_create_answer_adopts_the_job
 
 
 def test_an_api_outage_longer_than_the_retries_degrades_the_search_and_it_recovers(
-        control_plane, node_agent, minio, bucket, namespace, search_yaml, proxy, start_controller, job_log):
+    control_plane, node_agent, minio, bucket, namespace, search_yaml, proxy, start_controller, job_log
+):
     """Every Job call answers 503 for 25 s (a call gives up after about 15 s of retrying): the
     search shows Degraded=True with a TransientError Event, then resumes and succeeds."""
     jobs_seen = job_log(namespace)
@@ -79,11 +80,16 @@ def test_an_api_outage_longer_than_the_retries_degrades_the_search_and_it_recove
     degraded = None
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and degraded is None:
-        conditions = {c["type"]: c for c in (read_search(control_plane, namespace, "outage").get("status") or {}).get("conditions") or []}
+        conditions = {
+            c["type"]: c
+            for c in (read_search(control_plane, namespace, "outage").get("status") or {}).get("conditions") or []
+        }
         if conditions.get("Degraded", {}).get("status") == "True":
             degraded = conditions["Degraded"]
         time.sleep(0.5)
-    assert degraded is not None and degraded["reason"] == "TransientError" and "503" in degraded["message"], ctl.output()[-3000:]
+    assert degraded is not None and degraded["reason"] == "TransientError" and "503" in degraded["message"], (
+        ctl.output()[-3000:]
+    )
     assert read_search(control_plane, namespace, "outage")["status"]["phase"] in ("Pending", "Running")
 
     obj = wait_for_phase(control_plane, namespace, "outage", ("Succeeded", "Failed"), timeout_s=600, proc=ctl)
@@ -108,7 +114,8 @@ def lease_holder(control_plane, namespace: str) -> dict:
 
 
 def test_two_replicas_one_leader_and_a_killed_leader_hands_over_without_duplicate_jobs(
-        control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller, job_log):
+    control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller, job_log
+):
     jobs_seen = job_log(namespace)
     first = start_controller(namespace)
     deadline = time.monotonic() + 30
@@ -120,7 +127,10 @@ def test_two_replicas_one_leader_and_a_killed_leader_hands_over_without_duplicat
     while second.get("/readyz")[0] != 200:
         assert time.monotonic() < deadline, second.output()[-2000:]
         time.sleep(0.2)
-    assert first.get("/readyz") == (200, "ok: leader\n") and second.get("/readyz") == (200, "standby: another replica leads\n")
+    assert first.get("/readyz") == (200, "ok: leader\n") and second.get("/readyz") == (
+        200,
+        "standby: another replica leads\n",
+    )
     assert "epnas_controller_leader 0.0" in second.get("/metrics")[1]
 
     control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml("relay", bucket, budget=BUDGET))

@@ -19,7 +19,6 @@ import time
 
 import pytest
 import safetensors.torch
-
 from e2e_helpers import s3_keys, store_prefix, wait_for_phase
 from harness.minio import _http_ok
 
@@ -73,7 +72,9 @@ def start_search(control_plane, namespace, bucket, search_yaml, start_controller
     """A watch on the namespace's Jobs, a controller, and the drill's search applied: ``(jobs_seen, controller)``."""
     jobs_seen = job_log(namespace)
     ctl = start_controller(namespace)
-    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=search_yaml(name, bucket, budget=BUDGET, seed=trial))
+    control_plane.kubectl(
+        "apply", "-n", namespace, "-f", "-", input_text=search_yaml(name, bucket, budget=BUDGET, seed=trial)
+    )
     return jobs_seen, ctl
 
 
@@ -85,8 +86,9 @@ def report(control_plane, minio, bucket, namespace, name, obj, jobs_seen, **dril
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
-def test_controller_sigkilled_at_a_random_moment(control_plane, node_agent, minio, bucket, namespace, search_yaml,
-                                                 start_controller, job_log, trial):
+def test_controller_sigkilled_at_a_random_moment(
+    control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller, job_log, trial
+):
     rng = random.Random(SEED * 1000 + trial)
     name = f"kill{trial}"
     jobs_seen, ctl = start_search(control_plane, namespace, bucket, search_yaml, start_controller, job_log, name, trial)
@@ -95,13 +97,24 @@ def test_controller_sigkilled_at_a_random_moment(control_plane, node_agent, mini
     ctl.kill()
     again = start_controller(namespace)
     obj = wait_for_phase(control_plane, namespace, name, ("Succeeded", "Failed"), timeout_s=600, proc=again)
-    report(control_plane, minio, bucket, namespace, name, obj, jobs_seen, drill="controller-sigkill", trial=trial,
-           kill_after_s=round(delay, 1))
+    report(
+        control_plane,
+        minio,
+        bucket,
+        namespace,
+        name,
+        obj,
+        jobs_seen,
+        drill="controller-sigkill",
+        trial=trial,
+        kill_after_s=round(delay, 1),
+    )
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
-def test_minio_stopped_during_a_step(control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller,
-                                     job_log, trial):
+def test_minio_stopped_during_a_step(
+    control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller, job_log, trial
+):
     rng = random.Random(SEED * 1000 + 500 + trial)
     name = f"dark{trial}"
     jobs_seen, ctl = start_search(control_plane, namespace, bucket, search_yaml, start_controller, job_log, name, trial)
@@ -112,13 +125,25 @@ def test_minio_stopped_during_a_step(control_plane, node_agent, minio, bucket, n
     minio.server.start()
     minio.server.wait_ready(lambda: _http_ok(f"{minio.endpoint}/minio/health/ready"), timeout_s=60)
     obj = wait_for_phase(control_plane, namespace, name, ("Succeeded", "Failed"), timeout_s=900, proc=ctl)
-    report(control_plane, minio, bucket, namespace, name, obj, jobs_seen, drill="minio-outage", trial=trial,
-           stop_after_s=round(delay, 1), down_s=round(down, 1))
+    report(
+        control_plane,
+        minio,
+        bucket,
+        namespace,
+        name,
+        obj,
+        jobs_seen,
+        drill="minio-outage",
+        trial=trial,
+        stop_after_s=round(delay, 1),
+        down_s=round(down, 1),
+    )
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
-def test_kube_apiserver_restarted_mid_step(control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller,
-                                          job_log, trial):
+def test_kube_apiserver_restarted_mid_step(
+    control_plane, node_agent, minio, bucket, namespace, search_yaml, start_controller, job_log, trial
+):
     rng = random.Random(SEED * 1000 + 700 + trial)
     name = f"api{trial}"
     jobs_seen, ctl = start_search(control_plane, namespace, bucket, search_yaml, start_controller, job_log, name, trial)
@@ -135,5 +160,17 @@ def test_kube_apiserver_restarted_mid_step(control_plane, node_agent, minio, buc
         restarted = True
         ctl = start_controller(namespace)
         obj = wait_for_phase(control_plane, namespace, name, ("Succeeded", "Failed"), timeout_s=900, proc=ctl)
-    report(control_plane, minio, bucket, namespace, name, obj, jobs_seen, drill="apiserver-restart", trial=trial,
-           restart_after_s=round(delay, 1), down_s=round(down, 1), leader_restarted=restarted)
+    report(
+        control_plane,
+        minio,
+        bucket,
+        namespace,
+        name,
+        obj,
+        jobs_seen,
+        drill="apiserver-restart",
+        trial=trial,
+        restart_after_s=round(delay, 1),
+        down_s=round(down, 1),
+        leader_restarted=restarted,
+    )

@@ -36,10 +36,9 @@ import urllib.request
 
 import pytest
 import yaml
-from kubernetes import client as k8s_client
-
 from harness import binaries, rootfs
 from harness.prometheus import PROMETHEUS, PROMETHEUS_HINT, Prometheus, ServiceMonitorDiscovery, servicemonitor_crd
+from kubernetes import client as k8s_client
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "epnas"
@@ -93,23 +92,35 @@ def servicemonitor_crd_installed(control_plane) -> None:
     except binaries.MissingBinaryError as error:
         pytest.fail(str(error), pytrace=False)
     control_plane.kubectl("apply", "--server-side", "-f", "-", input_text=manifest)
-    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/servicemonitors.monitoring.coreos.com")
+    control_plane.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/servicemonitors.monitoring.coreos.com"
+    )
 
 
 @pytest.fixture
 def store_secret_name(control_plane, namespace, minio) -> str:
     """Secret `epnas-store` with the MinIO keys, as manifests/minio-dev.yaml makes it on kind."""
     core = k8s_client.CoreV1Api(control_plane.api_client())
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "epnas-store"}, "stringData": {
-        "AWS_ACCESS_KEY_ID": minio.root_user, "AWS_SECRET_ACCESS_KEY": minio.root_password}})
+    core.create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {"name": "epnas-store"},
+            "stringData": {"AWS_ACCESS_KEY_ID": minio.root_user, "AWS_SECRET_ACCESS_KEY": minio.root_password},
+        },
+    )
     return "epnas-store"
 
 
 @pytest.fixture
 def restricted_namespace(control_plane, namespace) -> str:
-    control_plane.kubectl("label", "namespace", namespace, "--overwrite",
-                          "pod-security.kubernetes.io/enforce=restricted",
-                          "pod-security.kubernetes.io/enforce-version=latest")
+    control_plane.kubectl(
+        "label",
+        "namespace",
+        namespace,
+        "--overwrite",
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+    )
     return namespace
 
 
@@ -128,10 +139,20 @@ def digits_search(*, bucket: str, minio, secret: str) -> str:
     spec = search["spec"]
     spec["budget"] = {"episodes": 2, "stepsPerEpisode": 1, "branches": 2, "topK": 2}
     spec["childTraining"] = {**spec["childTraining"], "epochs": 1}
-    spec["trainer"] = {"image": TRAINER_IMAGE, "gpu": 0, "cpu": "200m", "memory": "1Gi",
-                       "activeDeadlineSeconds": 600, "ttlSecondsAfterFinished": 3600}
-    spec["store"] = {"uri": f"s3://{bucket}/searches", "endpoint": minio.endpoint,
-                     "secretName": secret, "region": minio.region}
+    spec["trainer"] = {
+        "image": TRAINER_IMAGE,
+        "gpu": 0,
+        "cpu": "200m",
+        "memory": "1Gi",
+        "activeDeadlineSeconds": 600,
+        "ttlSecondsAfterFinished": 3600,
+    }
+    spec["store"] = {
+        "uri": f"s3://{bucket}/searches",
+        "endpoint": minio.endpoint,
+        "secretName": secret,
+        "region": minio.region,
+    }
     return yaml.safe_dump(search)
 
 
@@ -141,7 +162,8 @@ def custom_objects(control_plane) -> k8s_client.CustomObjectsApi:
 
 def search_phase(control_plane, namespace: str) -> str | None:
     obj = custom_objects(control_plane).get_namespaced_custom_object(
-        "epnas.io", "v1alpha1", namespace, "architecturesearches", SEARCH)
+        "epnas.io", "v1alpha1", namespace, "architecturesearches", SEARCH
+    )
     return (obj.get("status") or {}).get("phase")
 
 
@@ -151,8 +173,19 @@ def controller_pod(core, namespace: str):
 
 
 def test_helm_install_runs_digits_search_under_restricted_and_dashboard_queries_answer(
-        helm, control_plane, node_agent, minio, bucket, epnas_crd, servicemonitor_crd_installed, store_secret_name, restricted_namespace,
-        controller_image, images, tmp_path):
+    helm,
+    control_plane,
+    node_agent,
+    minio,
+    bucket,
+    epnas_crd,
+    servicemonitor_crd_installed,
+    store_secret_name,
+    restricted_namespace,
+    controller_image,
+    images,
+    tmp_path,
+):
     namespace = restricted_namespace
     core = k8s_client.CoreV1Api(control_plane.api_client())
     batch = k8s_client.BatchV1Api(control_plane.api_client())
@@ -160,47 +193,97 @@ def test_helm_install_runs_digits_search_under_restricted_and_dashboard_queries_
     timings: dict[str, float] = {}
     started = time.monotonic()
 
-    installed = helm("install", "epnas", str(CHART), "-n", namespace, "--wait=false",
-                     "--set", f"image.repository={CONTROLLER_IMAGE}", "--set", f"image.tag={CONTROLLER_TAG}",
-                     "--set", f"metrics.port={metrics_port}", "--set", f"store.endpoint={minio.endpoint}",
-                     "--set", f"store.region={minio.region}", "--set", f"store.existingSecret={store_secret_name}",
-                     "--set", "controller.logLevel=DEBUG", "--set", "metrics.serviceMonitor.enabled=true",
-                     "--set", "metrics.serviceMonitor.interval=1s", "--set", "metrics.serviceMonitor.scrapeTimeout=1s",
-                     # the node agent runs pods on the host network: two replicas would share the metrics port
-                     # (two replicas and the leader hand-over: tests/e2e/test_controller_resilience.py)
-                     "--set", "controller.replicas=1")
+    installed = helm(
+        "install",
+        "epnas",
+        str(CHART),
+        "-n",
+        namespace,
+        "--wait=false",
+        "--set",
+        f"image.repository={CONTROLLER_IMAGE}",
+        "--set",
+        f"image.tag={CONTROLLER_TAG}",
+        "--set",
+        f"metrics.port={metrics_port}",
+        "--set",
+        f"store.endpoint={minio.endpoint}",
+        "--set",
+        f"store.region={minio.region}",
+        "--set",
+        f"store.existingSecret={store_secret_name}",
+        "--set",
+        "controller.logLevel=DEBUG",
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.interval=1s",
+        "--set",
+        "metrics.serviceMonitor.scrapeTimeout=1s",
+        # the node agent runs pods on the host network: two replicas would share the metrics port
+        # (two replicas and the leader hand-over: tests/e2e/test_controller_resilience.py)
+        "--set",
+        "controller.replicas=1",
+    )
     custom = k8s_client.CustomObjectsApi(control_plane.api_client())
-    (monitor,) = custom.list_namespaced_custom_object("monitoring.coreos.com", "v1", namespace, "servicemonitors")["items"]
+    (monitor,) = custom.list_namespaced_custom_object("monitoring.coreos.com", "v1", namespace, "servicemonitors")[
+        "items"
+    ]
     discovery = ServiceMonitorDiscovery(core, monitor)
     discovery.start()
     jobs = discovery.scrape_jobs()
-    assert [(j["job_name"], j["scrape_interval"]) for j in jobs] == [(f"serviceMonitor/{namespace}/epnas/0", "1s")], jobs
+    assert [(j["job_name"], j["scrape_interval"]) for j in jobs] == [(f"serviceMonitor/{namespace}/epnas/0", "1s")], (
+        jobs
+    )
     prometheus = Prometheus(jobs=jobs, workdir=tmp_path / "prometheus")
     try:
         pod = wait_for("the controller pod", lambda: controller_pod(core, namespace), timeout_s=60)
         controller_log = lambda: node_agent.container_log(namespace, pod.metadata.name)[-4000:]  # noqa: E731
-        wait_for("controller /readyz", lambda: http_get(f"http://127.0.0.1:{metrics_port}/readyz")[0] == 200,
-                 timeout_s=90, detail=controller_log)
+        wait_for(
+            "controller /readyz",
+            lambda: http_get(f"http://127.0.0.1:{metrics_port}/readyz")[0] == 200,
+            timeout_s=90,
+            detail=controller_log,
+        )
         timings["install_to_ready_s"] = time.monotonic() - started
         # Prometheus found the controller pod through the Service, as the ServiceMonitor says, and scrapes it
-        target = wait_for("the controller as an up target", lambda: next(
-            (x for x in prometheus.targets() if x["health"] == "up"), None), timeout_s=60,
-            detail=lambda: f"{prometheus.targets()}\n{prometheus.log.read_text(errors='replace')[-2000:]}")
+        target = wait_for(
+            "the controller as an up target",
+            lambda: next((x for x in prometheus.targets() if x["health"] == "up"), None),
+            timeout_s=60,
+            detail=lambda: f"{prometheus.targets()}\n{prometheus.log.read_text(errors='replace')[-2000:]}",
+        )
         assert {k: target["labels"][k] for k in ("job", "service", "endpoint", "namespace", "pod")} == {
-            "job": f"serviceMonitor/{namespace}/epnas/0", "service": "epnas-metrics", "endpoint": "metrics",
-            "namespace": namespace, "pod": pod.metadata.name}, target
+            "job": f"serviceMonitor/{namespace}/epnas/0",
+            "service": "epnas-metrics",
+            "endpoint": "metrics",
+            "namespace": namespace,
+            "pod": pod.metadata.name,
+        }, target
         assert target["scrapeUrl"] == f"http://127.0.0.1:{metrics_port}/metrics", target
         running = core.read_namespaced_pod(pod.metadata.name, namespace).status.container_statuses[0]
         assert running.container_id.startswith("rootfs://"), running  # in the controller image, not on the host
         assert running.image_id == f"sha256:{rootfs.image_id(images['controller'])}"
 
-        control_plane.kubectl("apply", "-n", namespace, "-f", "-",
-                              input_text=digits_search(bucket=bucket, minio=minio, secret=store_secret_name))
+        control_plane.kubectl(
+            "apply",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+            input_text=digits_search(bucket=bucket, minio=minio, secret=store_secret_name),
+        )
         applied = time.monotonic()
-        phase = wait_for("the search to finish",
-                         lambda: search_phase(control_plane, namespace) in ("Succeeded", "Failed")
-                         and search_phase(control_plane, namespace),
-                         timeout_s=600, every_s=2, detail=controller_log)
+        phase = wait_for(
+            "the search to finish",
+            lambda: (
+                search_phase(control_plane, namespace) in ("Succeeded", "Failed")
+                and search_phase(control_plane, namespace)
+            ),
+            timeout_s=600,
+            every_s=2,
+            detail=controller_log,
+        )
         timings["search_s"] = time.monotonic() - applied
         assert phase == "Succeeded", controller_log()
 
@@ -213,14 +296,23 @@ def test_helm_install_runs_digits_search_under_restricted_and_dashboard_queries_
         # ... and every trainer ran in the trainer image, as the image's user 65532, not on the host
         assert {p.status.container_statuses[0].container_id.split("://")[0] for p in trainer_pods} == {"rootfs"}
         assert {p.status.container_statuses[0].image_id for p in trainer_pods} == {
-            f"sha256:{rootfs.image_id(images['trainer'])}"}
-        assert not [e for e in core.list_namespaced_event(namespace).items
-                    if e.reason == "FailedCreate" and "PodSecurity" in (e.message or "")]
+            f"sha256:{rootfs.image_id(images['trainer'])}"
+        }
+        assert not [
+            e
+            for e in core.list_namespaced_event(namespace).items
+            if e.reason == "FailedCreate" and "PodSecurity" in (e.message or "")
+        ]
 
         # Prometheus has scraped the finished search: every dashboard expression answers.
-        wait_for("a scrape after the search ended",
-                 lambda: prometheus.query(f'epnas_children_total{{search="{SEARCH}"}}') and
-                 prometheus.query("epnas_policy_entropy"), timeout_s=60)
+        wait_for(
+            "a scrape after the search ended",
+            lambda: (
+                prometheus.query(f'epnas_children_total{{search="{SEARCH}"}}')
+                and prometheus.query("epnas_policy_entropy")
+            ),
+            timeout_s=60,
+        )
         time.sleep(5)  # a few more samples for rate() and histogram_quantile()
         empty = []
         for expr in dashboard_expressions():
@@ -235,15 +327,21 @@ def test_helm_install_runs_digits_search_under_restricted_and_dashboard_queries_
         uninstalled_at = time.monotonic()
         helm("uninstall", "epnas", "-n", namespace, "--wait")
         wait_for("the controller pod gone", lambda: controller_pod(core, namespace) is None, timeout_s=90)
-        wait_for("the controller process gone",
-                 lambda: http_get(f"http://127.0.0.1:{metrics_port}/healthz")[0] == 0, timeout_s=60)
+        wait_for(
+            "the controller process gone",
+            lambda: http_get(f"http://127.0.0.1:{metrics_port}/healthz")[0] == 0,
+            timeout_s=60,
+        )
         assert control_plane.kubectl("get", "crd", "architecturesearches.epnas.io", check=False).returncode == 0
         assert batch.list_namespaced_job(namespace, label_selector=f"epnas.io/search={SEARCH}").items
 
         control_plane.kubectl("delete", "-n", namespace, "architecturesearch", SEARCH, "--wait=false")
-        wait_for("the search's Jobs garbage-collected",
-                 lambda: not batch.list_namespaced_job(namespace, label_selector=f"epnas.io/search={SEARCH}").items,
-                 timeout_s=120, every_s=2)
+        wait_for(
+            "the search's Jobs garbage-collected",
+            lambda: not batch.list_namespaced_job(namespace, label_selector=f"epnas.io/search={SEARCH}").items,
+            timeout_s=120,
+            every_s=2,
+        )
         timings["uninstall_and_gc_s"] = time.monotonic() - uninstalled_at
     finally:
         prometheus.stop()

@@ -26,7 +26,9 @@ def _finished(job) -> bool:
 
 
 def _condition(workload: dict, kind: str) -> bool:
-    return any(c["type"] == kind and c["status"] == "True" for c in (workload.get("status") or {}).get("conditions") or [])
+    return any(
+        c["type"] == kind and c["status"] == "True" for c in (workload.get("status") or {}).get("conditions") or []
+    )
 
 
 def _job_of(workload: dict) -> str | None:
@@ -37,19 +39,47 @@ def _job_of(workload: dict) -> str | None:
 def _queue_objects(namespace: str) -> list[tuple[str, str, dict]]:
     flavor, cluster_queue = f"{namespace}-flavor", f"{namespace}-cq"
     return [
-        ("resourceflavors", "", {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ResourceFlavor", "metadata": {"name": flavor}}),
-        ("clusterqueues", "", {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "ClusterQueue", "metadata": {"name": cluster_queue},
-            "spec": {
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-                "resourceGroups": [{"coveredResources": ["cpu", "memory"], "flavors": [{"name": flavor, "resources": [
-                    {"name": "cpu", "nominalQuota": f"{QUOTA_CHILDREN * 100}m"},
-                    {"name": "memory", "nominalQuota": f"{QUOTA_CHILDREN * 512}Mi"},
-                ]}]}],
+        (
+            "resourceflavors",
+            "",
+            {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ResourceFlavor", "metadata": {"name": flavor}},
+        ),
+        (
+            "clusterqueues",
+            "",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "ClusterQueue",
+                "metadata": {"name": cluster_queue},
+                "spec": {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                    "resourceGroups": [
+                        {
+                            "coveredResources": ["cpu", "memory"],
+                            "flavors": [
+                                {
+                                    "name": flavor,
+                                    "resources": [
+                                        {"name": "cpu", "nominalQuota": f"{QUOTA_CHILDREN * 100}m"},
+                                        {"name": "memory", "nominalQuota": f"{QUOTA_CHILDREN * 512}Mi"},
+                                    ],
+                                }
+                            ],
+                        }
+                    ],
+                },
             },
-        }),
-        ("localqueues", namespace, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LocalQueue",
-                                    "metadata": {"name": QUEUE, "namespace": namespace}, "spec": {"clusterQueue": cluster_queue}}),
+        ),
+        (
+            "localqueues",
+            namespace,
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "LocalQueue",
+                "metadata": {"name": QUEUE, "namespace": namespace},
+                "spec": {"clusterQueue": cluster_queue},
+            },
+        ),
     ]
 
 
@@ -70,8 +100,9 @@ def _wait_cluster_queue_active(custom, name: str, *, timeout_s: float = 60) -> N
         time.sleep(0.2)
 
 
-def test_kueue_admits_the_children_against_the_cluster_queues_quota(control_plane, kueue, node_agent, minio, bucket, namespace,
-                                                                     search_yaml, start_controller):
+def test_kueue_admits_the_children_against_the_cluster_queues_quota(
+    control_plane, kueue, node_agent, minio, bucket, namespace, search_yaml, start_controller
+):
     api = control_plane.api_client()
     custom = k8s_client.CustomObjectsApi(api)
     batch = k8s_client.BatchV1Api(api)
@@ -82,14 +113,23 @@ def test_kueue_admits_the_children_against_the_cluster_queues_quota(control_plan
         _wait_cluster_queue_active(custom, f"{namespace}-cq")
         ctl = start_controller(namespace)
         budget = {"episodes": 1, "stepsPerEpisode": 1, "branches": 4, "topK": 4}
-        control_plane.kubectl("apply", "-n", namespace, "-f", "-",
-                              input_text=search_yaml("queued", bucket, budget=budget, trainer={"queueName": QUEUE}))
+        control_plane.kubectl(
+            "apply",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+            input_text=search_yaml("queued", bucket, budget=budget, trainer={"queueName": QUEUE}),
+        )
 
         most_running = most_admitted = queued_moments = polls = 0
         admitted_ever: set[str] = set()
         seen_suspended: set[str] = set()
         deadline = time.monotonic() + 600
-        while read_search(control_plane, namespace, "queued").get("status", {}).get("phase") not in ("Succeeded", "Failed"):
+        while read_search(control_plane, namespace, "queued").get("status", {}).get("phase") not in (
+            "Succeeded",
+            "Failed",
+        ):
             assert time.monotonic() < deadline and ctl.proc.poll() is None, ctl.output()[-3000:]
             jobs = batch.list_namespaced_job(namespace, label_selector="epnas.io/search=queued").items
             workloads = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "workloads")["items"]
@@ -123,8 +163,10 @@ def test_kueue_admits_the_children_against_the_cluster_queues_quota(control_plan
         # never more than the quota's worth at once, and the rest waited suspended meanwhile
         assert 1 <= most_running <= QUOTA_CHILDREN and most_admitted <= QUOTA_CHILDREN, (most_running, most_admitted)
         assert queued_moments > 0 and seen_suspended, "no moment had a Job waiting suspended while another ran"
-        print(f"kueue: {polls} polls, at most {most_running} Jobs running and {most_admitted} Workloads admitted at once; "
-              f"{queued_moments} polls saw a Job queued while others ran; waited suspended: {sorted(seen_suspended)}")
+        print(
+            f"kueue: {polls} polls, at most {most_running} Jobs running and {most_admitted} Workloads admitted at once; "
+            f"{queued_moments} polls saw a Job queued while others ran; waited suspended: {sorted(seen_suspended)}"
+        )
     finally:
         for plural, ns, body in reversed(objects):
             try:

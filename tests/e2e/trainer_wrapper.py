@@ -44,7 +44,11 @@ def main() -> int:
     if rule and "exit" in rule and attempt <= rule.get("times", 1):
         log = os.environ.get("EPNAS_TERMINATION_LOG")
         if log:
-            pathlib.Path(log).write_text(json.dumps({"exitCode": rule["exit"], "reason": "TestRule", "message": f"test rule: exit {rule['exit']}"}))
+            pathlib.Path(log).write_text(
+                json.dumps(
+                    {"exitCode": rule["exit"], "reason": "TestRule", "message": f"test rule: exit {rule['exit']}"}
+                )
+            )
         return int(rule["exit"])
     code = subprocess.call([sys.executable, "-m", "child_trainer", *args])
     if code == 0:

@@ -119,20 +119,50 @@ class ArgoServer:
         self._install_crds()
         self.executor_image = executor_image(argoexec_bin, self.version)
         self.metrics_port = procs.free_port()
-        config = {"metricsConfig": {"enabled": True, "port": self.metrics_port, "secure": False},
-                  "telemetryConfig": {"enabled": False}}
-        self.control_plane.kubectl("apply", "--server-side", "-f", "-", input_text=json.dumps({
-            "apiVersion": "v1", "kind": "List", "items": [
-                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ARGO_NAMESPACE}},
-                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": CONFIGMAP, "namespace": ARGO_NAMESPACE},
-                 "data": {"config": json.dumps(config)}},  # JSON is YAML
-            ]}))
-        argv = [str(controller_bin), f"--kubeconfig={self.control_plane.kubeconfig}", f"--namespace={ARGO_NAMESPACE}",
-                f"--configmap={CONFIGMAP}", f"--executor-image={self.executor_image}",
-                "--executor-image-pull-policy=IfNotPresent", "--loglevel=info", "--workflow-workers=4"]
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.workdir),
-               "LEADER_ELECTION_DISABLE": "true", **procs.run_marker_env()}
-        self.server = procs.ServerProcess("workflow-controller", argv, log_path=self.log_path, env=env, cwd=self.workdir)
+        config = {
+            "metricsConfig": {"enabled": True, "port": self.metrics_port, "secure": False},
+            "telemetryConfig": {"enabled": False},
+        }
+        self.control_plane.kubectl(
+            "apply",
+            "--server-side",
+            "-f",
+            "-",
+            input_text=json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "List",
+                    "items": [
+                        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ARGO_NAMESPACE}},
+                        {
+                            "apiVersion": "v1",
+                            "kind": "ConfigMap",
+                            "metadata": {"name": CONFIGMAP, "namespace": ARGO_NAMESPACE},
+                            "data": {"config": json.dumps(config)},
+                        },  # JSON is YAML
+                    ],
+                }
+            ),
+        )
+        argv = [
+            str(controller_bin),
+            f"--kubeconfig={self.control_plane.kubeconfig}",
+            f"--namespace={ARGO_NAMESPACE}",
+            f"--configmap={CONFIGMAP}",
+            f"--executor-image={self.executor_image}",
+            "--executor-image-pull-policy=IfNotPresent",
+            "--loglevel=info",
+            "--workflow-workers=4",
+        ]
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.workdir),
+            "LEADER_ELECTION_DISABLE": "true",
+            **procs.run_marker_env(),
+        }
+        self.server = procs.ServerProcess(
+            "workflow-controller", argv, log_path=self.log_path, env=env, cwd=self.workdir
+        )
         self.server.start()
         self.server.wait_ready(lambda: _http_ok(f"http://127.0.0.1:{self.metrics_port}/metrics"), timeout_s=120)
         self.startup_s = time.monotonic() - started
@@ -146,8 +176,9 @@ class ArgoServer:
             args += ["-f", str(path)]
         self.control_plane.kubectl(*args)
         self.crds = [yaml.safe_load(path.read_text())["metadata"]["name"] for path in files]
-        self.control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                                   *[f"crd/{name}" for name in self.crds])
+        self.control_plane.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{name}" for name in self.crds]
+        )
 
     def use_node(self, node_agent, *images: str) -> None:
         """Make `node_agent` run the executor image and each of `images` in their images."""
@@ -156,12 +187,22 @@ class ArgoServer:
 
     def grant_executor(self, namespace: str, service_account: str = "default") -> None:
         """Bind the emissary executor Role to `service_account` in `namespace`."""
-        binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                   "metadata": {"name": f"argo-executor-{service_account}", "namespace": namespace},
-                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "argo-executor"},
-                   "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}]}
-        self.control_plane.kubectl("apply", "--server-side", "-f", "-", input_text=json.dumps(
-            {"apiVersion": "v1", "kind": "List", "items": [executor_role(namespace, version=self.version), binding]}))
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": f"argo-executor-{service_account}", "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "argo-executor"},
+            "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}],
+        }
+        self.control_plane.kubectl(
+            "apply",
+            "--server-side",
+            "-f",
+            "-",
+            input_text=json.dumps(
+                {"apiVersion": "v1", "kind": "List", "items": [executor_role(namespace, version=self.version), binding]}
+            ),
+        )
 
     def workflow(self, namespace: str, name: str) -> dict:
         """The Workflow object as the API server has it."""
@@ -181,9 +222,11 @@ class ArgoServer:
             if (workflow.get("status") or {}).get("phase") in ("Succeeded", "Failed", "Error"):
                 return workflow
             if time.monotonic() > deadline:
-                raise TimeoutError(f"Workflow {namespace}/{name} not finished after {timeout_s:.0f} s: "
-                                   f"{json.dumps(workflow.get('status'))[:3000]}\ncontroller log tail:\n"
-                                   + procs.log_tail(self.log_path, max_bytes=4000))
+                raise TimeoutError(
+                    f"Workflow {namespace}/{name} not finished after {timeout_s:.0f} s: "
+                    f"{json.dumps(workflow.get('status'))[:3000]}\ncontroller log tail:\n"
+                    + procs.log_tail(self.log_path, max_bytes=4000)
+                )
             time.sleep(0.5)
 
     def stop(self) -> None:

@@ -28,9 +28,7 @@ def bin_dir() -> pathlib.Path:
     explicit = os.environ.get("EPNAS_TESTBIN_DIR")
     if explicit:
         return pathlib.Path(explicit)
-    printed = subprocess.run(
-        [str(TESTBIN_SCRIPT), "--dir"], check=True, capture_output=True, text=True
-    ).stdout
+    printed = subprocess.run([str(TESTBIN_SCRIPT), "--dir"], check=True, capture_output=True, text=True).stdout
     return pathlib.Path(printed.strip().splitlines()[-1])
 
 
@@ -57,8 +55,15 @@ def go_module_dir(module: str, version: str) -> pathlib.Path:
     if go is None:
         raise MissingBinaryError(f"no `go` on PATH to find {module}@{version}: {BUILD_HINT}")
     with tempfile.TemporaryDirectory() as work:  # answers from the cache at once when it is there
-        answer = subprocess.run([go, "mod", "download", "-json", f"{module}@{version}"], cwd=work,
-                                capture_output=True, text=True, check=False)
+        answer = subprocess.run(
+            [go, "mod", "download", "-json", f"{module}@{version}"],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     if answer.returncode != 0:
-        raise MissingBinaryError(f"cannot get {module}@{version}: {answer.stdout.strip()[-500:]} {answer.stderr.strip()[-500:]}")
+        raise MissingBinaryError(
+            f"cannot get {module}@{version}: {answer.stdout.strip()[-500:]} {answer.stderr.strip()[-500:]}"
+        )
     return pathlib.Path(json.loads(answer.stdout)["Dir"])

@@ -47,11 +47,18 @@ def write_kubeconfig(path: pathlib.Path, *, server: str, pki: certs.Pki) -> None
     kubeconfig = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "epnas-test", "cluster": {
-            "server": server, "certificate-authority-data": _b64_file(pki.ca_cert)}}],
-        "users": [{"name": "epnas-admin", "user": {
-            "client-certificate-data": _b64_file(pki.admin_cert),
-            "client-key-data": _b64_file(pki.admin_key)}}],
+        "clusters": [
+            {"name": "epnas-test", "cluster": {"server": server, "certificate-authority-data": _b64_file(pki.ca_cert)}}
+        ],
+        "users": [
+            {
+                "name": "epnas-admin",
+                "user": {
+                    "client-certificate-data": _b64_file(pki.admin_cert),
+                    "client-key-data": _b64_file(pki.admin_key),
+                },
+            }
+        ],
         "contexts": [{"name": "epnas-test", "context": {"cluster": "epnas-test", "user": "epnas-admin"}}],
         "current-context": "epnas-test",
     }
@@ -87,12 +94,18 @@ class ControlPlane:
         """Return a new kubernetes ApiClient authenticated as the admin (system:masters)."""
         return k8s_config.new_client_from_config(config_file=str(self.kubeconfig))
 
-    def kubectl(self, *args: str, check: bool = True, input_text: str | None = None,
-                timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, check: bool = True, input_text: str | None = None, timeout_s: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         """Run /usr/bin/kubectl against this control plane; stdout/stderr captured as text."""
         return subprocess.run(
-            [KUBECTL, *args], env=self.env, input=input_text, capture_output=True, text=True,
-            check=check, timeout=timeout_s,
+            [KUBECTL, *args],
+            env=self.env,
+            input=input_text,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout_s,
         )
 
     def start(self) -> None:
@@ -136,18 +149,21 @@ class ControlPlane:
         client_port, peer_port = procs.free_port(), procs.free_port()
         client_url = f"http://127.0.0.1:{client_port}"
         peer_url = f"http://127.0.0.1:{peer_port}"
-        etcd = self._add("etcd", [
-            str(etcd_bin),
-            "--name=default",
-            f"--data-dir={self.workdir / 'etcd-data'}",
-            f"--listen-client-urls={client_url}",
-            f"--advertise-client-urls={client_url}",
-            f"--listen-peer-urls={peer_url}",
-            f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=default={peer_url}",
-            "--unsafe-no-fsync=true",
-            "--log-level=warn",
-        ])
+        etcd = self._add(
+            "etcd",
+            [
+                str(etcd_bin),
+                "--name=default",
+                f"--data-dir={self.workdir / 'etcd-data'}",
+                f"--listen-client-urls={client_url}",
+                f"--advertise-client-urls={client_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=default={peer_url}",
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+        )
         etcd.wait_ready(lambda: _http_ok(f"{client_url}/health"), timeout_s=30)
         return client_url
 
@@ -155,50 +171,56 @@ class ControlPlane:
         assert self.pki is not None
         port = procs.free_port()
         self.server = f"https://127.0.0.1:{port}"
-        apiserver = self._add("kube-apiserver", [
-            str(apiserver_bin),
-            f"--etcd-servers={etcd_url}",
-            f"--cert-dir={self.workdir / 'apiserver-certs'}",
-            f"--tls-cert-file={self.pki.serving_cert}",
-            f"--tls-private-key-file={self.pki.serving_key}",
-            f"--client-ca-file={self.pki.ca_cert}",
-            f"--secure-port={port}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            "--endpoint-reconciler-type=none",  # loopback advertise address: no kubernetes Endpoints
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--authorization-mode=RBAC",
-            # blockOwnerDeletion on an ownerReference needs update on the owner's finalizers, as on real clusters
-            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={self.pki.sa_pub}",
-            f"--service-account-signing-key-file={self.pki.sa_key}",
-            "--allow-privileged=true",
-            "--enable-priority-and-fairness=false",
-            "--profiling=false",
-            "--v=1",
-        ])
+        apiserver = self._add(
+            "kube-apiserver",
+            [
+                str(apiserver_bin),
+                f"--etcd-servers={etcd_url}",
+                f"--cert-dir={self.workdir / 'apiserver-certs'}",
+                f"--tls-cert-file={self.pki.serving_cert}",
+                f"--tls-private-key-file={self.pki.serving_key}",
+                f"--client-ca-file={self.pki.ca_cert}",
+                f"--secure-port={port}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",  # loopback advertise address: no kubernetes Endpoints
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--authorization-mode=RBAC",
+                # blockOwnerDeletion on an ownerReference needs update on the owner's finalizers, as on real clusters
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={self.pki.sa_pub}",
+                f"--service-account-signing-key-file={self.pki.sa_key}",
+                "--allow-privileged=true",
+                "--enable-priority-and-fairness=false",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
         context = _client_tls_context(self.pki)
         apiserver.wait_ready(lambda: _http_ok(f"{self.server}/readyz", context=context), timeout_s=90)
 
     def _start_controller_manager(self, kcm_bin: pathlib.Path) -> None:
         assert self.pki is not None
         port = procs.free_port()
-        kcm = self._add("kube-controller-manager", [
-            str(kcm_bin),
-            f"--kubeconfig={self.kubeconfig}",
-            f"--authentication-kubeconfig={self.kubeconfig}",
-            f"--authorization-kubeconfig={self.kubeconfig}",
-            f"--controllers={','.join(CONTROLLERS)}",
-            f"--service-account-private-key-file={self.pki.sa_key}",
-            f"--root-ca-file={self.pki.ca_cert}",
-            "--leader-elect=false",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={port}",
-            f"--cert-dir={self.workdir / 'kcm-certs'}",
-            "--concurrent-job-syncs=5",
-            "--v=1",
-        ])
+        kcm = self._add(
+            "kube-controller-manager",
+            [
+                str(kcm_bin),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--authentication-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}",
+                f"--controllers={','.join(CONTROLLERS)}",
+                f"--service-account-private-key-file={self.pki.sa_key}",
+                f"--root-ca-file={self.pki.ca_cert}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--cert-dir={self.workdir / 'kcm-certs'}",
+                "--concurrent-job-syncs=5",
+                "--v=1",
+            ],
+        )
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE

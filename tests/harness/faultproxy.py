@@ -27,7 +27,16 @@ import threading
 import time
 import urllib.parse
 
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection", "content-length"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "content-length",
+}
 
 
 @dataclasses.dataclass
@@ -118,7 +127,9 @@ class FaultProxy:
             return
         connection = http.client.HTTPSConnection(*self.upstream, context=self.context, timeout=600)
         try:
-            headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | {"host", "authorization"}}
+            headers = {
+                k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | {"host", "authorization"}
+            }
             connection.request(request.command, request.path, body=body, headers=headers)
             upstream = connection.getresponse()
             with self.lock:
@@ -147,7 +158,10 @@ class FaultProxy:
 
     @staticmethod
     def _answer_error(request: http.server.BaseHTTPRequestHandler, status: int) -> None:
-        body = (b'{"kind":"Status","apiVersion":"v1","status":"Failure","message":"injected by the fault proxy","code":%d}' % status)
+        body = (
+            b'{"kind":"Status","apiVersion":"v1","status":"Failure","message":"injected by the fault proxy","code":%d}'
+            % status
+        )
         request.send_response(status)
         request.send_header("Content-Type", "application/json")
         request.send_header("Content-Length", str(len(body)))

@@ -101,9 +101,14 @@ def webhook_configurations(*, url: str, ca_bundle: bytes, version: str | None = 
                 hook["objectSelector"] = {"matchExpressions": [{"key": QUEUE_LABEL, "operator": "Exists"}]}
             hooks.append(hook)
         kind = doc["kind"]
-        out.append({"apiVersion": doc["apiVersion"], "kind": kind,
-                    "metadata": {"name": f"{WEBHOOK_CONFIG_NAME}-{kind.removesuffix('WebhookConfiguration').lower()}"},
-                    "webhooks": hooks})
+        out.append(
+            {
+                "apiVersion": doc["apiVersion"],
+                "kind": kind,
+                "metadata": {"name": f"{WEBHOOK_CONFIG_NAME}-{kind.removesuffix('WebhookConfiguration').lower()}"},
+                "webhooks": hooks,
+            }
+        )
     return out
 
 
@@ -128,7 +133,9 @@ class KueueServer:
         started = time.monotonic()
         kueue_bin = binaries.require("kueue")
         if os.geteuid() != 0:
-            raise RuntimeError("the Kueue manager runs in its own mount namespace (metrics certs at /etc/kueue): run the tests as root")
+            raise RuntimeError(
+                "the Kueue manager runs in its own mount namespace (metrics certs at /etc/kueue): run the tests as root"
+            )
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._install_crds()
         self.control_plane.kubectl("create", "namespace", KUEUE_NAMESPACE, check=False)
@@ -155,18 +162,36 @@ class KueueServer:
             "integrations": {"frameworks": ["batch/job"]},
         }
         self.config_path.write_text(json.dumps(config, indent=1))  # JSON is YAML
-        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", MOUNT_SCRIPT, "kueue",
-                str(etc_upper), str(etc_work),
-                str(kueue_bin), f"--config={self.config_path}", f"--kubeconfig={self.control_plane.kubeconfig}",
-                "--zap-log-level=info"]
+        argv = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            MOUNT_SCRIPT,
+            "kueue",
+            str(etc_upper),
+            str(etc_work),
+            str(kueue_bin),
+            f"--config={self.config_path}",
+            f"--kubeconfig={self.control_plane.kubeconfig}",
+            "--zap-log-level=info",
+        ]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.workdir), **procs.run_marker_env()}
         self.server = procs.ServerProcess("kueue", argv, log_path=self.log_path, env=env, cwd=self.workdir)
         self.server.start()
         self.server.wait_ready(lambda: _http_ok(f"http://127.0.0.1:{self.health_port}/readyz"), timeout_s=120)
-        self.webhooks = webhook_configurations(url=f"https://127.0.0.1:{self.webhook_port}", ca_bundle=pki.ca_cert.read_bytes(),
-                                               version=self.version)
-        self.control_plane.kubectl("apply", "--server-side", "-f", "-", input_text=json.dumps(
-            {"apiVersion": "v1", "kind": "List", "items": self.webhooks}))
+        self.webhooks = webhook_configurations(
+            url=f"https://127.0.0.1:{self.webhook_port}", ca_bundle=pki.ca_cert.read_bytes(), version=self.version
+        )
+        self.control_plane.kubectl(
+            "apply",
+            "--server-side",
+            "-f",
+            "-",
+            input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": self.webhooks}),
+        )
         self.server.wait_ready(self._job_webhook_answers, timeout_s=60)
         self.startup_s = time.monotonic() - started
 
@@ -174,8 +199,10 @@ class KueueServer:
         """A server-side dry-run of a labelled, unsuspended Job comes back suspended: the API
         server called Kueue's mutating Job webhook (the configuration is live)."""
         batch = k8s_client.BatchV1Api(self.control_plane.api_client())
-        body = {"metadata": {"name": "kueue-webhook-probe", "labels": {QUEUE_LABEL: "probe"}},
-                "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "probe"}]}}}}
+        body = {
+            "metadata": {"name": "kueue-webhook-probe", "labels": {QUEUE_LABEL: "probe"}},
+            "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "probe"}]}}},
+        }
         try:
             job = batch.create_namespaced_job("default", body, dry_run="All")
         except ApiException:
@@ -190,11 +217,14 @@ class KueueServer:
         self.control_plane.kubectl(*args)
         listed = self.control_plane.kubectl("get", "crd", "-o", "name").stdout.split()
         self.crds = sorted(n.split("/", 1)[1] for n in listed if n.endswith(".kueue.x-k8s.io"))
-        self.control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                                   *[f"crd/{name}" for name in self.crds])
+        self.control_plane.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{name}" for name in self.crds]
+        )
 
     def stop(self) -> None:
         for config in self.webhooks:
-            self.control_plane.kubectl("delete", config["kind"].lower(), config["metadata"]["name"], "--ignore-not-found", check=False)
+            self.control_plane.kubectl(
+                "delete", config["kind"].lower(), config["metadata"]["name"], "--ignore-not-found", check=False
+            )
         if self.server is not None:
             self.server.stop()

@@ -15,7 +15,9 @@ def python_container(code: str, *, name: str = "main", **fields: Any) -> dict[st
 def python_pod(name: str, code: str, *, restart_policy: str = "Never", **spec: Any) -> dict[str, Any]:
     """A v1 Pod running `python -c code`; extra keyword arguments go into the pod spec."""
     return {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
         "spec": {"restartPolicy": restart_policy, "containers": [python_container(code)], **spec},
     }
 
@@ -23,7 +25,9 @@ def python_pod(name: str, code: str, *, restart_policy: str = "Never", **spec: A
 def python_job(name: str, code: str, **spec: Any) -> dict[str, Any]:
     """A batch/v1 Job whose pod runs `python -c code`; extra keyword arguments go into the Job spec."""
     return {
-        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
         "spec": {
             "template": {"spec": {"restartPolicy": "Never", "containers": [python_container(code)]}},
             **spec,

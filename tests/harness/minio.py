@@ -64,9 +64,19 @@ class MinioServer:
         }
         self.server = procs.ServerProcess(
             "minio",
-            [str(minio_bin), "server", str(data), "--address", f"127.0.0.1:{port}",
-             "--console-address", f"127.0.0.1:{console_port}", "--quiet"],
-            log_path=self.log_path, env=env, cwd=self.workdir,
+            [
+                str(minio_bin),
+                "server",
+                str(data),
+                "--address",
+                f"127.0.0.1:{port}",
+                "--console-address",
+                f"127.0.0.1:{console_port}",
+                "--quiet",
+            ],
+            log_path=self.log_path,
+            env=env,
+            cwd=self.workdir,
         )
         self.server.start()
         self.server.wait_ready(lambda: _http_ok(f"{self.endpoint}/minio/health/ready"), timeout_s=60)

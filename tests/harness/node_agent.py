@@ -123,14 +123,22 @@ class NodeConfig:
     """What the registered Node advertises."""
 
     name: str = "epnas-node-0"
-    labels: dict[str, str] = dataclasses.field(default_factory=lambda: {
-        "epnas.io/pool": "gpu",
-        "nvidia.com/gpu.present": "true",
-    })
+    labels: dict[str, str] = dataclasses.field(
+        default_factory=lambda: {
+            "epnas.io/pool": "gpu",
+            "nvidia.com/gpu.present": "true",
+        }
+    )
     taints: list[dict[str, str]] = dataclasses.field(default_factory=list)
-    allocatable: dict[str, str] = dataclasses.field(default_factory=lambda: {
-        "cpu": "2", "memory": "24Gi", "nvidia.com/gpu": "4", "pods": "110", "ephemeral-storage": "100Gi",
-    })
+    allocatable: dict[str, str] = dataclasses.field(
+        default_factory=lambda: {
+            "cpu": "2",
+            "memory": "24Gi",
+            "nvidia.com/gpu": "4",
+            "pods": "110",
+            "ephemeral-storage": "100Gi",
+        }
+    )
 
     def all_labels(self) -> dict[str, str]:
         return {
@@ -154,7 +162,7 @@ class ImageNotMappedError(Exception):
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def pod_key(pod: Pod) -> str:
@@ -171,7 +179,11 @@ def tolerates(tolerations: list[dict[str, Any]], taint: Mapping[str, str]) -> bo
         key = toleration.get("key") or ""
         if operator == "Exists" and (not key or key == taint.get("key")):
             return True
-        if operator == "Equal" and key == taint.get("key") and (toleration.get("value") or "") == (taint.get("value") or ""):
+        if (
+            operator == "Equal"
+            and key == taint.get("key")
+            and (toleration.get("value") or "") == (taint.get("value") or "")
+        ):
             return True
     return False
 
@@ -180,7 +192,8 @@ def untolerated_taints(spec: Pod, taints: list[dict[str, str]]) -> list[dict[str
     """The NoSchedule/NoExecute taints the pod does not tolerate."""
     tolerations = spec.get("tolerations") or []
     return [
-        taint for taint in taints
+        taint
+        for taint in taints
         if taint.get("effect") in ("NoSchedule", "NoExecute") and not tolerates(tolerations, taint)
     ]
 
@@ -209,8 +222,9 @@ def matches_node(spec: Pod, labels: Mapping[str, str]) -> bool:
     """True when nodeSelector and required node affinity accept a node with `labels`."""
     if any(labels.get(key) != value for key, value in (spec.get("nodeSelector") or {}).items()):
         return False
-    required = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
-                .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
     terms = required.get("nodeSelectorTerms") or []
     if not terms:
         return True
@@ -222,6 +236,7 @@ def matches_node(spec: Pod, labels: Mapping[str, str]) -> bool:
 
 def pod_requests(spec: Pod) -> dict[str, Decimal]:
     """Effective requests: max(sum over containers, any init container); limits stand in for missing requests."""
+
     def container_requests(container: Pod) -> dict[str, Decimal]:
         resources = container.get("resources") or {}
         merged = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
@@ -251,9 +266,7 @@ def insufficient_resources(
     return short
 
 
-def unschedulable_reason(
-    spec: Pod, config: NodeConfig, used: Mapping[str, Decimal]
-) -> str | None:
+def unschedulable_reason(spec: Pod, config: NodeConfig, used: Mapping[str, Decimal]) -> str | None:
     """Why the pod cannot land on the node, in the scheduler's words; None when it fits."""
     if not matches_node(spec, config.all_labels()):
         return "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
@@ -282,10 +295,12 @@ def image_prefix(images: Mapping[str, list[str]], image: str) -> list[str] | Non
 
 def expand_refs(text: str, env: Mapping[str, str]) -> str:
     """Expand `$(VAR)` from `env` the way the kubelet does (`$$` escapes, unknown refs stay)."""
+
     def replace(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
         return env.get(match.group(1), match.group(0))
+
     return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", replace, text)
 
 
@@ -295,14 +310,15 @@ def container_argv(images: Mapping[str, list[str]], container: Pod, env: Mapping
     args = [expand_refs(part, env) for part in container.get("args") or []]
     registry = container.get("image", "").split("/", 1)[0]
     if registry.split(":", 1)[0].endswith(".invalid"):  # a kubelet could never pull it
-        raise ImageNotMappedError(f"failed to pull image {container.get('image')!r}: dial tcp: lookup {registry}: no such host")
+        raise ImageNotMappedError(
+            f"failed to pull image {container.get('image')!r}: dial tcp: lookup {registry}: no such host"
+        )
     if command and PYTHON_COMMAND.match(os.path.basename(command[0])):
         return [sys.executable, *command[1:], *args]
     prefix = image_prefix(images, container.get("image", ""))
     if prefix is None:
         raise ImageNotMappedError(
-            f"node agent has no command prefix for image {container.get('image')!r}; "
-            "add one to node_agent.images"
+            f"node agent has no command prefix for image {container.get('image')!r}; add one to node_agent.images"
         )
     return [*prefix, *command, *args]
 
@@ -352,8 +368,9 @@ class ContainerRun:
             "image": self.image,
             "imageID": self.image_id,
             "containerID": self.container_id(),
-            "ready": running and not init or (init and "terminated" in self.state
-                                                and self.state["terminated"]["exitCode"] == 0),
+            "ready": running
+            and not init
+            or (init and "terminated" in self.state and self.state["terminated"]["exitCode"] == 0),
             "started": running,
             "restartCount": self.restart_count,
             "state": self.state,
@@ -450,7 +467,8 @@ class PodRunner(threading.Thread):
                     env = self._image_env(container, image_ref)
                     argv = rootfs.image_config(image_ref).argv(
                         [expand_refs(part, env) for part in container.get("command") or []],
-                        [expand_refs(part, env) for part in container.get("args") or []])
+                        [expand_refs(part, env) for part in container.get("args") or []],
+                    )
                     uid, gid = self._run_as(container, image_ref)
                     run.image_id = f"sha256:{rootfs.image_id(image_ref)}"
                 break
@@ -471,29 +489,46 @@ class PodRunner(threading.Thread):
             with open(log_path, "ab") as log:
                 if image_ref is None:
                     run.process = subprocess.Popen(
-                        argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                        env=env, cwd=cwd, start_new_session=True,
+                        argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        cwd=cwd,
+                        start_new_session=True,
                     )
                 else:
                     security = container.get("securityContext") or {}
                     run.process = rootfs.launch(
-                        rootfs.image_rootfs(image_ref), argv, env=env,
+                        rootfs.image_rootfs(image_ref),
+                        argv,
+                        env=env,
                         state_dir=self.dir / "rootfs" / f"{run.name}-{run.restart_count}",
                         mounts=self._image_mounts(container, volumes),
                         workdir=container.get("workingDir") or rootfs.image_config(image_ref).workdir,
-                        uid=uid, gid=gid, read_only_root=bool(security.get("readOnlyRootFilesystem")),
-                        termination_log=(container.get("terminationMessagePath") or "/dev/termination-log",
-                                         termination_log),
-                        stdout=log)
+                        uid=uid,
+                        gid=gid,
+                        read_only_root=bool(security.get("readOnlyRootFilesystem")),
+                        termination_log=(
+                            container.get("terminationMessagePath") or "/dev/termination-log",
+                            termination_log,
+                        ),
+                        stdout=log,
+                    )
         except (OSError, RuntimeError) as error:
             run.process = None
-            run.state = {"terminated": {
-                "exitCode": 128, "reason": "StartError", "message": f"{argv[0]}: {error}",
-                "startedAt": started_at, "finishedAt": _now(), "containerID": "",
-            }}
+            run.state = {
+                "terminated": {
+                    "exitCode": 128,
+                    "reason": "StartError",
+                    "message": f"{argv[0]}: {error}",
+                    "startedAt": started_at,
+                    "finishedAt": _now(),
+                    "containerID": "",
+                }
+            }
             return True
-        LOG.info("pod %s/%s: started %s pid %d: %s", self.namespace, self.pod_name, run.name,
-                 run.process.pid, argv)
+        LOG.info("pod %s/%s: started %s pid %d: %s", self.namespace, self.pod_name, run.name, run.process.pid, argv)
         run.state = {"running": {"startedAt": started_at}}
         return True
 
@@ -524,20 +559,22 @@ class PodRunner(threading.Thread):
     def _maybe_schedule_restart(self, run: ContainerRun) -> None:
         code = run.state["terminated"]["exitCode"]
         if self.restart_policy == "Always" or (self.restart_policy == "OnFailure" and code != 0):
-            run.restart_at = time.monotonic() + min(10.0, 2.0 ** run.restart_count)
+            run.restart_at = time.monotonic() + min(10.0, 2.0**run.restart_count)
 
     def _record_exit(self, run: ContainerRun, container: Pod) -> None:
         assert run.process is not None
         code = exit_code(run.process.returncode)
         started = run.state.get("running", {}).get("startedAt", _now())
-        run.state = {"terminated": {
-            "exitCode": code,
-            "reason": "Completed" if code == 0 else "Error",
-            "message": self._termination_message(run, container, code),
-            "startedAt": started,
-            "finishedAt": _now(),
-            "containerID": run.container_id(),
-        }}
+        run.state = {
+            "terminated": {
+                "exitCode": code,
+                "reason": "Completed" if code == 0 else "Error",
+                "message": self._termination_message(run, container, code),
+                "startedAt": started,
+                "finishedAt": _now(),
+                "containerID": run.container_id(),
+            }
+        }
         # the process is gone; its group may not be (a child it left behind): clean it up
         procs.kill_group(run.process.pid, grace_s=0)
         LOG.info("pod %s/%s: %s exited %d", self.namespace, self.pod_name, run.name, code)
@@ -556,8 +593,9 @@ class PodRunner(threading.Thread):
         return message
 
     def _kill_all(self, *, grace_s: float) -> None:
-        alive = [run.process for run in self.init_runs + self.runs
-                 if run.process is not None and run.process.poll() is None]
+        alive = [
+            run.process for run in self.init_runs + self.runs if run.process is not None and run.process.poll() is None
+        ]
         for process in alive:
             try:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -582,9 +620,15 @@ class PodRunner(threading.Thread):
             if run.process is not None and "running" in run.state:
                 self._record_exit(run, containers[run.name])
             elif "waiting" in run.state:
-                run.state = {"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown",
-                                            "message": "pod deleted before the container started",
-                                            "startedAt": None, "finishedAt": _now()}}
+                run.state = {
+                    "terminated": {
+                        "exitCode": 137,
+                        "reason": "ContainerStatusUnknown",
+                        "message": "pod deleted before the container started",
+                        "startedAt": None,
+                        "finishedAt": _now(),
+                    }
+                }
         self._post_status()
         self.agent.runner_done(self)
         self.agent.delete_pod_now(self.namespace, self.pod_name, self.uid)
@@ -616,8 +660,12 @@ class PodRunner(threading.Thread):
             state = "True" if ok else "False"
             if self._transitions.get(kind, ("", ""))[0] != state:
                 self._transitions[kind] = (state, now)
-            entry: dict[str, Any] = {"type": kind, "status": state,
-                                     "lastProbeTime": None, "lastTransitionTime": self._transitions[kind][1]}
+            entry: dict[str, Any] = {
+                "type": kind,
+                "status": state,
+                "lastProbeTime": None,
+                "lastTransitionTime": self._transitions[kind][1],
+            }
             if reason and not ok:
                 entry["reason"] = reason
             return entry
@@ -673,16 +721,20 @@ class PodRunner(threading.Thread):
             if "serviceAccountToken" in source:
                 token_source = source["serviceAccountToken"]
                 token = self.agent.request_token(
-                    self.namespace, self.spec.get("serviceAccountName") or "default",
+                    self.namespace,
+                    self.spec.get("serviceAccountName") or "default",
                     audience=token_source.get("audience"),
                     expiration_s=token_source.get("expirationSeconds") or 3607,
-                    pod_name=self.pod_name, pod_uid=self.uid)
+                    pod_name=self.pod_name,
+                    pod_uid=self.uid,
+                )
                 files[token_source["path"]] = token.encode()
             for kind, is_secret in (("configMap", False), ("secret", True)):
                 if kind in source:
                     ref = source[kind]
-                    data = self.agent.read_data(self.namespace, ref["name"], secret=is_secret,
-                                                optional=bool(ref.get("optional")))
+                    data = self.agent.read_data(
+                        self.namespace, ref["name"], secret=is_secret, optional=bool(ref.get("optional"))
+                    )
                     for item in ref.get("items") or [{"key": key, "path": key} for key in data]:
                         if item["key"] in data:
                             files[item["path"]] = data[item["key"]]
@@ -732,8 +784,10 @@ class PodRunner(threading.Thread):
 
     def _image_mounts(self, container: Pod, volumes: Mapping[str, pathlib.Path]) -> list[rootfs.Mount]:
         read_only = {m["mountPath"]: bool(m.get("readOnly")) for m in container.get("volumeMounts") or []}
-        return [rootfs.Mount(path, host, read_only.get(path, False))
-                for path, host in self._mounts(container, volumes).items()]
+        return [
+            rootfs.Mount(path, host, read_only.get(path, False))
+            for path, host in self._mounts(container, volumes).items()
+        ]
 
     def _image_env(self, container: Pod, image_ref: str) -> dict[str, str]:
         """A container in its image: the image's Env, then what the kubelet adds, then the pod's."""
@@ -773,8 +827,9 @@ class PodRunner(threading.Thread):
             prefix = source.get("prefix") or ""
             ref = source.get("configMapRef") or source.get("secretRef")
             is_secret = "secretRef" in source
-            data = self.agent.read_data(self.namespace, ref["name"], secret=is_secret,
-                                        optional=bool(ref.get("optional")))
+            data = self.agent.read_data(
+                self.namespace, ref["name"], secret=is_secret, optional=bool(ref.get("optional"))
+            )
             env.update({prefix + key: value.decode("utf-8", "replace") for key, value in data.items()})
         for entry in container.get("env") or []:
             value = self._env_value(entry, container, env)
@@ -793,8 +848,9 @@ class PodRunner(threading.Thread):
                 if ref["key"] not in data:
                     if optional:
                         return None
-                    raise ContainerConfigError(f"couldn't find key {ref['key']} in {ref_kind[:-6]} "
-                                               f"{self.namespace}/{ref['name']}")
+                    raise ContainerConfigError(
+                        f"couldn't find key {ref['key']} in {ref_kind[:-6]} {self.namespace}/{ref['name']}"
+                    )
                 return data[ref["key"]].decode("utf-8", "replace")
         if "fieldRef" in source:
             return self._field_value(source["fieldRef"]["fieldPath"])
@@ -920,8 +976,12 @@ class NodeAgent:
         """Pids of the container processes still running."""
         with self._lock:
             runners = list(self._runners.values())
-        return [run.process.pid for runner in runners for run in runner.init_runs + runner.runs
-                if run.process is not None and run.process.poll() is None]
+        return [
+            run.process.pid
+            for runner in runners
+            for run in runner.init_runs + runner.runs
+            if run.process is not None and run.process.poll() is None
+        ]
 
     # -- calls from runners
 
@@ -957,24 +1017,37 @@ class NodeAgent:
         self._deleted_uids.add(uid)
         try:
             self._core.delete_namespaced_pod(
-                name, namespace, grace_period_seconds=0,
-                body={"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}, _preload_content=False,
+                name,
+                namespace,
+                grace_period_seconds=0,
+                body={"gracePeriodSeconds": 0, "preconditions": {"uid": uid}},
+                _preload_content=False,
             )
         except ApiException as error:
             if error.status not in (404, 409):
                 LOG.warning("pod %s/%s: delete failed: %s", namespace, name, error)
 
-    def request_token(self, namespace: str, service_account: str, *, audience: str | None,
-                      expiration_s: int, pod_name: str, pod_uid: str) -> str:
+    def request_token(
+        self,
+        namespace: str,
+        service_account: str,
+        *,
+        audience: str | None,
+        expiration_s: int,
+        pod_name: str,
+        pod_uid: str,
+    ) -> str:
         """A pod-bound ServiceAccount token from the TokenRequest API."""
-        spec: dict[str, Any] = {"expirationSeconds": max(600, int(expiration_s)),
-                                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
-                                                   "name": pod_name, "uid": pod_uid}}
+        spec: dict[str, Any] = {
+            "expirationSeconds": max(600, int(expiration_s)),
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod_name, "uid": pod_uid},
+        }
         if audience:
             spec["audiences"] = [audience]
         try:
             response = self._core.create_namespaced_service_account_token(
-                service_account, namespace, {"spec": spec}, _preload_content=False)
+                service_account, namespace, {"spec": spec}, _preload_content=False
+            )
         except ApiException as error:
             if error.status == 404:
                 raise ContainerConfigError(f"serviceaccount {service_account!r} not found") from error
@@ -1004,8 +1077,14 @@ class NodeAgent:
         now = _now()
 
         def condition(kind: str, status: str, reason: str, message: str) -> dict[str, str]:
-            return {"type": kind, "status": status, "reason": reason, "message": message,
-                    "lastHeartbeatTime": now, "lastTransitionTime": now}
+            return {
+                "type": kind,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+            }
 
         return {
             "capacity": dict(self.config.allocatable),
@@ -1016,20 +1095,29 @@ class NodeAgent:
                 condition("PIDPressure", "False", "KubeletHasSufficientPID", "epnas node agent"),
                 condition("Ready", "True", "KubeletReady", "epnas node agent is posting ready status"),
             ],
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
-                          {"type": "Hostname", "address": self.config.name}],
+            "addresses": [
+                {"type": "InternalIP", "address": "127.0.0.1"},
+                {"type": "Hostname", "address": self.config.name},
+            ],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
             "nodeInfo": {
-                "machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": os.uname().release,
-                "osImage": "epnas test node", "containerRuntimeVersion": "epnas-node-agent://1",
-                "kubeletVersion": "v0.0.0-epnas", "kubeProxyVersion": "", "operatingSystem": "linux",
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+                "kernelVersion": os.uname().release,
+                "osImage": "epnas test node",
+                "containerRuntimeVersion": "epnas-node-agent://1",
+                "kubeletVersion": "v0.0.0-epnas",
+                "kubeProxyVersion": "",
+                "operatingSystem": "linux",
                 "architecture": "amd64",
             },
         }
 
     def _register_node(self) -> None:
         body = {
-            "apiVersion": "v1", "kind": "Node",
+            "apiVersion": "v1",
+            "kind": "Node",
             "metadata": {"name": self.config.name, "labels": self.config.all_labels()},
             "spec": {"taints": self.config.taints or None},
         }
@@ -1043,10 +1131,13 @@ class NodeAgent:
         self._renew_lease(k8s_client.CoordinationV1Api(self._core.api_client))
 
     def _renew_lease(self, coordination: k8s_client.CoordinationV1Api) -> None:
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                 "metadata": {"name": self.config.name, "namespace": "kube-node-lease"},
-                 "spec": {"holderIdentity": self.config.name, "leaseDurationSeconds": 40, "renewTime": now}}
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        lease = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": self.config.name, "namespace": "kube-node-lease"},
+            "spec": {"holderIdentity": self.config.name, "leaseDurationSeconds": 40, "renewTime": now},
+        }
         try:
             coordination.patch_namespaced_lease(self.config.name, "kube-node-lease", lease, _preload_content=False)
         except ApiException as error:
@@ -1074,8 +1165,10 @@ class NodeAgent:
                 if resource_version is None:
                     resource_version = self._relist(core)
                 stream = k8s_watch.Watch().stream(
-                    core.list_pod_for_all_namespaces, resource_version=resource_version,
-                    timeout_seconds=WATCH_WINDOW_S, allow_watch_bookmarks=True,
+                    core.list_pod_for_all_namespaces,
+                    resource_version=resource_version,
+                    timeout_seconds=WATCH_WINDOW_S,
+                    allow_watch_bookmarks=True,
                 )
                 for event in stream:
                     obj = event["raw_object"]
@@ -1216,17 +1309,31 @@ class NodeAgent:
         if reason is not None:
             if self._unschedulable_noted.get(meta["uid"]) != reason:
                 self._unschedulable_noted[meta["uid"]] = reason
-                self.patch_pod_status(meta["namespace"], meta["name"], {"conditions": [{
-                    "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                    "message": reason, "lastProbeTime": None, "lastTransitionTime": _now(),
-                }]})
+                self.patch_pod_status(
+                    meta["namespace"],
+                    meta["name"],
+                    {
+                        "conditions": [
+                            {
+                                "type": "PodScheduled",
+                                "status": "False",
+                                "reason": "Unschedulable",
+                                "message": reason,
+                                "lastProbeTime": None,
+                                "lastTransitionTime": _now(),
+                            }
+                        ]
+                    },
+                )
             return
-        binding = {"apiVersion": "v1", "kind": "Binding",
-                   "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
-                   "target": {"apiVersion": "v1", "kind": "Node", "name": self.config.name}}
+        binding = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": self.config.name},
+        }
         try:
-            self._core.create_namespaced_pod_binding(meta["name"], meta["namespace"], binding,
-                                                     _preload_content=False)
+            self._core.create_namespaced_pod_binding(meta["name"], meta["namespace"], binding, _preload_content=False)
         except ApiException as error:
             if error.status not in (404, 409):
                 raise

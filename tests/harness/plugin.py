@@ -37,7 +37,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     """Append the harness servers' log tails to failed reports of tests that use the harness."""
     report = yield
     uses_harness = item.get_closest_marker("integration") is not None or bool(
-        HARNESS_FIXTURES & set(getattr(item, "fixturenames", ())))
+        HARNESS_FIXTURES & set(getattr(item, "fixturenames", ()))
+    )
     if report.failed and uses_harness:
         for name, path in item.config.stash[LOGS_KEY].items():
             report.sections.append((f"harness log tail: {name} ({path})", procs.log_tail(path)))
@@ -151,8 +152,10 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest):
     deadline = time.monotonic() + 30
     # The ServiceAccount admission plugin rejects pods until `default` exists, and the
     # projected kube-api-access volume needs the kube-root-ca.crt ConfigMap.
-    for read in (lambda: core.read_namespaced_service_account("default", name),
-                 lambda: core.read_namespaced_config_map("kube-root-ca.crt", name)):
+    for read in (
+        lambda: core.read_namespaced_service_account("default", name),
+        lambda: core.read_namespaced_config_map("kube-root-ca.crt", name),
+    ):
         while True:
             try:
                 read()
@@ -183,8 +186,9 @@ class Helm:
 
     def __call__(self, *args: str, check: bool = True, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
         """Run `helm *args`; stdout/stderr captured as text; CalledProcessError when check and it fails."""
-        return subprocess.run([str(self.binary), *args], env=self.env, capture_output=True, text=True,
-                              check=check, timeout=timeout_s)
+        return subprocess.run(
+            [str(self.binary), *args], env=self.env, capture_output=True, text=True, check=check, timeout=timeout_s
+        )
 
 
 @pytest.fixture(scope="session")
@@ -210,8 +214,9 @@ def images() -> dict[str, str]:
     result = subprocess.run([str(script)], capture_output=True, text=True, env=env, check=False)
     if result.returncode != 0:
         pytest.fail(f"scripts/images failed ({IMAGES_HINT}):\n{result.stderr[-4000:]}", pytrace=False)
-    logging.getLogger("epnas.images").info("images ready in %.0f s: %s", time.monotonic() - started,
-                                            result.stdout.strip())
+    logging.getLogger("epnas.images").info(
+        "images ready in %.0f s: %s", time.monotonic() - started, result.stdout.strip()
+    )
     refs = dict(line.split() for line in result.stdout.strip().splitlines())
     try:
         rootfs.require_root()

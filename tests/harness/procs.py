@@ -10,7 +10,6 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-
 RUN_MARKER_ENV = "EPNAS_HARNESS_RUN"
 
 
@@ -127,9 +126,7 @@ class ServerProcess:
             except OSError:
                 pass
             time.sleep(0.1)
-        raise TimeoutError(
-            f"{self.name} not ready after {timeout_s:.0f} s; log tail:\n" + log_tail(self.log_path)
-        )
+        raise TimeoutError(f"{self.name} not ready after {timeout_s:.0f} s; log tail:\n" + log_tail(self.log_path))
 
     def stop(self, *, grace_s: float = 10.0) -> None:
         """Terminate the whole process group and reap the server."""

@@ -53,8 +53,12 @@ def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
         return False
     for expr in selector.get("matchExpressions") or []:
         key, op, values = expr["key"], expr["operator"], expr.get("values") or []
-        ok = {"In": labels.get(key) in values, "NotIn": labels.get(key) not in values,
-              "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+        ok = {
+            "In": labels.get(key) in values,
+            "NotIn": labels.get(key) not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
         if not ok:
             return False
     return True
@@ -85,12 +89,24 @@ class ServiceMonitorDiscovery:
                 for pod in self.core.list_namespaced_pod(namespace, label_selector=selector).items:
                     if pod.status.phase != "Running" or not pod.status.pod_ip:
                         continue
-                    numbers = [c.container_port for container in pod.spec.containers for c in container.ports or []
-                               if (c.name == target if isinstance(target, str) else c.container_port == target)]
+                    numbers = [
+                        c.container_port
+                        for container in pod.spec.containers
+                        for c in container.ports or []
+                        if (c.name == target if isinstance(target, str) else c.container_port == target)
+                    ]
                     if numbers:
-                        groups.append({"targets": [f"{pod.status.pod_ip}:{numbers[0]}"], "labels": {
-                            "namespace": namespace, "pod": pod.metadata.name, "service": service.metadata.name,
-                            "endpoint": str(endpoint.get("port"))}})
+                        groups.append(
+                            {
+                                "targets": [f"{pod.status.pod_ip}:{numbers[0]}"],
+                                "labels": {
+                                    "namespace": namespace,
+                                    "pod": pod.metadata.name,
+                                    "service": service.metadata.name,
+                                    "endpoint": str(endpoint.get("port")),
+                                },
+                            }
+                        )
         return groups
 
     def start(self) -> None:
@@ -119,13 +135,18 @@ class ServiceMonitorDiscovery:
         """One scrape job per ``endpoints[]`` entry, named as the Operator names them."""
         assert self.server is not None, "start() first"
         meta = self.monitor["metadata"]
-        return [{
-            "job_name": f"serviceMonitor/{meta['namespace']}/{meta['name']}/{i}",
-            "metrics_path": endpoint.get("path", "/metrics"),
-            "scrape_interval": endpoint.get("interval") or "30s",
-            "scrape_timeout": endpoint.get("scrapeTimeout") or "10s",
-            "http_sd_configs": [{"url": f"http://127.0.0.1:{self.server.server_port}/sd/{i}", "refresh_interval": "1s"}],
-        } for i, endpoint in enumerate(self.monitor["spec"]["endpoints"])]
+        return [
+            {
+                "job_name": f"serviceMonitor/{meta['namespace']}/{meta['name']}/{i}",
+                "metrics_path": endpoint.get("path", "/metrics"),
+                "scrape_interval": endpoint.get("interval") or "30s",
+                "scrape_timeout": endpoint.get("scrapeTimeout") or "10s",
+                "http_sd_configs": [
+                    {"url": f"http://127.0.0.1:{self.server.server_port}/sd/{i}", "refresh_interval": "1s"}
+                ],
+            }
+            for i, endpoint in enumerate(self.monitor["spec"]["endpoints"])
+        ]
 
     def stop(self) -> None:
         if self.server is not None:
@@ -142,15 +163,25 @@ class Prometheus:
             raise binaries.MissingBinaryError(f"{PROMETHEUS} missing: {PROMETHEUS_HINT}")
         workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "prometheus.yml"
-        config.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "scrape_configs": jobs}))
+        config.write_text(
+            yaml.safe_dump({"global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "scrape_configs": jobs})
+        )
         self.port = procs.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / "prometheus.log"
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
-                [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-                stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+                [
+                    PROMETHEUS,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--log.level=warn",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ),
+            )
         deadline = time.monotonic() + 60
         while not self._ready():
             if time.monotonic() > deadline or self.process.poll() is not None:

@@ -107,8 +107,12 @@ def image_config(ref: str) -> ImageConfig:
     config = json.loads(_buildah("inspect", "--type", "image", ref))["OCIv1"].get("config") or {}
     env = dict(item.partition("=")[::2] for item in config.get("Env") or [])
     return ImageConfig(
-        entrypoint=tuple(config.get("Entrypoint") or ()), cmd=tuple(config.get("Cmd") or ()),
-        env=env, workdir=config.get("WorkingDir") or "/", user=config.get("User") or "0")
+        entrypoint=tuple(config.get("Entrypoint") or ()),
+        cmd=tuple(config.get("Cmd") or ()),
+        env=env,
+        workdir=config.get("WorkingDir") or "/",
+        user=config.get("User") or "0",
+    )
 
 
 _rootfs_lock = threading.Lock()
@@ -145,16 +149,25 @@ def launch(
     for sub in ("upper", "work", "merged"):
         (state_dir / sub).mkdir(parents=True, exist_ok=True)
     spec = {
-        "rootfs": str(rootfs), "state": str(state_dir), "argv": list(argv), "workdir": workdir,
-        "uid": uid, "gid": gid, "read_only_root": read_only_root,
+        "rootfs": str(rootfs),
+        "state": str(state_dir),
+        "argv": list(argv),
+        "workdir": workdir,
+        "uid": uid,
+        "gid": gid,
+        "read_only_root": read_only_root,
         "mounts": [{"target": m.target, "source": str(m.source), "read_only": m.read_only} for m in mounts],
         "termination_log": [termination_log[0], str(termination_log[1])] if termination_log else None,
         "mount_bin": shutil.which("mount"),
     }
     return subprocess.Popen(
         ["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-I", __file__],
-        env={**env, SPEC_ENV: json.dumps(spec)}, stdin=subprocess.DEVNULL, stdout=stdout,
-        stderr=subprocess.STDOUT if stdout is not None else None, start_new_session=True)
+        env={**env, SPEC_ENV: json.dumps(spec)},
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.STDOUT if stdout is not None else None,
+        start_new_session=True,
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -206,8 +219,14 @@ def _enter(spec: dict[str, Any], env: dict[str, str]) -> None:
     mount = functools.partial(_mount, spec["mount_bin"])
     state = pathlib.Path(spec["state"])
     root = state / "merged"
-    mount("-t", "overlay", "overlay", "-o",
-          f"lowerdir={spec['rootfs']},upperdir={state / 'upper'},workdir={state / 'work'}", str(root))
+    mount(
+        "-t",
+        "overlay",
+        "overlay",
+        "-o",
+        f"lowerdir={spec['rootfs']},upperdir={state / 'upper'},workdir={state / 'work'}",
+        str(root),
+    )
     _ensure(root / "proc", directory=True)
     mount("-t", "proc", "proc", str(root / "proc"))
     _ensure(root / "sys", directory=True)
@@ -219,8 +238,12 @@ def _enter(spec: dict[str, Any], env: dict[str, str]) -> None:
         mount("--bind", f"/dev/{device}", str(root / "dev" / device))
     _ensure(root / "dev" / "shm", directory=True)
     mount("-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs", str(root / "dev" / "shm"))
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
         (root / "dev" / name).symlink_to(target)
     binds = [{"target": path, "source": path, "read_only": True} for path in HOST_FILES if os.path.exists(path)]
     if spec["termination_log"]:

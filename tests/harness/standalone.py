@@ -30,13 +30,22 @@ SLEEPER_MARKER = "epnas-standalone-sleeper"
 def _run_sleeper(plane: ControlPlane, agent: NodeAgent) -> int:
     core = k8s_client.CoreV1Api(plane.api_client())
     wait_until(lambda: _has_default_sa(core), timeout_s=30, what="default ServiceAccount")
-    core.create_namespaced_pod("default", {
-        "metadata": {"name": "sleeper"},
-        "spec": {"restartPolicy": "Never", "containers": [{
-            "name": "main", "image": "python:3",
-            "command": ["python", "-c", "import time; time.sleep(600)", SLEEPER_MARKER],
-        }]},
-    })
+    core.create_namespaced_pod(
+        "default",
+        {
+            "metadata": {"name": "sleeper"},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": "python:3",
+                        "command": ["python", "-c", "import time; time.sleep(600)", SLEEPER_MARKER],
+                    }
+                ],
+            },
+        },
+    )
     wait_until(lambda: agent.running_pids(), timeout_s=60, what="the sleeper process")
     return agent.running_pids()[0]
 
@@ -54,8 +63,9 @@ def main(workdir: pathlib.Path) -> None:
         plane.start()
         pids += [server.pid for server in plane.servers.values()]
         started = time.monotonic()
-        agent = NodeAgent(plane.api_client, workdir=workdir / "node-agent",
-                          apiserver_port=int(plane.server.rsplit(":", 1)[1]))
+        agent = NodeAgent(
+            plane.api_client, workdir=workdir / "node-agent", apiserver_port=int(plane.server.rsplit(":", 1)[1])
+        )
         agent.start()
         agent_s = time.monotonic() - started
         minio.start()
@@ -68,8 +78,15 @@ def main(workdir: pathlib.Path) -> None:
             agent.stop()
         minio.stop()
         plane.stop()
-    print(json.dumps({"pids": pids, "marked_while_running": marked, "startup_s": {
-        "control_plane": plane.startup_s, "node_agent": agent_s, "minio": minio.startup_s}}))
+    print(
+        json.dumps(
+            {
+                "pids": pids,
+                "marked_while_running": marked,
+                "startup_s": {"control_plane": plane.startup_s, "node_agent": agent_s, "minio": minio.startup_s},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -36,21 +36,22 @@ def wait_for_job_finished(
     batch: k8s_client.BatchV1Api, namespace: str, name: str, *, timeout_s: float = 120
 ) -> k8s_client.V1Job:
     """Wait until the Job has a True Complete or Failed condition; return the Job."""
+
     def finished() -> k8s_client.V1Job | None:
         job = batch.read_namespaced_job(name, namespace)
         return job if job_condition(job, "Complete") or job_condition(job, "Failed") else None
+
     return wait_until(finished, timeout_s=timeout_s, what=f"Job {namespace}/{name} to finish")
 
 
 def job_pods(core: k8s_client.CoreV1Api, namespace: str, job_name: str) -> list[k8s_client.V1Pod]:
     """The pods the Job controller created for `job_name` (by its job-name label)."""
-    return core.list_namespaced_pod(
-        namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}"
-    ).items
+    return core.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}").items
 
 
 def wait_for_deleted(read: Callable[[], object], *, timeout_s: float, what: str) -> None:
     """Wait until `read()` raises a 404 ApiException."""
+
     def gone() -> bool:
         try:
             read()
@@ -59,4 +60,5 @@ def wait_for_deleted(read: Callable[[], object], *, timeout_s: float, what: str)
                 return True
             raise
         return False
+
     wait_until(gone, timeout_s=timeout_s, what=what)

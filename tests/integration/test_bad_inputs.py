@@ -31,21 +31,47 @@ COMMANDS = {
     "--store file://": (["search", "{file}", "--store", "file://"], 2, "file URIs must be file:///absolute/dir"),
     "--store file:///": (["search", "{file}", "--store", "file:///"], 2, "file URIs must be file:///absolute/dir"),
     "--store ''": (["search", "{file}", "--store", ""], 2, "the store URI is empty"),
-    "--store with a bad bucket": (["search", "{file}", "--store", "s3://Bad_Bucket/x"], 2, "'Bad_Bucket' is not an S3 bucket name"),
+    "--store with a bad bucket": (
+        ["search", "{file}", "--store", "s3://Bad_Bucket/x"],
+        2,
+        "'Bad_Bucket' is not an S3 bucket name",
+    ),
     "--store gs://": (["search", "{file}", "--store", "gs://b/x"], 2, "unsupported store scheme 'gs'"),
-    "--store file://relative": (["search", "{file}", "--store", "file://rel/dir"], 2, "file URIs must be file:///absolute/dir"),
-    "a trainer command that does not exist": (["search", "{file}", "--store", "{new}", "--trainer-command", "nonexistent-binary-xyz"], 2,
-                                              "'nonexistent-binary-xyz' is not an executable program"),
-    "a trainer command with an open quote": (["search", "{file}", "--store", "{new}", "--trainer-command", 'python "unclosed'], 2,
-                                             "No closing quotation"),
-    "a search file that does not exist": (["search", "/nonexistent/search.yaml"], 2, "cannot read /nonexistent/search.yaml"),
+    "--store file://relative": (
+        ["search", "{file}", "--store", "file://rel/dir"],
+        2,
+        "file URIs must be file:///absolute/dir",
+    ),
+    "a trainer command that does not exist": (
+        ["search", "{file}", "--store", "{new}", "--trainer-command", "nonexistent-binary-xyz"],
+        2,
+        "'nonexistent-binary-xyz' is not an executable program",
+    ),
+    "a trainer command with an open quote": (
+        ["search", "{file}", "--store", "{new}", "--trainer-command", 'python "unclosed'],
+        2,
+        "No closing quotation",
+    ),
+    "a search file that does not exist": (
+        ["search", "/nonexistent/search.yaml"],
+        2,
+        "cannot read /nonexistent/search.yaml",
+    ),
     "a directory as the search file": (["validate", "/"], 2, "File '/' is a directory"),
     "an unknown flag": (["search", "{file}", "--nope"], 2, "No such option '--nope'"),
     "--parallelism 0": (["search", "{file}", "--parallelism", "0"], 2, "Invalid value for '--parallelism'"),
     "status of nothing": (["status", "/nonexistent/dir"], 1, "no search state under file:///nonexistent/dir"),
     "status of a binary file": (["status", sys.executable], 2, "not UTF-8 text"),
-    "export of nothing": (["export", "/nonexistent", "--out", "{new}"], 1, "no search history under file:///nonexistent"),
-    "report of nothing": (["report", "/nonexistent", "--out", "{new}"], 1, "no search history under file:///nonexistent"),
+    "export of nothing": (
+        ["export", "/nonexistent", "--out", "{new}"],
+        1,
+        "no search history under file:///nonexistent",
+    ),
+    "report of nothing": (
+        ["report", "/nonexistent", "--out", "{new}"],
+        1,
+        "no search history under file:///nonexistent",
+    ),
     "status of an empty store": (["status", "{empty}"], 1, "no search state under"),
     "export of an empty store": (["export", "{empty}", "--out", "{new}"], 1, "no search history under"),
     "validate of a store": (["validate", "{store}/search.yaml"], 2, "not a valid ArchitectureSearch"),
@@ -56,20 +82,41 @@ TRAINER_INPUTS = {
     "arch.json missing": (["--arch", "file:///nonexistent/arch.json", "--out", "{out}"], 2, "arch.json not found"),
     "arch.json binary junk": (["--arch", "{junk}", "--out", "{out}"], 2, "not valid JSON"),
     "arch.json truncated": (["--arch", "{trunc}", "--out", "{out}"], 2, "not valid JSON"),
-    "arch.json not an architecture": (["--arch", "{notarch}", "--out", "{out}"], 2, "layers: Extra inputs are not permitted"),
-    "--weights names a file": (["--arch", "{good}", "--out", "{out}", "--weights", "{junk}"], 2, "is a file; it names the weight dictionary"),
-    "--endpoint not a URL": (["--arch", "{good}", "--out", "s3://bucket/x", "--endpoint", "notaurl"], 2, "is not an http:// or https:// URL"),
+    "arch.json not an architecture": (
+        ["--arch", "{notarch}", "--out", "{out}"],
+        2,
+        "layers: Extra inputs are not permitted",
+    ),
+    "--weights names a file": (
+        ["--arch", "{good}", "--out", "{out}", "--weights", "{junk}"],
+        2,
+        "is a file; it names the weight dictionary",
+    ),
+    "--endpoint not a URL": (
+        ["--arch", "{good}", "--out", "s3://bucket/x", "--endpoint", "notaurl"],
+        2,
+        "is not an http:// or https:// URL",
+    ),
     "--device tpu": (["--arch", "{good}", "--out", "{out}", "--device", "tpu"], 2, "invalid choice: 'tpu'"),
-    "--out with another scheme": (["--arch", "{good}", "--out", "gs://b/x"], 2, "--out must be file://, s3:// or a path"),
+    "--out with another scheme": (
+        ["--arch", "{good}", "--out", "gs://b/x"],
+        2,
+        "--out must be file://, s3:// or a path",
+    ),
     "--epochs 0": (["--arch", "{good}", "--out", "{out}", "--epochs", "0"], 2, "epochs"),
 }
 
-GOOD_ARCH = {"space": "image-layer", "layers": [{"op": "conv2d", "src1": 0, "channels": 8, "width": 3, "activation": "relu"}]}
+GOOD_ARCH = {
+    "space": "image-layer",
+    "layers": [{"op": "conv2d", "src1": 0, "channels": 8, "width": 3, "activation": "relu"}],
+}
 
 
 def snapshot(root: pathlib.Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(root.rglob("*"))
+    }
 
 
 @pytest.fixture
@@ -120,8 +167,12 @@ def test_validate_says_what_search_says(workdir):
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_a_bad_command_line_fails_cleanly_and_touches_nothing(workdir, name):
     argv, code, words = COMMANDS[name]
-    fill = {"{file}": str(workdir / "search.yaml"), "{store}": str(workdir / "store"), "{empty}": str(workdir / "empty"),
-            "{new}": (workdir / "new").as_uri()}
+    fill = {
+        "{file}": str(workdir / "search.yaml"),
+        "{store}": str(workdir / "store"),
+        "{empty}": str(workdir / "empty"),
+        "{new}": (workdir / "new").as_uri(),
+    }
     argv = [fill.get(a, a.replace("{store}", str(workdir / "store"))) for a in argv]
     before = snapshot(workdir)
 
@@ -133,7 +184,12 @@ def test_a_bad_command_line_fails_cleanly_and_touches_nothing(workdir, name):
 @pytest.mark.parametrize("name", list(TRAINER_INPUTS))
 def test_bad_trainer_input_exits_2_and_writes_no_result(workdir, name):
     argv, code, words = TRAINER_INPUTS[name]
-    files = {"junk": b"\x00\xff junk", "trunc": b"[1,2", "notarch": b'{"layers": 3}', "good": json.dumps(GOOD_ARCH).encode()}
+    files = {
+        "junk": b"\x00\xff junk",
+        "trunc": b"[1,2",
+        "notarch": b'{"layers": 3}',
+        "good": json.dumps(GOOD_ARCH).encode(),
+    }
     for key, data in files.items():
         (workdir / f"{key}.json").write_bytes(data)
     fill = {f"{{{k}}}": (workdir / f"{k}.json").as_uri() for k in files} | {"{out}": (workdir / "out").as_uri()}
@@ -156,13 +212,38 @@ def test_a_pickle_in_the_weight_dictionary_is_never_loaded(workdir):
     (weights / "objects").mkdir(parents=True)
     evil = weights / "objects" / "evil.safetensors"
     evil.write_bytes(pickle.dumps(Evil()))
-    (weights / "index.json").write_text(json.dumps({"apiVersion": "epnas.io/v1alpha1", "kind": "WeightIndex", "tensors": {
-        "body.0_conv2d.op.conv.weight": [{"object": "objects/evil.safetensors", "shape": [8, 3, 3, 3], "accuracy": 0.9, "child": "x"}]}}))
+    (weights / "index.json").write_text(
+        json.dumps(
+            {
+                "apiVersion": "epnas.io/v1alpha1",
+                "kind": "WeightIndex",
+                "tensors": {
+                    "body.0_conv2d.op.conv.weight": [
+                        {"object": "objects/evil.safetensors", "shape": [8, 3, 3, 3], "accuracy": 0.9, "child": "x"}
+                    ]
+                },
+            }
+        )
+    )
     (workdir / "good.json").write_text(json.dumps(GOOD_ARCH))
     evil_bytes = evil.read_bytes()
 
-    result = run([*TRAINER, "--arch", (workdir / "good.json").as_uri(), "--out", (workdir / "out").as_uri(),
-                  "--weights", weights.as_uri(), "--dataset", "synthetic", "--epochs", "1"], workdir)
+    result = run(
+        [
+            *TRAINER,
+            "--arch",
+            (workdir / "good.json").as_uri(),
+            "--out",
+            (workdir / "out").as_uri(),
+            "--weights",
+            weights.as_uri(),
+            "--dataset",
+            "synthetic",
+            "--epochs",
+            "1",
+        ],
+        workdir,
+    )
 
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert not marker.exists() and evil.read_bytes() == evil_bytes

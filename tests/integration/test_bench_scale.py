@@ -10,16 +10,47 @@ import subprocess
 import sys
 
 BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench" / "bench_scale.py"
-POSITIVE = ("children", "peak_in_flight", "wall_s", "controller_cpu_s", "cpu_ms_per_child", "requests", "requests_per_child",
-            "requests_per_child_excl_leases", "peak_rss_mib", "rss_end_mib", "job_create_rate_per_s",
-            "end_to_next_step_s", "end_to_next_step_max_s", "first_job_s")
+POSITIVE = (
+    "children",
+    "peak_in_flight",
+    "wall_s",
+    "controller_cpu_s",
+    "cpu_ms_per_child",
+    "requests",
+    "requests_per_child",
+    "requests_per_child_excl_leases",
+    "peak_rss_mib",
+    "rss_end_mib",
+    "job_create_rate_per_s",
+    "end_to_next_step_s",
+    "end_to_next_step_max_s",
+    "first_job_s",
+)
 
 
 def test_the_scale_benchmark_reports_every_figure(tmp_path):
     out = tmp_path / "scale.json"
-    done = subprocess.run([sys.executable, str(BENCH), "--sizes", "4", "--searches", "2", "--search-branches", "2",
-                           "--timeout-s", "300", "--json", str(out), "--workdir", str(tmp_path / "work")],
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--sizes",
+            "4",
+            "--searches",
+            "2",
+            "--search-branches",
+            "2",
+            "--timeout-s",
+            "300",
+            "--json",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     report = json.loads(out.read_text())
 

@@ -13,8 +13,12 @@ BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench" / "bench_store_thr
 
 def test_the_store_benchmark_reports_both_sides_and_their_ratio(tmp_path):
     out = tmp_path / "store.json"
-    done = subprocess.run([sys.executable, str(BENCH), "--mib", "1", "--layers", "2", "--repeats", "2", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--mib", "1", "--layers", "2", "--repeats", "2", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
 

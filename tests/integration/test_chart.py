@@ -19,12 +19,12 @@ import secrets
 
 import pytest
 import yaml
+from harness import binaries
+from harness.prometheus import servicemonitor_crd
 from kubernetes import client as k8s_client
 from kubernetes.client.rest import ApiException
 
 from controller import rbac
-from harness import binaries
-from harness.prometheus import servicemonitor_crd
 from controller.jobs import Owner, job_manifest
 from controller.main import parse_args, trainer_defaults_arg
 from epnas.executors.base import ChildRun
@@ -40,7 +40,6 @@ VARIANT_IDS = ["default", *(path.stem for path in CI_VALUES)]
 # An image no node-agent mapping matches: the controller pod of an RBAC-only install stays
 # Waiting (ErrImagePull) instead of starting a controller process.
 UNRUNNABLE_IMAGE = "registry.invalid/epnas-rbac-only"
-
 
 
 # -- fixtures and helpers
@@ -91,10 +90,15 @@ def values_args(variant: pathlib.Path | None) -> list[str]:
 
 
 def label_restricted(control_plane, namespace: str) -> None:
-    control_plane.kubectl("label", "namespace", namespace, "--overwrite",
-                          "pod-security.kubernetes.io/enforce=restricted",
-                          "pod-security.kubernetes.io/warn=restricted",
-                          "pod-security.kubernetes.io/audit=restricted")
+    control_plane.kubectl(
+        "label",
+        "namespace",
+        namespace,
+        "--overwrite",
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/warn=restricted",
+        "pod-security.kubernetes.io/audit=restricted",
+    )
 
 
 # -- lint and schema validation
@@ -109,15 +113,26 @@ def test_helm_lint_strict_passes(helm, variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
-def test_helm_template_passes_server_dry_run_under_restricted(helm, control_plane, crds, kube_version,
-                                                               namespace, variant):
+def test_helm_template_passes_server_dry_run_under_restricted(
+    helm, control_plane, crds, kube_version, namespace, variant
+):
     label_restricted(control_plane, namespace)
-    rendered = helm("template", "epnas", str(CHART), "-n", namespace, "--kube-version", kube_version,
-                    "--include-crds", *values_args(variant)).stdout
+    rendered = helm(
+        "template",
+        "epnas",
+        str(CHART),
+        "-n",
+        namespace,
+        "--kube-version",
+        kube_version,
+        "--include-crds",
+        *values_args(variant),
+    ).stdout
     kinds = [doc["kind"] for doc in yaml.safe_load_all(rendered) if doc]
 
-    applied = control_plane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
-                                    input_text=rendered, check=False)
+    applied = control_plane.kubectl(
+        "apply", "--dry-run=server", "-n", namespace, "-f", "-", input_text=rendered, check=False
+    )
 
     assert applied.returncode == 0, applied.stderr
     assert "PodSecurity" not in applied.stderr, applied.stderr
@@ -131,12 +146,19 @@ WATCH_RBAC = {("Role", "epnas"), ("RoleBinding", "epnas")}
 CLUSTER_RBAC = {("ClusterRole", "epnas"), ("ClusterRoleBinding", "epnas")}
 
 
-@pytest.mark.parametrize(("variant", "present", "absent"), [
-    (None, WATCH_RBAC | LEADER, CLUSTER_RBAC | {("ServiceMonitor", "epnas"), ("ConfigMap", "epnas-dashboard")}),
-    (CHART / "ci" / "all-namespaces.yaml", CLUSTER_RBAC | LEADER, WATCH_RBAC),
-    (CHART / "ci" / "servicemonitor.yaml", {("ServiceMonitor", "epnas"), ("ConfigMap", "epnas-dashboard"), ("Role", "epnas")} | LEADER,
-     CLUSTER_RBAC),
-], ids=["default", "all-namespaces", "servicemonitor"])
+@pytest.mark.parametrize(
+    ("variant", "present", "absent"),
+    [
+        (None, WATCH_RBAC | LEADER, CLUSTER_RBAC | {("ServiceMonitor", "epnas"), ("ConfigMap", "epnas-dashboard")}),
+        (CHART / "ci" / "all-namespaces.yaml", CLUSTER_RBAC | LEADER, WATCH_RBAC),
+        (
+            CHART / "ci" / "servicemonitor.yaml",
+            {("ServiceMonitor", "epnas"), ("ConfigMap", "epnas-dashboard"), ("Role", "epnas")} | LEADER,
+            CLUSTER_RBAC,
+        ),
+    ],
+    ids=["default", "all-namespaces", "servicemonitor"],
+)
 def test_template_kinds_follow_values(helm, variant, present, absent):
     rendered = helm("template", "epnas", str(CHART), "--kube-version", "1.37.0", *values_args(variant)).stdout
     kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in yaml.safe_load_all(rendered) if doc}
@@ -153,7 +175,9 @@ def _rules(rules: list[dict]) -> list[tuple]:
 def test_chart_rbac_is_exactly_what_the_code_uses(helm, variant):
     """The Role/ClusterRole grant the verbs ``controller.kube`` calls (plus the finalizers
     update its Jobs' ownerReferences need) and nothing else; Leases only in the release namespace."""
-    rendered = helm("template", "epnas", str(CHART), "-n", "team-a", "--kube-version", "1.37.0", *values_args(variant)).stdout
+    rendered = helm(
+        "template", "epnas", str(CHART), "-n", "team-a", "--kube-version", "1.37.0", *values_args(variant)
+    ).stdout
     docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(rendered) if d}
     main = docs.get(("Role", "epnas")) or docs[("ClusterRole", "epnas")]
     leader = docs[("Role", "epnas-leader-election")]
@@ -166,23 +190,63 @@ def test_chart_rbac_is_exactly_what_the_code_uses(helm, variant):
 def test_trainer_values_become_the_jobs_defaults_and_a_search_overrides_them(helm):
     """values trainer.* reach the controller as --trainer-defaults; the Job the controller makes
     for a search that sets only some trainer fields carries the rest from the values."""
-    rendered = helm("template", "r", str(CHART), "-n", "team-a", "--kube-version", "1.37.0",
-                    "--set", "trainer.priorityClassName=gpu-batch", "--set", "trainer.imagePullSecrets={regcred}",
-                    "--set", "trainer.serviceAccountName=trainer-irsa", "--set", "trainer.nodeSelector.pool=gpu",
-                    "--set", "trainer.memory=32Gi").stdout
+    rendered = helm(
+        "template",
+        "r",
+        str(CHART),
+        "-n",
+        "team-a",
+        "--kube-version",
+        "1.37.0",
+        "--set",
+        "trainer.priorityClassName=gpu-batch",
+        "--set",
+        "trainer.imagePullSecrets={regcred}",
+        "--set",
+        "trainer.serviceAccountName=trainer-irsa",
+        "--set",
+        "trainer.nodeSelector.pool=gpu",
+        "--set",
+        "trainer.memory=32Gi",
+    ).stdout
     deployment = next(doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "Deployment")
-    (arg,) = [a for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"] if a.startswith("--trainer-defaults=")]
+    (arg,) = [
+        a
+        for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        if a.startswith("--trainer-defaults=")
+    ]
     defaults = trainer_defaults_arg(arg.split("=", 1)[1])
-    search = with_trainer_defaults(parse_search({"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch",
-                                                 "metadata": {"name": "s"}, "spec": {"trainer": {"gpu": 0}}}), defaults)
-    run = ChildRun(search="s", child="e000-s00-c00", arch_uri="s3://b/a.json", out_uri="s3://b/o", weights_uri=None, timeout_s=60,
-                   episode=0, step=0, index=0)
+    search = with_trainer_defaults(
+        parse_search(
+            {
+                "apiVersion": "epnas.io/v1alpha1",
+                "kind": "ArchitectureSearch",
+                "metadata": {"name": "s"},
+                "spec": {"trainer": {"gpu": 0}},
+            }
+        ),
+        defaults,
+    )
+    run = ChildRun(
+        search="s",
+        child="e000-s00-c00",
+        arch_uri="s3://b/a.json",
+        out_uri="s3://b/o",
+        weights_uri=None,
+        timeout_s=60,
+        episode=0,
+        step=0,
+        index=0,
+    )
     pod = job_manifest(run, spec=search.spec, owner=Owner("s", "team-a", "uid"))["spec"]["template"]["spec"]
 
     assert pod["priorityClassName"] == "gpu-batch" and pod["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod["serviceAccountName"] == "trainer-irsa" and pod["nodeSelector"] == {"pool": "gpu"}
     container = pod["containers"][0]
-    assert container["image"].startswith("ghcr.io/epnas/epnas-trainer:") and container["resources"]["limits"]["memory"] == "32Gi"
+    assert (
+        container["image"].startswith("ghcr.io/epnas/epnas-trainer:")
+        and container["resources"]["limits"]["memory"] == "32Gi"
+    )
     assert "nvidia.com/gpu" not in container["resources"]["limits"]  # the search's own gpu: 0 wins
 
 
@@ -194,7 +258,12 @@ def test_deployment_args_probes_and_security_defaults(helm):
 
     assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["strategy"] == {"type": "RollingUpdate"}
-    assert container["args"][:4] == ["--namespace=team-a", "--metrics-port=8080", "--log-level=INFO", "--leader-election-id=r-epnas"]
+    assert container["args"][:4] == [
+        "--namespace=team-a",
+        "--metrics-port=8080",
+        "--log-level=INFO",
+        "--leader-election-id=r-epnas",
+    ]
     assert container["args"][4].startswith("--trainer-defaults={") and len(container["args"]) == 5
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
@@ -211,13 +280,13 @@ def test_deployment_args_probes_and_security_defaults(helm):
 
 
 def test_dashboard_configmap_holds_the_dashboard_json(helm):
-    rendered = helm("template", "r", str(CHART), "--kube-version", "1.37.0",
-                    "-f", str(CHART / "ci" / "servicemonitor.yaml")).stdout
+    rendered = helm(
+        "template", "r", str(CHART), "--kube-version", "1.37.0", "-f", str(CHART / "ci" / "servicemonitor.yaml")
+    ).stdout
     config_map = next(doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "ConfigMap")
 
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert json.loads(config_map["data"]["epnas.json"]) == json.loads(
-        (CHART / "dashboards" / "epnas.json").read_text())
+    assert json.loads(config_map["data"]["epnas.json"]) == json.loads((CHART / "dashboards" / "epnas.json").read_text())
 
 
 # -- files
@@ -225,7 +294,8 @@ def test_dashboard_configmap_holds_the_dashboard_json(helm):
 
 def test_chart_crd_is_byte_equal_to_manifests_crd():
     assert CHART_CRD.read_bytes() == CRD_MANIFEST.read_bytes(), (
-        f"{CHART_CRD.relative_to(REPO_ROOT)} differs from manifests/crd.yaml: run `scripts/sync-crd`")
+        f"{CHART_CRD.relative_to(REPO_ROOT)} differs from manifests/crd.yaml: run `scripts/sync-crd`"
+    )
 
 
 def undocumented_values_keys(text: str) -> list[str]:
@@ -263,8 +333,9 @@ def test_undocumented_values_keys_finds_a_bare_key():
 # -- RBAC on the real API server
 
 
-def can_i(control_plane, service_account: str, verb: str, resource: str, namespace: str,
-          subresource: str | None = None) -> bool:
+def can_i(
+    control_plane, service_account: str, verb: str, resource: str, namespace: str, subresource: str | None = None
+) -> bool:
     args = ["auth", "can-i", verb, resource, "-n", namespace, f"--as={service_account}"]
     if subresource:
         args.append(f"--subresource={subresource}")
@@ -322,16 +393,19 @@ def test_rbac_with_watched_namespace(helm, control_plane, crds, namespace, other
     service_account = f"system:serviceaccount:{namespace}:epnas"
     where = {"own": namespace, "other": other_namespace}
     try:
-        answers = [(verb, resource, sub, place, can_i(control_plane, service_account, verb, resource, where[place], sub))
-                   for verb, resource, sub, place, _ in WATCHED_NAMESPACE_RULES]
+        answers = [
+            (verb, resource, sub, place, can_i(control_plane, service_account, verb, resource, where[place], sub))
+            for verb, resource, sub, place, _ in WATCHED_NAMESPACE_RULES
+        ]
     finally:
         helm("uninstall", "epnas", "-n", namespace)
 
     assert answers == [row[:4] + (row[4],) for row in WATCHED_NAMESPACE_RULES]
 
 
-def test_rbac_in_a_watched_namespace_other_than_the_release_namespace(helm, control_plane, crds, namespace,
-                                                                     other_namespace):
+def test_rbac_in_a_watched_namespace_other_than_the_release_namespace(
+    helm, control_plane, crds, namespace, other_namespace
+):
     install(helm, "epnas", namespace, "--set", f"watchNamespaces={{{other_namespace}}}")
     service_account = f"system:serviceaccount:{namespace}:epnas"
     try:
@@ -345,8 +419,9 @@ def test_rbac_in_a_watched_namespace_other_than_the_release_namespace(helm, cont
 
 
 def test_two_watched_namespaces_fail_the_render(helm):
-    result = helm("template", "r", str(CHART), "--kube-version", "1.37.0",
-                  "--set", "watchNamespaces={a,b}", check=False)
+    result = helm(
+        "template", "r", str(CHART), "--kube-version", "1.37.0", "--set", "watchNamespaces={a,b}", check=False
+    )
 
     assert result.returncode != 0
     assert "the controller watches one namespace" in result.stderr
@@ -354,13 +429,16 @@ def test_two_watched_namespaces_fail_the_render(helm):
 
 def test_rbac_with_all_namespaces(helm, control_plane, crds, namespace, other_namespace):
     release = f"epnas-{namespace}"[:53]  # cluster-scoped names: one per test namespace
-    install(helm, release, namespace, "-f", str(CHART / "ci" / "all-namespaces.yaml"),
-            "--set", "serviceAccount.name=epnas")
+    install(
+        helm, release, namespace, "-f", str(CHART / "ci" / "all-namespaces.yaml"), "--set", "serviceAccount.name=epnas"
+    )
     service_account = f"system:serviceaccount:{namespace}:epnas"
     where = {"own": namespace, "other": other_namespace}
     try:
-        answers = [(verb, resource, sub, place, can_i(control_plane, service_account, verb, resource, where[place], sub))
-                   for verb, resource, sub, place, _ in ALL_NAMESPACES_RULES]
+        answers = [
+            (verb, resource, sub, place, can_i(control_plane, service_account, verb, resource, where[place], sub))
+            for verb, resource, sub, place, _ in ALL_NAMESPACES_RULES
+        ]
     finally:
         helm("uninstall", release, "-n", namespace)
 
@@ -376,7 +454,6 @@ def test_uninstall_removes_cluster_role(helm, control_plane, crds, namespace):
     after = control_plane.kubectl("get", "clusterrole", release, check=False).returncode
 
     assert (before, after) == (0, 1)
-
 
 
 # -- the Grafana dashboard
@@ -405,9 +482,17 @@ def test_dashboard_uses_only_metrics_the_controller_exports():
 def test_dashboard_covers_the_issue_panels():
     used = " ".join(dashboard_expressions())
 
-    for name in ("epnas_searches_running", "epnas_best_accuracy", "epnas_best_reward", "epnas_feasible_ratio",
-                 "epnas_children_total", "epnas_child_duration_seconds_bucket", "epnas_policy_entropy",
-                 "epnas_kubernetes_api_errors_total", "epnas_store_errors_total"):
+    for name in (
+        "epnas_searches_running",
+        "epnas_best_accuracy",
+        "epnas_best_reward",
+        "epnas_feasible_ratio",
+        "epnas_children_total",
+        "epnas_child_duration_seconds_bucket",
+        "epnas_policy_entropy",
+        "epnas_kubernetes_api_errors_total",
+        "epnas_store_errors_total",
+    ):
         assert name in used
     assert "histogram_quantile(" in used
 
@@ -418,11 +503,22 @@ def notes_manifest(notes: str) -> dict:
     return yaml.safe_load("\n".join(line[5:] for line in body.splitlines()))
 
 
-@pytest.mark.parametrize("sets, uri, gpu_hint", [
-    (["store.allowed={s3://epnas/searches}", "store.endpoint=http://minio.minio:9000", "store.existingSecret=epnas-s3",
-      "watchNamespaces={team-a}"], "s3://epnas/searches", "trainer: {gpu: 0}"),
-    (["store.bucket=models", "trainer.gpu=0"], "s3://models/searches", "trainer: {gpu: 1}"),
-])
+@pytest.mark.parametrize(
+    "sets, uri, gpu_hint",
+    [
+        (
+            [
+                "store.allowed={s3://epnas/searches}",
+                "store.endpoint=http://minio.minio:9000",
+                "store.existingSecret=epnas-s3",
+                "watchNamespaces={team-a}",
+            ],
+            "s3://epnas/searches",
+            "trainer: {gpu: 0}",
+        ),
+        (["store.bucket=models", "trainer.gpu=0"], "s3://models/searches", "trainer: {gpu: 1}"),
+    ],
+)
 def test_notes_print_a_search_this_installation_runs(helm, control_plane, crds, sets, uri, gpu_hint):
     """NOTES.txt's search is the embedded default with this installation's store filled in, the
     server accepts it, and every command that names the search names its namespace."""
@@ -431,22 +527,39 @@ def test_notes_print_a_search_this_installation_runs(helm, control_plane, crds, 
     search = notes_manifest(notes)
 
     example = yaml.safe_load((pathlib.Path(__file__).parents[2] / "examples" / "digits-quick.yaml").read_text())
-    assert {k: v for k, v in search["spec"].items() if k != "store"} == {k: v for k, v in example["spec"].items() if k != "store"}
+    assert {k: v for k, v in search["spec"].items() if k != "store"} == {
+        k: v for k, v in example["spec"].items() if k != "store"
+    }
     assert search["spec"]["store"]["uri"] == uri and parse_search(search).spec.store.uri == uri
     if "store.existingSecret=epnas-s3" in sets:
         assert search["spec"]["store"] == {"uri": uri, "endpoint": "http://minio.minio:9000", "secretName": "epnas-s3"}
-    applied = control_plane.kubectl("apply", "--dry-run=server", "-n", "default", "-f", "-", input_text=yaml.safe_dump(search), check=False)
+    applied = control_plane.kubectl(
+        "apply", "--dry-run=server", "-n", "default", "-f", "-", input_text=yaml.safe_dump(search), check=False
+    )
     assert applied.returncode == 0, applied.stderr
-    commands = [line.strip() for line in notes.splitlines() if line.strip().startswith("kubectl") and (" nas " in line or " jobs " in line)]
+    commands = [
+        line.strip()
+        for line in notes.splitlines()
+        if line.strip().startswith("kubectl") and (" nas " in line or " jobs " in line)
+    ]
     assert commands and all(" -n " in c for c in commands), commands
     assert gpu_hint in notes
 
 
 def test_the_parallelism_value_becomes_the_controllers_default_parallelism(helm):
     """values `parallelism` reaches the controller as --default-parallelism, which its own parser takes; 0 passes nothing."""
+
     def args(*sets: str) -> list[str]:
-        rendered = helm("template", "r", str(CHART), "-n", "team-a", "--kube-version", "1.37.0",
-                        *[a for s in sets for a in ("--set", s)]).stdout
+        rendered = helm(
+            "template",
+            "r",
+            str(CHART),
+            "-n",
+            "team-a",
+            "--kube-version",
+            "1.37.0",
+            *[a for s in sets for a in ("--set", s)],
+        ).stdout
         deployment = next(doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "Deployment")
         return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
 

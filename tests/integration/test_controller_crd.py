@@ -20,14 +20,23 @@ def installed_crd(control_plane):
 
 
 def tiny(name: str, **spec) -> str:
-    doc = {"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch", "metadata": {"name": name},
-           "spec": {"dataset": {"kind": "synthetic"}, "budget": {"episodes": 1, "branches": 2}, **spec}}
+    doc = {
+        "apiVersion": "epnas.io/v1alpha1",
+        "kind": "ArchitectureSearch",
+        "metadata": {"name": name},
+        "spec": {"dataset": {"kind": "synthetic"}, "budget": {"episodes": 1, "branches": 2}, **spec},
+    }
     return yaml.safe_dump(doc)
 
 
 def test_crd_is_structural_and_established(installed_crd):
-    out = installed_crd.kubectl("get", "crd", "architecturesearches.epnas.io", "-o",
-                                "jsonpath={.status.conditions[?(@.type=='NonStructuralSchema')].status}")
+    out = installed_crd.kubectl(
+        "get",
+        "crd",
+        "architecturesearches.epnas.io",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type=='NonStructuralSchema')].status}",
+    )
     assert out.stdout.strip() in ("", "False")
 
 
@@ -38,12 +47,31 @@ def test_short_names_and_printer_columns(installed_crd, namespace):
         header = out.stdout.splitlines()[0].split()
         assert header == ["NAME", "PHASE", "CHILDREN", "BEST-ACC", "FEASIBLE", "REASON", "AGE"], out.stdout
     wide = installed_crd.kubectl("get", "nas", "-n", namespace, "-o", "wide").stdout.splitlines()[0].split()
-    assert wide == ["NAME", "PHASE", "CHILDREN", "BEST-ACC", "FEASIBLE", "REASON", "AGE", "POSITION", "FINAL-ACC",
-                    "FINAL-MODEL"], wide
+    assert wide == [
+        "NAME",
+        "PHASE",
+        "CHILDREN",
+        "BEST-ACC",
+        "FEASIBLE",
+        "REASON",
+        "AGE",
+        "POSITION",
+        "FINAL-ACC",
+        "FINAL-MODEL",
+    ], wide
 
 
-@pytest.mark.parametrize("field", ["spec.budget.episodes", "spec.trainer.image", "spec.constraints.metric",
-                                   "status.progress", "status.bestFeasibleAccuracy", "status.conditions.reason"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "spec.budget.episodes",
+        "spec.trainer.image",
+        "spec.constraints.metric",
+        "status.progress",
+        "status.bestFeasibleAccuracy",
+        "status.conditions.reason",
+    ],
+)
 def test_kubectl_explain_describes_spec_and_status_fields(installed_crd, field):
     out = installed_crd.kubectl("explain", f"architecturesearch.{field}")
 

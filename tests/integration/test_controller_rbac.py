@@ -13,21 +13,40 @@ SA = "system:serviceaccount:epnas-system:epnas-controller"
 @pytest.fixture(scope="module")
 def rbac(control_plane):
     control_plane.kubectl("create", "namespace", "epnas-system", check=False)
-    control_plane.kubectl("apply", "-f", str(REPO / "manifests" / "crd.yaml"), "-f", str(REPO / "manifests" / "rbac.yaml"))
+    control_plane.kubectl(
+        "apply", "-f", str(REPO / "manifests" / "crd.yaml"), "-f", str(REPO / "manifests" / "rbac.yaml")
+    )
     return control_plane
 
 
 ALLOWED = [
-    ("list", "architecturesearches.epnas.io"), ("watch", "architecturesearches.epnas.io"),
-    ("patch", "architecturesearches.epnas.io/status"), ("update", "architecturesearches.epnas.io/finalizers"),
-    ("create", "jobs.batch"), ("get", "jobs.batch"), ("list", "jobs.batch"), ("watch", "jobs.batch"),
-    ("list", "pods"), ("create", "events"), ("delete", "jobs.batch"),
+    ("list", "architecturesearches.epnas.io"),
+    ("watch", "architecturesearches.epnas.io"),
+    ("patch", "architecturesearches.epnas.io/status"),
+    ("update", "architecturesearches.epnas.io/finalizers"),
+    ("create", "jobs.batch"),
+    ("get", "jobs.batch"),
+    ("list", "jobs.batch"),
+    ("watch", "jobs.batch"),
+    ("list", "pods"),
+    ("create", "events"),
+    ("delete", "jobs.batch"),
 ]
 DENIED = [
-    ("get", "secrets"), ("list", "secrets"), ("create", "pods"), ("delete", "pods"), ("create", "architecturesearches.epnas.io"),
-    ("delete", "architecturesearches.epnas.io"), ("patch", "architecturesearches.epnas.io"), ("update", "jobs.batch"),
-    ("patch", "jobs.batch"), ("get", "configmaps"), ("create", "deployments.apps"),
-    ("list", "nodes"), ("create", "rolebindings.rbac.authorization.k8s.io"), ("update", "leases.coordination.k8s.io"),
+    ("get", "secrets"),
+    ("list", "secrets"),
+    ("create", "pods"),
+    ("delete", "pods"),
+    ("create", "architecturesearches.epnas.io"),
+    ("delete", "architecturesearches.epnas.io"),
+    ("patch", "architecturesearches.epnas.io"),
+    ("update", "jobs.batch"),
+    ("patch", "jobs.batch"),
+    ("get", "configmaps"),
+    ("create", "deployments.apps"),
+    ("list", "nodes"),
+    ("create", "rolebindings.rbac.authorization.k8s.io"),
+    ("update", "leases.coordination.k8s.io"),
 ]
 
 
@@ -40,7 +59,9 @@ def test_allowed(rbac, verb, resource):
 
 def test_leases_only_in_the_controller_namespace(rbac):
     def can(verb: str, namespace: str) -> str:
-        return rbac.kubectl("auth", "can-i", verb, "leases.coordination.k8s.io", "--as", SA, "-n", namespace, check=False).stdout.strip()
+        return rbac.kubectl(
+            "auth", "can-i", verb, "leases.coordination.k8s.io", "--as", SA, "-n", namespace, check=False
+        ).stdout.strip()
 
     assert [can(v, "epnas-system") for v in ("get", "create", "update", "delete")] == ["yes", "yes", "yes", "no"]
     assert can("update", "default") == "no"
@@ -48,4 +69,6 @@ def test_leases_only_in_the_controller_namespace(rbac):
 
 @pytest.mark.parametrize(("verb", "resource"), DENIED)
 def test_denied(rbac, verb, resource):
-    assert rbac.kubectl("auth", "can-i", verb, resource, "--as", SA, "-n", "default", check=False).stdout.strip() == "no"
+    assert (
+        rbac.kubectl("auth", "can-i", verb, resource, "--as", SA, "-n", "default", check=False).stdout.strip() == "no"
+    )

@@ -52,11 +52,29 @@ def counting_client(control_plane) -> tuple[k8s_client.ApiClient, list[tuple[str
 
 def test_64_jobs_of_one_step(control_plane, node_agent, namespace, crd):
     custom = k8s_client.CustomObjectsApi(control_plane.api_client())
-    cr = custom.create_namespaced_custom_object("epnas.io", "v1alpha1", namespace, "architecturesearches", {
-        "apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch", "metadata": {"name": "wide"},
-        "spec": {"budget": {"episodes": 1, "branches": BRANCHES}}})
-    spec = SearchSpec.model_validate({"trainer": {"image": "epnas/trainer:test", "gpu": 0, "cpu": "10m", "memory": "64Mi",
-                                                  "nodeSelector": {"epnas.io/pool": "nowhere"}}})
+    cr = custom.create_namespaced_custom_object(
+        "epnas.io",
+        "v1alpha1",
+        namespace,
+        "architecturesearches",
+        {
+            "apiVersion": "epnas.io/v1alpha1",
+            "kind": "ArchitectureSearch",
+            "metadata": {"name": "wide"},
+            "spec": {"budget": {"episodes": 1, "branches": BRANCHES}},
+        },
+    )
+    spec = SearchSpec.model_validate(
+        {
+            "trainer": {
+                "image": "epnas/trainer:test",
+                "gpu": 0,
+                "cpu": "10m",
+                "memory": "64Mi",
+                "nodeSelector": {"epnas.io/pool": "nowhere"},
+            }
+        }
+    )
     api_client, calls = counting_client(control_plane)
     errors = collections.Counter()
 
@@ -69,12 +87,28 @@ def test_64_jobs_of_one_step(control_plane, node_agent, namespace, crd):
             return err.status == 404
         return False
 
-    executor = JobExecutor(kube=Kube(api_client, on_error=lambda verb: errors.update([verb])), spec=spec,
-                           owner=Owner("wide", namespace, cr["metadata"]["uid"]), parallelism=lambda: None,
-                           should_stop=search_gone, on_finished=lambda outcome: None)
-    runs = [ChildRun(search="wide", child=f"e000-s00-c{i:02d}", arch_uri=f"s3://b/wide/children/e000-s00-c{i:02d}/arch.json",
-                     out_uri=f"s3://b/wide/children/e000-s00-c{i:02d}", weights_uri=None, timeout_s=60, episode=0, step=0, index=i)
-            for i in range(BRANCHES)]
+    executor = JobExecutor(
+        kube=Kube(api_client, on_error=lambda verb: errors.update([verb])),
+        spec=spec,
+        owner=Owner("wide", namespace, cr["metadata"]["uid"]),
+        parallelism=lambda: None,
+        should_stop=search_gone,
+        on_finished=lambda outcome: None,
+    )
+    runs = [
+        ChildRun(
+            search="wide",
+            child=f"e000-s00-c{i:02d}",
+            arch_uri=f"s3://b/wide/children/e000-s00-c{i:02d}/arch.json",
+            out_uri=f"s3://b/wide/children/e000-s00-c{i:02d}",
+            weights_uri=None,
+            timeout_s=60,
+            episode=0,
+            step=0,
+            index=i,
+        )
+        for i in range(BRANCHES)
+    ]
     raised: list[BaseException] = []
 
     def submit() -> None:
@@ -101,9 +135,11 @@ def test_64_jobs_of_one_step(control_plane, node_agent, namespace, crd):
     thread.join(timeout=30)
     stopped_s = time.monotonic() - deleted
     assert not thread.is_alive() and raised and isinstance(raised[0], SearchStopped), raised
-    print(f"\nscale: {BRANCHES} Jobs created in {created_s:.2f} s ({BRANCHES / created_s:.0f} Jobs/s); "
-          f"{requests} requests = {requests / BRANCHES:.2f} per child per step {dict(by_kind)}; "
-          f"wait stopped {stopped_s:.2f} s after the delete; errors {dict(errors)}")
+    print(
+        f"\nscale: {BRANCHES} Jobs created in {created_s:.2f} s ({BRANCHES / created_s:.0f} Jobs/s); "
+        f"{requests} requests = {requests / BRANCHES:.2f} per child per step {dict(by_kind)}; "
+        f"wait stopped {stopped_s:.2f} s after the delete; errors {dict(errors)}"
+    )
     assert created_s < 10
     assert len(posts) == BRANCHES and requests <= BRANCHES + 4 and not errors
     assert stopped_s < 12  # at most one 10 s watch window after the delete

@@ -16,10 +16,9 @@ import time
 import uuid
 
 import pytest
+from harness import binaries, manifests, procs, waits
 from kubernetes import client as k8s_client
 from kubernetes.client.rest import ApiException
-
-from harness import binaries, manifests, procs, waits
 
 TESTS_DIR = pathlib.Path(__file__).resolve().parents[1]
 SERVER_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "minio")
@@ -59,9 +58,10 @@ def test_job_exiting_1_with_backoff_limit_1_fails_after_two_pods(batch, core, na
 
 def test_pod_failure_policy_fails_job_on_exit_code_2_after_one_pod(batch, core, namespace, node_agent):
     job_body = manifests.python_job(
-        "invalid-input", "import sys; sys.exit(2)", backoffLimit=5,
-        podFailurePolicy={"rules": [{"action": "FailJob",
-                                     "onExitCodes": {"operator": "In", "values": [2]}}]},
+        "invalid-input",
+        "import sys; sys.exit(2)",
+        backoffLimit=5,
+        podFailurePolicy={"rules": [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2]}}]},
     )
     batch.create_namespaced_job(namespace, job_body)
 
@@ -77,19 +77,28 @@ def test_pod_failure_policy_fails_job_on_exit_code_2_after_one_pod(batch, core, 
 def test_deleting_owner_garbage_collects_owned_job_and_its_pod(batch, core, namespace, node_agent):
     owner = core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})
     job_body = manifests.python_job("owned", "import time; time.sleep(600)")
-    job_body["metadata"]["ownerReferences"] = [{
-        "apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}]
+    job_body["metadata"]["ownerReferences"] = [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}
+    ]
     batch.create_namespaced_job(namespace, job_body)
     pod = waits.wait_until(
         lambda: next((p for p in waits.job_pods(core, namespace, "owned") if p.status.phase == "Running"), None),
-        timeout_s=60, what="the owned Job's pod to run")
+        timeout_s=60,
+        what="the owned Job's pod to run",
+    )
 
     core.delete_namespaced_config_map("owner", namespace, propagation_policy="Background")
 
-    waits.wait_for_deleted(lambda: batch.read_namespaced_job("owned", namespace),
-                           timeout_s=60, what="the garbage collector to delete the owned Job")
-    waits.wait_for_deleted(lambda: core.read_namespaced_pod(pod.metadata.name, namespace),
-                           timeout_s=60, what="the owned Job's pod to be deleted")
+    waits.wait_for_deleted(
+        lambda: batch.read_namespaced_job("owned", namespace),
+        timeout_s=60,
+        what="the garbage collector to delete the owned Job",
+    )
+    waits.wait_for_deleted(
+        lambda: core.read_namespaced_pod(pod.metadata.name, namespace),
+        timeout_s=60,
+        what="the owned Job's pod to be deleted",
+    )
     assert waits.job_pods(core, namespace, "owned") == []
 
 
@@ -99,7 +108,9 @@ def test_deleting_owner_garbage_collects_owned_job_and_its_pod(batch, core, name
 def _assert_stays_pending(core: k8s_client.CoreV1Api, namespace: str, name: str) -> k8s_client.V1Pod:
     scheduled = waits.wait_until(
         lambda: _pod_scheduled_condition(core.read_namespaced_pod(name, namespace)),
-        timeout_s=30, what=f"PodScheduled condition on {name}")
+        timeout_s=30,
+        what=f"PodScheduled condition on {name}",
+    )
     time.sleep(2)  # the node agent retries on every change; give it time to (wrongly) bind
     pod = core.read_namespaced_pod(name, namespace)
     assert scheduled.status == "False" and scheduled.reason == "Unschedulable"
@@ -128,8 +139,11 @@ def test_taint_keeps_intolerant_pods_off_and_lets_tolerant_pods_on(core, namespa
     core.create_namespaced_pod(namespace, manifests.python_pod("intolerant", "print(1)"))
     core.create_namespaced_pod(namespace, manifests.python_pod("tolerant", "print(1)", tolerations=[toleration]))
 
-    waits.wait_until(lambda: core.read_namespaced_pod("tolerant", namespace).status.phase == "Succeeded",
-                     timeout_s=60, what="the tolerant pod to succeed")
+    waits.wait_until(
+        lambda: core.read_namespaced_pod("tolerant", namespace).status.phase == "Succeeded",
+        timeout_s=60,
+        what="the tolerant pod to succeed",
+    )
     _assert_stays_pending(core, namespace, "intolerant")
 
 
@@ -156,8 +170,7 @@ def test_node_is_ready_with_gpu_allocatable(core, node_agent):
 
 
 def test_pod_env_from_secret_configmap_and_downward_api_and_termination_message(core, namespace, node_agent):
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "store"},
-                                              "stringData": {"secret-key": "s3cr3t"}})
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "store"}, "stringData": {"secret-key": "s3cr3t"}})
     core.create_namespaced_config_map(namespace, {"metadata": {"name": "settings"}, "data": {"level": "debug"}})
     code = (
         "import json, os\n"
@@ -177,19 +190,29 @@ def test_pod_env_from_secret_configmap_and_downward_api_and_termination_message(
             {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
             {"name": "GREETING", "value": "hello $(POD)"},
-        ])
+        ],
+    )
     core.create_namespaced_pod(namespace, body)
 
     pod = waits.wait_until(
         lambda: (p := core.read_namespaced_pod("env", namespace)).status.phase in ("Succeeded", "Failed") and p,
-        timeout_s=60, what="the env pod to finish")
+        timeout_s=60,
+        what="the env pod to finish",
+    )
 
     terminated = pod.status.container_statuses[0].state.terminated
     assert pod.status.phase == "Succeeded", node_agent.container_log(namespace, "env")
     assert terminated.reason == "Completed"
     assert json.loads(terminated.message) == {
-        "SECRET": "s3cr3t", "LEVEL": "debug", "POD": "env", "NS": namespace, "IP": "127.0.0.1",
-        "NODE": node_agent.config.name, "GREETING": "hello env", "tmp_is_volume": True}
+        "SECRET": "s3cr3t",
+        "LEVEL": "debug",
+        "POD": "env",
+        "NS": namespace,
+        "IP": "127.0.0.1",
+        "NODE": node_agent.config.name,
+        "GREETING": "hello env",
+        "tmp_is_volume": True,
+    }
 
 
 def test_pod_gets_a_real_service_account_token_in_its_projected_volume(core, namespace, node_agent):
@@ -212,7 +235,9 @@ def test_pod_gets_a_real_service_account_token_in_its_projected_volume(core, nam
 
     pod = waits.wait_until(
         lambda: (p := core.read_namespaced_pod("whoami", namespace)).status.phase in ("Succeeded", "Failed") and p,
-        timeout_s=60, what="the whoami pod to finish")
+        timeout_s=60,
+        what="the whoami pod to finish",
+    )
 
     assert pod.status.phase == "Succeeded", node_agent.container_log(namespace, "whoami")
     message = pod.status.container_statuses[0].state.terminated.message
@@ -226,15 +251,19 @@ def test_deleting_a_running_pod_kills_its_process(core, namespace, node_agent, o
     handler = "lambda *a: sys.exit(0)" if obeys_sigterm else "signal.SIG_IGN"
     code = f"import os, signal, sys, time\nsignal.signal(signal.SIGTERM, {handler})\nprint(os.getpid(), flush=True)\ntime.sleep(600)\n"
     core.create_namespaced_pod(namespace, manifests.python_pod("victim", code))
-    pid = waits.wait_until(lambda: (log := node_agent.container_log(namespace, "victim").strip()) and int(log.split()[0]),
-                           timeout_s=60, what="the victim to print its pid")
+    pid = waits.wait_until(
+        lambda: (log := node_agent.container_log(namespace, "victim").strip()) and int(log.split()[0]),
+        timeout_s=60,
+        what="the victim to print its pid",
+    )
     assert _alive(pid)
     grace_s = 5
     started = time.monotonic()
     core.delete_namespaced_pod("victim", namespace, grace_period_seconds=grace_s)
 
-    waits.wait_for_deleted(lambda: core.read_namespaced_pod("victim", namespace),
-                           timeout_s=30, what="the deleted pod to disappear")
+    waits.wait_for_deleted(
+        lambda: core.read_namespaced_pod("victim", namespace), timeout_s=30, what="the deleted pod to disappear"
+    )
     assert not _alive(pid), f"pid {pid} outlived its pod"
     elapsed = time.monotonic() - started
     if obeys_sigterm:
@@ -246,16 +275,26 @@ def test_deleting_a_running_pod_kills_its_process(core, namespace, node_agent, o
 def test_deployment_rolls_out_a_running_ready_pod(control_plane, core, namespace, node_agent):
     apps = k8s_client.AppsV1Api(control_plane.api_client())
     labels = {"app": "sleeper"}
-    apps.create_namespaced_deployment(namespace, {
-        "metadata": {"name": "sleeper"},
-        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
-            "metadata": {"labels": labels},
-            "spec": {"containers": [manifests.python_container("import time; time.sleep(600)")]}}},
-    })
+    apps.create_namespaced_deployment(
+        namespace,
+        {
+            "metadata": {"name": "sleeper"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [manifests.python_container("import time; time.sleep(600)")]},
+                },
+            },
+        },
+    )
 
     deployment = waits.wait_until(
         lambda: (d := apps.read_namespaced_deployment("sleeper", namespace)).status.available_replicas == 1 and d,
-        timeout_s=90, what="the Deployment to have one available replica")
+        timeout_s=90,
+        what="the Deployment to have one available replica",
+    )
 
     pods = core.list_namespaced_pod(namespace, label_selector="app=sleeper").items
     assert deployment.status.ready_replicas == 1
@@ -292,7 +331,9 @@ def test_standalone_harness_starts_under_60s_and_leaves_no_process_behind(tmp_pa
     result = subprocess.run(
         [sys.executable, "-m", "harness.standalone", str(tmp_path)],
         env={**os.environ, "PYTHONPATH": str(TESTS_DIR), procs.RUN_MARKER_ENV: marker},
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
@@ -313,7 +354,11 @@ def test_missing_binary_fails_with_build_hint_instead_of_skipping(tmp_path):
 
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(probe)],
-        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
 
     assert result.returncode != 0
@@ -325,11 +370,11 @@ def test_missing_binary_fails_with_build_hint_instead_of_skipping(tmp_path):
 def test_helm_at_the_pinned_version_installs_a_chart_into_the_control_plane(helm, core, namespace, tmp_path):
     chart = tmp_path / "probe"
     (chart / "templates").mkdir(parents=True)
-    (chart / "Chart.yaml").write_text(
-        "apiVersion: v2\nname: probe\nversion: 0.1.0\nkubeVersion: '>=1.30.0-0'\n")
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: probe\nversion: 0.1.0\nkubeVersion: '>=1.30.0-0'\n")
     (chart / "templates" / "configmap.yaml").write_text(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-probe\n"
-        "data:\n  kube: {{ .Capabilities.KubeVersion.Version | quote }}\n")
+        "data:\n  kube: {{ .Capabilities.KubeVersion.Version | quote }}\n"
+    )
 
     version = helm("version", "--short").stdout
     helm("install", "rel", str(chart), "--namespace", namespace, "--wait", "--timeout", "60s")

@@ -16,22 +16,32 @@ import pathlib
 import subprocess
 
 import pytest
-
-from epnas.store import open_store
-from epnas.task import load_result
 from harness import rootfs
 from harness.minio import MinioServer
 
-ARCH = {"space": "image-layer", "layers": [
-    {"op": "conv2d", "src1": 0, "channels": 8, "width": 3, "activation": "relu"},
-    {"op": "maxpool", "src1": 1, "width": 2},
-]}
+from epnas.store import open_store
+from epnas.task import load_result
+
+ARCH = {
+    "space": "image-layer",
+    "layers": [
+        {"op": "conv2d", "src1": 0, "channels": 8, "width": 3, "activation": "relu"},
+        {"op": "maxpool", "src1": 1, "width": 2},
+    ],
+}
 TERMINATION_LOG = "/dev/termination-log"
 
 
-def run_in_image(ref: str, args: list[str] | None, tmp_path: pathlib.Path, *, env: dict[str, str] | None = None,
-                 command: list[str] | None = None, mounts: tuple[rootfs.Mount, ...] = (),
-                 timeout_s: float = 300) -> tuple[int, str, str]:
+def run_in_image(
+    ref: str,
+    args: list[str] | None,
+    tmp_path: pathlib.Path,
+    *,
+    env: dict[str, str] | None = None,
+    command: list[str] | None = None,
+    mounts: tuple[rootfs.Mount, ...] = (),
+    timeout_s: float = 300,
+) -> tuple[int, str, str]:
     """Run the image as a restricted pod would: its USER, read-only root, an emptyDir at /tmp,
     a termination-message file; → (exit code, output, termination message)."""
     config = rootfs.image_config(ref)
@@ -45,10 +55,18 @@ def run_in_image(ref: str, args: list[str] | None, tmp_path: pathlib.Path, *, en
     log = tmp_path / "output.log"
     with open(log, "wb") as out:
         process = rootfs.launch(
-            rootfs.image_rootfs(ref), config.argv(command, args), env={**config.env, **(env or {})},
-            state_dir=tmp_path / "state", mounts=(rootfs.Mount("/tmp", empty_dir), *mounts),
-            workdir=config.workdir, uid=uid, gid=gid, read_only_root=True,
-            termination_log=(TERMINATION_LOG, message), stdout=out)
+            rootfs.image_rootfs(ref),
+            config.argv(command, args),
+            env={**config.env, **(env or {})},
+            state_dir=tmp_path / "state",
+            mounts=(rootfs.Mount("/tmp", empty_dir), *mounts),
+            workdir=config.workdir,
+            uid=uid,
+            gid=gid,
+            read_only_root=True,
+            termination_log=(TERMINATION_LOG, message),
+            stdout=out,
+        )
         try:
             code = process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -86,8 +104,12 @@ def test_image_runs_as_numeric_non_root_and_needs_no_writable_root(images, name,
 
 
 def s3_env(server: MinioServer) -> dict[str, str]:
-    return {"AWS_ACCESS_KEY_ID": server.root_user, "AWS_SECRET_ACCESS_KEY": server.root_password,
-            "AWS_REGION": server.region, "EPNAS_S3_ENDPOINT": server.endpoint}
+    return {
+        "AWS_ACCESS_KEY_ID": server.root_user,
+        "AWS_SECRET_ACCESS_KEY": server.root_password,
+        "AWS_REGION": server.region,
+        "EPNAS_S3_ENDPOINT": server.endpoint,
+    }
 
 
 def test_trainer_image_trains_a_child_against_minio(images, minio, bucket, tmp_path, monkeypatch):
@@ -95,16 +117,36 @@ def test_trainer_image_trains_a_child_against_minio(images, minio, bucket, tmp_p
         monkeypatch.setenv(key, value)
     root = f"s3://{bucket}/runs/s1"
     store = open_store(root)
-    store.put_json("children/e000-s00-c00/arch.json", {
-        "apiVersion": "epnas.io/v1alpha1", "kind": "ChildTask", "search": "s1", "child": "e000-s00-c00",
-        "arch": ARCH, "dataset": {"kind": "synthetic", "inputShape": [1, 8, 8], "options": {"samples": 120}},
-        "training": {"regime": "prediction", "epochs": 1, "batchSize": 64}, "seed": 1, "weights": "weights/"})
+    store.put_json(
+        "children/e000-s00-c00/arch.json",
+        {
+            "apiVersion": "epnas.io/v1alpha1",
+            "kind": "ChildTask",
+            "search": "s1",
+            "child": "e000-s00-c00",
+            "arch": ARCH,
+            "dataset": {"kind": "synthetic", "inputShape": [1, 8, 8], "options": {"samples": 120}},
+            "training": {"regime": "prediction", "epochs": 1, "batchSize": 64},
+            "seed": 1,
+            "weights": "weights/",
+        },
+    )
 
     code, output, message = run_in_image(
         images["trainer"],
-        ["--arch", f"{root}/children/e000-s00-c00/arch.json", "--out", f"{root}/children/e000-s00-c00",
-         "--device", "cpu", "--termination-log", TERMINATION_LOG],
-        tmp_path, env={**s3_env(minio), "EPNAS_TRAINER_THREADS": "1"})
+        [
+            "--arch",
+            f"{root}/children/e000-s00-c00/arch.json",
+            "--out",
+            f"{root}/children/e000-s00-c00",
+            "--device",
+            "cpu",
+            "--termination-log",
+            TERMINATION_LOG,
+        ],
+        tmp_path,
+        env={**s3_env(minio), "EPNAS_TRAINER_THREADS": "1"},
+    )
 
     assert code == 0, output
     result = load_result(store.get_bytes("children/e000-s00-c00/result.json"))
@@ -115,8 +157,11 @@ def test_trainer_image_trains_a_child_against_minio(images, minio, bucket, tmp_p
 
 def test_trainer_image_refuses_a_bad_endpoint_with_exit_2(images, tmp_path):
     code, output, message = run_in_image(
-        images["trainer"], ["--arch", "s3://b/a.json", "--out", "s3://b/out", "--endpoint", "not a url"], tmp_path,
-        env={"EPNAS_TERMINATION_LOG": TERMINATION_LOG})  # as the child Job sets it
+        images["trainer"],
+        ["--arch", "s3://b/a.json", "--out", "s3://b/out", "--endpoint", "not a url"],
+        tmp_path,
+        env={"EPNAS_TERMINATION_LOG": TERMINATION_LOG},
+    )  # as the child Job sets it
 
     assert code == 2, output
     summary = json.loads(message)

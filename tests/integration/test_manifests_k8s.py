@@ -20,9 +20,14 @@ MANIFESTS = REPO / "manifests"
 
 @pytest.fixture
 def restricted(control_plane, namespace) -> str:
-    control_plane.kubectl("label", "namespace", namespace, "--overwrite",
-                          "pod-security.kubernetes.io/enforce=restricted",
-                          "pod-security.kubernetes.io/warn=restricted")
+    control_plane.kubectl(
+        "label",
+        "namespace",
+        namespace,
+        "--overwrite",
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/warn=restricted",
+    )
     return namespace
 
 
@@ -42,8 +47,9 @@ def into_namespace(text: str, namespace: str) -> tuple[str, list[str]]:
 
 
 def dry_run(control_plane, namespace: str, text: str) -> str:
-    result = control_plane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
-                                   input_text=text, check=False)
+    result = control_plane.kubectl(
+        "apply", "--dry-run=server", "-n", namespace, "-f", "-", input_text=text, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert "PodSecurity" not in result.stderr, result.stderr
     return result.stdout
@@ -53,7 +59,6 @@ def test_controller_kustomization_passes_server_dry_run(control_plane, restricte
     rendered = control_plane.kubectl("kustomize", str(MANIFESTS / "controller")).stdout
     text, kinds = into_namespace(rendered, restricted)
 
-
     dry_run(control_plane, restricted, text)
 
     assert sorted(kinds) == ["Deployment", "Service"]
@@ -62,8 +67,12 @@ def test_controller_kustomization_passes_server_dry_run(control_plane, restricte
 def test_minio_dev_passes_server_dry_run_and_pins_images(control_plane, restricted):
     source = (MANIFESTS / "minio-dev.yaml").read_text()
     text, kinds = into_namespace(source, restricted)
-    images = [c["image"] for doc in yaml.safe_load_all(source) if doc and doc["kind"] in ("Deployment", "Job")
-              for c in doc["spec"]["template"]["spec"]["containers"]]
+    images = [
+        c["image"]
+        for doc in yaml.safe_load_all(source)
+        if doc and doc["kind"] in ("Deployment", "Job")
+        for c in doc["spec"]["template"]["spec"]["containers"]
+    ]
 
     dry_run(control_plane, restricted, text)
 
@@ -101,15 +110,25 @@ def test_whole_manifests_kustomization_passes_server_dry_run(control_plane, epna
 
     dry_run(control_plane, restricted, text)
 
-    assert {"CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-            "Deployment", "Service"} <= set(kinds)
+    assert {
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "Service",
+    } <= set(kinds)
 
 
 def test_controller_deployment_runs_as_the_rbac_service_account():
     deployment = yaml.safe_load((MANIFESTS / "controller" / "deployment.yaml").read_text())
-    accounts = [doc for doc in yaml.safe_load_all((MANIFESTS / "rbac.yaml").read_text())
-                if doc and doc["kind"] == "ServiceAccount"]
+    accounts = [
+        doc
+        for doc in yaml.safe_load_all((MANIFESTS / "rbac.yaml").read_text())
+        if doc and doc["kind"] == "ServiceAccount"
+    ]
     namespace = yaml.safe_load((MANIFESTS / "controller" / "kustomization.yaml").read_text())["namespace"]
 
     assert [(a["metadata"]["name"], a["metadata"]["namespace"]) for a in accounts] == [
-        (deployment["spec"]["template"]["spec"]["serviceAccountName"], namespace)]
+        (deployment["spec"]["template"]["spec"]["serviceAccountName"], namespace)
+    ]

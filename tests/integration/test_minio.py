@@ -14,8 +14,7 @@ def test_put_get_list_round_trip(minio, bucket):
     top = s3.list_objects_v2(Bucket=bucket, Delimiter="/")
 
     assert body == b'{"layers": [1]}'
-    assert sorted(item["Key"] for item in listed["Contents"]) == [
-        "children/c0/arch.json", "children/c1/arch.json"]
+    assert sorted(item["Key"] for item in listed["Contents"]) == ["children/c0/arch.json", "children/c1/arch.json"]
     assert [prefix["Prefix"] for prefix in top["CommonPrefixes"]] == ["children/"]
     assert [item["Key"] for item in top["Contents"]] == ["search.yaml"]
 
@@ -31,8 +30,13 @@ def test_wrong_credentials_are_refused(minio, bucket):
     import botocore.exceptions
     import pytest
 
-    intruder = boto3.client("s3", endpoint_url=minio.endpoint, aws_access_key_id="nobody",
-                            aws_secret_access_key="wrong-password", region_name=minio.region)
+    intruder = boto3.client(
+        "s3",
+        endpoint_url=minio.endpoint,
+        aws_access_key_id="nobody",
+        aws_secret_access_key="wrong-password",
+        region_name=minio.region,
+    )
     with pytest.raises(botocore.exceptions.ClientError) as raised:
         intruder.list_objects_v2(Bucket=bucket)
     assert raised.value.response["Error"]["Code"] in ("InvalidAccessKeyId", "AccessDenied")

@@ -19,7 +19,18 @@ CHILDREN = 12  # 2 episodes × 2 steps × 3 branches
 
 def search_cmd(store: pathlib.Path) -> list[str]:
     trainer = f"{sys.executable} {HERE / 'counting_trainer.py'}"
-    return [*EPNAS, "search", str(TINY), "--store", store.as_uri(), "--parallelism", "2", "--quiet", "--trainer-command", trainer]
+    return [
+        *EPNAS,
+        "search",
+        str(TINY),
+        "--store",
+        store.as_uri(),
+        "--parallelism",
+        "2",
+        "--quiet",
+        "--trainer-command",
+        trainer,
+    ]
 
 
 def env(log: pathlib.Path) -> dict[str, str]:
@@ -45,7 +56,9 @@ def test_tiny_search_finishes_and_reports_the_best(tmp_path) -> None:
     assert len(trained) == len(set(trained)) == summary["children"]["succeeded"]
     assert summary["best"]["valAccuracy"] > 0.25  # 4 classes: better than chance
     assert "tiny-synthetic" in done.stdout and "Artifacts:" in done.stdout
-    status = subprocess.run([*EPNAS, "status", str(tmp_path / "store" / "tiny-synthetic")], capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [*EPNAS, "status", str(tmp_path / "store" / "tiny-synthetic")], capture_output=True, text=True, timeout=60
+    )
     assert status.returncode == 0 and "Succeeded" in status.stdout
     index = json.loads((tmp_path / "store" / "tiny-synthetic" / "weights" / "index.json").read_text())
     assert index["tensors"], "the shared weight dictionary was merged"
@@ -53,7 +66,9 @@ def test_tiny_search_finishes_and_reports_the_best(tmp_path) -> None:
 
 def test_sigkill_mid_step_then_rerun_trains_no_child_twice(tmp_path) -> None:
     store, log = tmp_path / "store", tmp_path / "trained.log"
-    proc = subprocess.Popen(search_cmd(store), env=env(log), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        search_cmd(store), env=env(log), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     deadline = time.monotonic() + 300
     while len(results(store)) < 4 and time.monotonic() < deadline:  # step 0 done, step 1 under way
         assert proc.poll() is None, proc.stderr.read().decode()
@@ -76,8 +91,15 @@ def test_sigkill_mid_step_then_rerun_trains_no_child_twice(tmp_path) -> None:
 
 def test_a_bad_search_file_exits_2_listing_every_problem(tmp_path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(TINY.read_text().replace("episodes: 2", "episodes: 0").replace("max: 20000", "max: -1").replace("image-layer", "image-layers"))
-    done = subprocess.run([*EPNAS, "search", str(bad), "--store", (tmp_path / "s").as_uri()], capture_output=True, text=True, timeout=60)
+    bad.write_text(
+        TINY.read_text()
+        .replace("episodes: 2", "episodes: 0")
+        .replace("max: 20000", "max: -1")
+        .replace("image-layer", "image-layers")
+    )
+    done = subprocess.run(
+        [*EPNAS, "search", str(bad), "--store", (tmp_path / "s").as_uri()], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 2
     for path in ("spec.budget.episodes", "spec.constraints[0].max", "spec.searchSpace"):
         assert path in done.stderr
@@ -88,15 +110,29 @@ def test_a_search_whose_children_all_fail_exits_1_and_says_why(tmp_path) -> None
     """Warm workers and the real trainer: every child needs a dataset file that is not there."""
     broken = tmp_path / "broken.yaml"
     missing = tmp_path / "no-such-data.npz"
-    broken.write_text(TINY.read_text().replace("kind: synthetic", f"kind: npz\n    uri: {missing}").replace("    options: {samples: 256}\n", ""))
+    broken.write_text(
+        TINY.read_text()
+        .replace("kind: synthetic", f"kind: npz\n    uri: {missing}")
+        .replace("    options: {samples: 256}\n", "")
+    )
     store = tmp_path / "store"
-    done = subprocess.run([*EPNAS, "search", str(broken), "--store", store.as_uri(), "--parallelism", "2", "--quiet"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*EPNAS, "search", str(broken), "--store", store.as_uri(), "--parallelism", "2", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "search tiny-synthetic failed: every child of episode 0 step 0 failed" in done.stderr
     assert "InvalidInput" in done.stderr and "no-such-data.npz" in done.stderr
     summary = json.loads((store / "tiny-synthetic" / "state" / "summary.json").read_text())
-    assert summary["phase"] == "Failed" and summary["children"] == {"total": 3, "succeeded": 0, "cached": 0, "failed": 3, "trained": 3}
+    assert summary["phase"] == "Failed" and summary["children"] == {
+        "total": 3,
+        "succeeded": 0,
+        "cached": 0,
+        "failed": 3,
+        "trained": 3,
+    }
     assert "Succeeded" not in done.stdout
 
 
@@ -114,7 +150,9 @@ def test_raising_the_budget_extends_a_finished_search_and_other_changes_are_name
     assert "extending search 'tiny-synthetic': spec.budget.episodes changed" in again.stderr
     summary = json.loads((store / "tiny-synthetic" / "state" / "summary.json").read_text())
     assert summary["phase"] == "Succeeded" and summary["children"]["total"] == CHILDREN and summary["episode"] == 2
-    assert {p.parent.name: p.stat().st_mtime_ns for p in results(store) if p.parent.name in done} == done  # nothing retrained
+    assert {
+        p.parent.name: p.stat().st_mtime_ns for p in results(store) if p.parent.name in done
+    } == done  # nothing retrained
     changed = tmp_path / "changed.yaml"
     changed.write_text(TINY.read_text().replace("seed: 4", "seed: 5").replace("max: 20000", "max: 30000"))
     refused = subprocess.run(cmd(changed), capture_output=True, text=True, timeout=300)
@@ -129,8 +167,12 @@ def test_a_search_whose_training_diverges_fails_with_that_reason(tmp_path) -> No
     diverging.write_text(TINY.read_text().replace("lr: 0.1}", "lr: 1.0e+30}"))
     assert "lr: 1.0e+30" in diverging.read_text()
     store = tmp_path / "store"
-    done = subprocess.run([*EPNAS, "search", str(diverging), "--store", store.as_uri(), "--parallelism", "2", "--quiet"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*EPNAS, "search", str(diverging), "--store", store.as_uri(), "--parallelism", "2", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "every child of episode 0 step 0 failed" in done.stderr and "Diverged" in done.stderr
     assert "diverged: training loss" in done.stderr

@@ -17,24 +17,31 @@ import threading
 import time
 
 import pytest
-
-from epnas.store import StoreError, open_store
-from epnas.task import load_result
-from epnas.weights import merge, read_index
 from harness import binaries
 from harness.controlplane import _http_ok
 from harness.minio import MinioServer
 
+from epnas.store import StoreError, open_store
+from epnas.task import load_result
+from epnas.weights import merge, read_index
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
-ARCH = {"space": "image-layer", "layers": [
-    {"op": "conv2d", "src1": 0, "channels": 16, "width": 3, "activation": "relu"},
-    {"op": "maxpool", "src1": 1, "width": 2},
-]}
+ARCH = {
+    "space": "image-layer",
+    "layers": [
+        {"op": "conv2d", "src1": 0, "channels": 16, "width": 3, "activation": "relu"},
+        {"op": "maxpool", "src1": 1, "width": 2},
+    ],
+}
 
 
 def s3_env(server: MinioServer) -> dict[str, str]:
-    return {"AWS_ACCESS_KEY_ID": server.root_user, "AWS_SECRET_ACCESS_KEY": server.root_password,
-            "AWS_REGION": server.region, "EPNAS_S3_ENDPOINT": server.endpoint}
+    return {
+        "AWS_ACCESS_KEY_ID": server.root_user,
+        "AWS_SECRET_ACCESS_KEY": server.root_password,
+        "AWS_REGION": server.region,
+        "EPNAS_S3_ENDPOINT": server.endpoint,
+    }
 
 
 @pytest.fixture()
@@ -45,15 +52,29 @@ def s3_credentials(minio, monkeypatch):
 
 
 def task_doc(child: str) -> dict:
-    return {"apiVersion": "epnas.io/v1alpha1", "kind": "ChildTask", "search": "s1", "child": child, "arch": ARCH,
-            "dataset": {"kind": "synthetic", "inputShape": [1, 8, 8], "options": {"samples": 120}},
-            "training": {"regime": "prediction", "epochs": 2, "batchSize": 64}, "seed": 1, "weights": "weights/"}
+    return {
+        "apiVersion": "epnas.io/v1alpha1",
+        "kind": "ChildTask",
+        "search": "s1",
+        "child": child,
+        "arch": ARCH,
+        "dataset": {"kind": "synthetic", "inputShape": [1, 8, 8], "options": {"samples": 120}},
+        "training": {"regime": "prediction", "epochs": 2, "batchSize": 64},
+        "seed": 1,
+        "weights": "weights/",
+    }
 
 
 def run_trainer(server: MinioServer, arch_uri: str, out_uri: str) -> subprocess.CompletedProcess:
     env = {**os.environ, **s3_env(server), "EPNAS_TRAINER_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "child_trainer", "--arch", arch_uri, "--out", out_uri, "--device", "cpu"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "child_trainer", "--arch", arch_uri, "--out", out_uri, "--device", "cpu"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_trainer_weights_and_results_round_trip_through_s3(s3_credentials, bucket):
@@ -78,7 +99,10 @@ def test_trainer_weights_and_results_round_trip_through_s3(s3_credentials, bucke
     second = load_result(store.get_bytes("children/e000-s01-c00/result.json"))
     assert second.inherited_fraction == 1.0
     assert sorted(store.list("children/")) == sorted(
-        f"children/{c}/{f}" for c in ("e000-s00-c00", "e000-s01-c00") for f in ("arch.json", "result.json", "weights.safetensors"))
+        f"children/{c}/{f}"
+        for c in ("e000-s00-c00", "e000-s01-c00")
+        for f in ("arch.json", "result.json", "weights.safetensors")
+    )
 
 
 def test_invalid_task_on_s3_exits_2_without_result(s3_credentials, bucket):

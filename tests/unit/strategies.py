@@ -30,4 +30,8 @@ def actions(space_name: str) -> st.SearchStrategy[Action]:
 
 def starts(space_name: str) -> st.SearchStrategy[Arch]:
     """A random starting architecture of 1 to 6 layers (or branches)."""
-    return st.builds(lambda seed, depth: random_arch(space_name, depth, random.Random(seed)), st.integers(0, 2**32 - 1), st.integers(1, 6))
+    return st.builds(
+        lambda seed, depth: random_arch(space_name, depth, random.Random(seed)),
+        st.integers(0, 2**32 - 1),
+        st.integers(1, 6),
+    )

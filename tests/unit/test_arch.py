@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from epnas.arch import parse_arch, random_arch, output_shape, trace_layers, with_channel_factor
+from epnas.arch import output_shape, parse_arch, random_arch, trace_layers, with_channel_factor
 from epnas.errors import SpecError
 from epnas.space import SPACES
 
@@ -23,7 +23,12 @@ def layers(*items: dict) -> dict:
         ("unknown op", layers({**CONV, "op": "conv9d"}), "layers[0].op", "unknown op 'conv9d'"),
         ("src1 out of range", layers(CONV, {**CONV, "src1": 5}), "layers[1].src1", "5 out of range 0..1"),
         ("src2 out of range", layers(CONV, {**CONV, "src1": 1, "src2": 2}), "layers[1].src2", "out of range"),
-        ("missing field", layers({"op": "conv2d", "src1": 0, "width": 3, "activation": "relu"}), "layers[0].channels", "required for op conv2d"),
+        (
+            "missing field",
+            layers({"op": "conv2d", "src1": 0, "width": 3, "activation": "relu"}),
+            "layers[0].channels",
+            "required for op conv2d",
+        ),
         ("negative channels", layers({**CONV, "channels": -4}), "layers[0].channels", "must be positive"),
         ("unknown activation", layers({**CONV, "activation": "gelu"}), "layers[0].activation", "unknown activation"),
         ("missing src1", layers({"op": "add"}), "layers[0].src1", "Field required"),
@@ -32,9 +37,30 @@ def layers(*items: dict) -> dict:
         ("no layers", {"space": "image-layer", "layers": []}, "layers", "needs 1 to 32 layers"),
         ("unknown space", {"space": "audio", "layers": [CONV]}, "space", "unknown search space"),
         ("cell in a layer space", {"space": "image-layer", "cell": {"branches": []}}, "layers", "needs 'layers'"),
-        ("unknown branch", {"space": "image-module", "cell": {"branches": [{"type": "conv-gru", "src1": 0, "channels": 8, "width": 3}]}}, "cell.branches[0].type", "unknown branch type"),
-        ("branch without src2", {"space": "image-module", "cell": {"branches": [{"type": "conv-conv", "src1": 0, "channels": 8, "width": 3}]}}, "cell.branches[0].src2", "required"),
-        ("gru directions", {"space": "kws-layer", "layers": [{"op": "gru", "src1": 0, "channels": 8, "directions": 3}]}, "layers[0].directions", "1 or 2"),
+        (
+            "unknown branch",
+            {
+                "space": "image-module",
+                "cell": {"branches": [{"type": "conv-gru", "src1": 0, "channels": 8, "width": 3}]},
+            },
+            "cell.branches[0].type",
+            "unknown branch type",
+        ),
+        (
+            "branch without src2",
+            {
+                "space": "image-module",
+                "cell": {"branches": [{"type": "conv-conv", "src1": 0, "channels": 8, "width": 3}]},
+            },
+            "cell.branches[0].src2",
+            "required",
+        ),
+        (
+            "gru directions",
+            {"space": "kws-layer", "layers": [{"op": "gru", "src1": 0, "channels": 8, "directions": 3}]},
+            "layers[0].directions",
+            "1 or 2",
+        ),
         ("not json", "{layers: ", "arch", "not valid JSON"),
     ],
 )
@@ -84,7 +110,16 @@ def test_kws_conv_gru_fc_shapes() -> None:
         {
             "space": "kws-layer",
             "layers": [
-                {"op": "conv2d", "src1": 0, "channels": 12, "width": 4, "freq_width": 10, "stride_time": 2, "stride_freq": 4, "activation": "relu"},
+                {
+                    "op": "conv2d",
+                    "src1": 0,
+                    "channels": 12,
+                    "width": 4,
+                    "freq_width": 10,
+                    "stride_time": 2,
+                    "stride_freq": 4,
+                    "activation": "relu",
+                },
                 {"op": "gru", "src1": 1, "channels": 32, "directions": 2},
                 {"op": "fc", "src1": 2, "channels": 16, "activation": "relu"},
             ],

@@ -21,8 +21,25 @@ def bench():
 
 @pytest.mark.parametrize("precision, resolved", [("auto", "fp32"), ("fp16", "fp16")])
 def test_the_benchmark_runs_on_cpu_and_reports_both_rows(bench, capsys, precision, resolved):
-    argv = ["--device", "cpu", "--json", "--precision", precision, "--batch", "8", "--steps", "2", "--repeats", "2",
-            "--warmup", "1", "--width", "4", "--threads", "1"]
+    argv = [
+        "--device",
+        "cpu",
+        "--json",
+        "--precision",
+        precision,
+        "--batch",
+        "8",
+        "--steps",
+        "2",
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+        "--width",
+        "4",
+        "--threads",
+        "1",
+    ]
     assert bench.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["device"] == "cpu" and report["precision"] == resolved and report["channels_last"] is False
@@ -33,6 +50,26 @@ def test_the_benchmark_runs_on_cpu_and_reports_both_rows(bench, capsys, precisio
 
 
 def test_the_table_output(bench, capsys):
-    assert bench.main(["--device", "cpu", "--batch", "4", "--steps", "1", "--repeats", "1", "--warmup", "0", "--width", "4", "--threads", "1"]) == 0
+    assert (
+        bench.main(
+            [
+                "--device",
+                "cpu",
+                "--batch",
+                "4",
+                "--steps",
+                "1",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "--width",
+                "4",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "trainer" in out and "hand-written AMP" in out and "images/s" in out and "ratio" in out

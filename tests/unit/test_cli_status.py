@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from epnas.cli import main
 from epnas.search import SearchLoop
 from epnas.store import open_store
+
 from .test_search import ToyExecutor, search_doc
 
 

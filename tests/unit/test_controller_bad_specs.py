@@ -28,9 +28,12 @@ def deep(depth: int, leaf=1):
 
 
 def search(options) -> dict:
-    return {"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch",
-            "metadata": {"name": "deep", "namespace": "ns", "uid": "u-1", "generation": 1},
-            "spec": {"dataset": {"kind": "synthetic", "options": {"n": options}}, "store": {"uri": "s3://b/x"}}}
+    return {
+        "apiVersion": "epnas.io/v1alpha1",
+        "kind": "ArchitectureSearch",
+        "metadata": {"name": "deep", "namespace": "ns", "uid": "u-1", "generation": 1},
+        "spec": {"dataset": {"kind": "synthetic", "options": {"n": options}}, "store": {"uri": "s3://b/x"}},
+    }
 
 
 @pytest.fixture
@@ -101,7 +104,9 @@ class Response:
 def test_the_watch_decodes_an_object_10000_levels_deep(recursion_limit):
     """Before ``allow_deep_objects`` such an event broke the watch, which resumed from the same
     version and broke again, forever: no other search's event got through."""
-    line = json.dumps({"type": "ADDED", "object": search("NESTED")}).replace('"NESTED"', '{"a": ' * 10_000 + "1" + "}" * 10_000)
+    line = json.dumps({"type": "ADDED", "object": search("NESTED")}).replace(
+        '"NESTED"', '{"a": ' * 10_000 + "1" + "}" * 10_000
+    )
     kube = Kube.__new__(Kube)
     kube.on_error = lambda verb: None
     allow_deep_objects()
@@ -133,12 +138,15 @@ def test_job_names_stay_dns_labels_for_any_budget_a_search_can_have():
     from epnas.spec import parse_search
 
     assert job_name_problem(parse_search(named("n" * 40, episodes=1000, stepsPerEpisode=100, branches=512))) is None
-    assert job_name_problem(parse_search(named("n" * 40, episodes=10**6, stepsPerEpisode=1000, branches=512))).startswith(
-        "with this spec.budget its Job names reach 64 characters (" + "n" * 40 + "-final-e999999-s999-c511)")
+    assert job_name_problem(
+        parse_search(named("n" * 40, episodes=10**6, stepsPerEpisode=1000, branches=512))
+    ).startswith("with this spec.budget its Job names reach 64 characters (" + "n" * 40 + "-final-e999999-s999-c511)")
     assert job_name_problem(parse_search(named("n" * 39, episodes=10**6, stepsPerEpisode=1000, branches=512))) is None
 
     kube = StatusKube()
-    SearchRunner(named("n" * 40, episodes=10**6, stepsPerEpisode=1000, branches=512), kube=kube, metrics=Metrics())._main()
+    SearchRunner(
+        named("n" * 40, episodes=10**6, stepsPerEpisode=1000, branches=512), kube=kube, metrics=Metrics()
+    )._main()
     status = kube.patches[-1]
     assert status["phase"] == "Failed" and status["reason"] == "InvalidSpec"
     assert status["message"].startswith("metadata.name: with this spec.budget its Job names reach 64 characters")

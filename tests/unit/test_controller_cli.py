@@ -11,11 +11,23 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_epnas_controller_execs_the_controller() -> None:
-    out = subprocess.run([sys.executable, "-m", "epnas.cli", "controller", "--help"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "epnas.cli", "controller", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     for flag in ("--namespace", "--all-namespaces", "--metrics-port", "--kubeconfig"):
         assert flag in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "controller", "--namespace", "a", "--all-namespaces"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "controller", "--namespace", "a", "--all-namespaces"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "not allowed with" in bad.stderr
 
 

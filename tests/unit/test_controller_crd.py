@@ -23,24 +23,63 @@ def test_names_subresource_and_columns() -> None:
     (version,) = doc["spec"]["versions"]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
-    assert columns == {"Phase": ".status.phase", "Children": ".status.progress",
-                       "Best-Acc": ".status.bestFeasibleAccuracy", "Feasible": ".status.feasibleCount",
-                       "Reason": ".status.reason", "Age": ".metadata.creationTimestamp",
-                       "Position": ".status.position", "Final-Acc": ".status.finalModel.valAccuracy",
-                       "Final-Model": ".status.finalModel.uri"}
+    assert columns == {
+        "Phase": ".status.phase",
+        "Children": ".status.progress",
+        "Best-Acc": ".status.bestFeasibleAccuracy",
+        "Feasible": ".status.feasibleCount",
+        "Reason": ".status.reason",
+        "Age": ".metadata.creationTimestamp",
+        "Position": ".status.position",
+        "Final-Acc": ".status.finalModel.valAccuracy",
+        "Final-Model": ".status.finalModel.uri",
+    }
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert spec["properties"]["policy"]["properties"]["learningRate"] == {
-        **spec["properties"]["policy"]["properties"]["learningRate"], "minimum": 0, "exclusiveMinimum": True}
+        **spec["properties"]["policy"]["properties"]["learningRate"],
+        "minimum": 0,
+        "exclusiveMinimum": True,
+    }
 
 
 # The keywords of apiextensions.k8s.io/v1 JSONSchemaProps; the API server refuses any other.
 OPENAPI_KEYWORDS = {
-    "type", "format", "title", "description", "default", "maximum", "exclusiveMaximum", "minimum",
-    "exclusiveMinimum", "maxLength", "minLength", "pattern", "maxItems", "minItems", "uniqueItems",
-    "multipleOf", "enum", "maxProperties", "minProperties", "required", "items", "allOf", "oneOf", "anyOf",
-    "not", "properties", "additionalProperties", "nullable", "example", "externalDocs",
-    "x-kubernetes-preserve-unknown-fields", "x-kubernetes-int-or-string", "x-kubernetes-list-type",
-    "x-kubernetes-list-map-keys", "x-kubernetes-map-type", "x-kubernetes-embedded-resource",
+    "type",
+    "format",
+    "title",
+    "description",
+    "default",
+    "maximum",
+    "exclusiveMaximum",
+    "minimum",
+    "exclusiveMinimum",
+    "maxLength",
+    "minLength",
+    "pattern",
+    "maxItems",
+    "minItems",
+    "uniqueItems",
+    "multipleOf",
+    "enum",
+    "maxProperties",
+    "minProperties",
+    "required",
+    "items",
+    "allOf",
+    "oneOf",
+    "anyOf",
+    "not",
+    "properties",
+    "additionalProperties",
+    "nullable",
+    "example",
+    "externalDocs",
+    "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-int-or-string",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "x-kubernetes-map-type",
+    "x-kubernetes-embedded-resource",
     "x-kubernetes-validations",
 }
 
@@ -67,5 +106,8 @@ def test_bounds_of_optional_fields_reach_the_crd() -> None:
     budget = spec["budget"]["properties"]
     assert budget["maxChildren"]["minimum"] == 1 and budget["maxChildren"]["nullable"] is True
     assert budget["branches"]["maximum"] == 512 and budget["branches"]["minimum"] == 1
-    assert spec["childTraining"]["properties"]["lr"] == {**spec["childTraining"]["properties"]["lr"], "minimum": 0,
-                                                      "exclusiveMinimum": True}
+    assert spec["childTraining"]["properties"]["lr"] == {
+        **spec["childTraining"]["properties"]["lr"],
+        "minimum": 0,
+        "exclusiveMinimum": True,
+    }

@@ -14,11 +14,17 @@ def obj(parallelism=None) -> dict:
     spec = {"budget": {"episodes": 1, "branches": 64}}
     if parallelism is not None:
         spec["parallelism"] = parallelism
-    return {"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch",
-            "metadata": {"name": "s", "namespace": "ns", "uid": "u1", "generation": 1}, "spec": spec}
+    return {
+        "apiVersion": "epnas.io/v1alpha1",
+        "kind": "ArchitectureSearch",
+        "metadata": {"name": "s", "namespace": "ns", "uid": "u1", "generation": 1},
+        "spec": spec,
+    }
 
 
-@pytest.mark.parametrize(("own", "default", "expected"), [(None, None, None), (None, 8, 8), (3, 8, 3), (16, 8, 16), (3, None, 3)])
+@pytest.mark.parametrize(
+    ("own", "default", "expected"), [(None, None, None), (None, 8, 8), (3, 8, 3), (16, 8, 16), (3, None, 3)]
+)
 def test_a_searchs_own_parallelism_wins_over_the_installations(own, default, expected) -> None:
     runner = SearchRunner(obj(own), kube=None, metrics=Metrics(), default_parallelism=default)  # type: ignore[arg-type]
 

@@ -31,17 +31,32 @@ def test_code_uses_are_read_from_every_api_call():
 
 
 def test_manifests_grant_exactly_the_code_uses():
-    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all((REPO / "manifests" / "rbac.yaml").read_text()) if d}
+    docs = {
+        (d["kind"], d["metadata"]["name"]): d
+        for d in yaml.safe_load_all((REPO / "manifests" / "rbac.yaml").read_text())
+        if d
+    }
 
-    assert _rules(docs[("ClusterRole", "epnas-controller")]["rules"]) == _rules([r.as_manifest() for r in rbac.cluster_rules()])
+    assert _rules(docs[("ClusterRole", "epnas-controller")]["rules"]) == _rules(
+        [r.as_manifest() for r in rbac.cluster_rules()]
+    )
     leader = docs[("Role", "epnas-controller-leader-election")]
     assert _rules(leader["rules"]) == _rules([r.as_manifest() for r in rbac.lease_rules()])
     assert leader["metadata"]["namespace"] == "epnas-system"
 
 
 def test_the_finalizers_permission_is_there_because_jobs_block_owner_deletion():
-    run = ChildRun(search="s", child="e000-s00-c00", arch_uri="s3://b/a.json", out_uri="s3://b/o", weights_uri=None, timeout_s=60,
-                   episode=0, step=0, index=0)
+    run = ChildRun(
+        search="s",
+        child="e000-s00-c00",
+        arch_uri="s3://b/a.json",
+        out_uri="s3://b/o",
+        weights_uri=None,
+        timeout_s=60,
+        episode=0,
+        step=0,
+        index=0,
+    )
     manifest = jobs.job_manifest(run, spec=SearchSpec(), owner=jobs.Owner("s", "ns", "uid"))
     (owner,) = manifest["metadata"]["ownerReferences"]
 

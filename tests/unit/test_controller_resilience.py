@@ -132,8 +132,14 @@ class Clock:
 
 def elector(server, name, clock, events):
     config = LeaseConfig(namespace="ns", lease_duration_s=15, renew_deadline_s=10, retry_period_s=2)
-    return LeaderElector(server, config, name, clock=clock, on_started_leading=lambda: events.append(f"{name} leads"),
-                         on_stopped_leading=lambda: events.append(f"{name} stops"))
+    return LeaderElector(
+        server,
+        config,
+        name,
+        clock=clock,
+        on_started_leading=lambda: events.append(f"{name} leads"),
+        on_stopped_leading=lambda: events.append(f"{name} stops"),
+    )
 
 
 def test_one_replica_leads_and_the_other_takes_over_only_after_the_lease_expired():
@@ -163,8 +169,11 @@ def test_two_replicas_racing_for_an_expired_lease_cannot_both_win():
     assert b.try_acquire() is True
     # c read the lease before b wrote it and thinks it expired long ago; b's write changed the resourceVersion
     c._observed_at = -100
-    c.kube = types.SimpleNamespace(read_lease=lambda **k: copy.deepcopy(stale), replace_lease=server.replace_lease,
-                                   create_lease=server.create_lease)
+    c.kube = types.SimpleNamespace(
+        read_lease=lambda **k: copy.deepcopy(stale),
+        replace_lease=server.replace_lease,
+        create_lease=server.create_lease,
+    )
     assert c.try_acquire() is False
     assert server.lease["spec"]["holderIdentity"] == "b"
 
@@ -210,8 +219,13 @@ def test_lease_timing_must_be_ordered():
 def test_a_search_lives_under_its_namespace_name_and_uid():
     root = "s3://bucket/searches"
     assert search_location(root, namespace="team-a", name="s", uid="u1") == "s3://bucket/searches/team-a/s/u1"
-    assert search_location(root, namespace="team-b", name="s", uid="u1") != search_location(root, namespace="team-a", name="s", uid="u1")
-    assert search_location(root, namespace="team-a", name="s", uid="u2", resume_uid="u1") == "s3://bucket/searches/team-a/s/u1"
+    assert search_location(root, namespace="team-b", name="s", uid="u1") != search_location(
+        root, namespace="team-a", name="s", uid="u1"
+    )
+    assert (
+        search_location(root, namespace="team-a", name="s", uid="u2", resume_uid="u1")
+        == "s3://bucket/searches/team-a/s/u1"
+    )
 
 
 def test_store_policy():

@@ -12,8 +12,10 @@ from epnas.spec import SearchSpec
 
 
 def search(name: str, version: str) -> dict:
-    return {"metadata": {"name": name, "namespace": "n", "uid": f"uid-{name}", "generation": 1, "resourceVersion": version},
-            "status": {"phase": "Succeeded", "observedGeneration": 1}}
+    return {
+        "metadata": {"name": name, "namespace": "n", "uid": f"uid-{name}", "generation": 1, "resourceVersion": version},
+        "status": {"phase": "Succeeded", "observedGeneration": 1},
+    }
 
 
 class FakeSearchKube:
@@ -32,7 +34,12 @@ class FakeSearchKube:
         if self.watches == 1:
             raise Gone("too old", 410)
         if self.watches == 2:
-            return iter([{"type": "ADDED", "object": search("b", "5")}, {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "7"}}}])
+            return iter(
+                [
+                    {"type": "ADDED", "object": search("b", "5")},
+                    {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "7"}}},
+                ]
+            )
         if self.watches == 3:
             raise KubeError("connection reset")
         self.controller_ref[0].stopping.set()
@@ -52,7 +59,10 @@ def test_controller_relists_on_gone_and_resumes_from_the_last_version(monkeypatc
 
 def job(name: str, state: str | None, version: str) -> dict:
     conditions = [{"type": state, "status": "True"}] if state else []
-    return {"metadata": {"name": name, "resourceVersion": version}, "status": {"conditions": conditions, "succeeded": 1 if state else 0}}
+    return {
+        "metadata": {"name": name, "resourceVersion": version},
+        "status": {"conditions": conditions, "succeeded": 1 if state else 0},
+    }
 
 
 class FakeJobKube:
@@ -81,10 +91,28 @@ class FakeJobKube:
 def test_executor_adopts_existing_jobs_and_relists_on_gone() -> None:
     kube = FakeJobKube()
     ended = []
-    executor = JobExecutor(kube=kube, spec=SearchSpec(), owner=Owner("s", "n", "u"), parallelism=lambda: None,
-                           should_stop=lambda: False, on_finished=ended.append)
-    runs = [ChildRun(search="s", child=f"e000-s00-c0{i}", arch_uri="a", out_uri="o", weights_uri=None, timeout_s=1, episode=0, step=0, index=i)
-            for i in range(2)]
+    executor = JobExecutor(
+        kube=kube,
+        spec=SearchSpec(),
+        owner=Owner("s", "n", "u"),
+        parallelism=lambda: None,
+        should_stop=lambda: False,
+        on_finished=ended.append,
+    )
+    runs = [
+        ChildRun(
+            search="s",
+            child=f"e000-s00-c0{i}",
+            arch_uri="a",
+            out_uri="o",
+            weights_uri=None,
+            timeout_s=1,
+            episode=0,
+            step=0,
+            index=i,
+        )
+        for i in range(2)
+    ]
     outcomes = executor.submit(runs)
     assert [o.child for o in outcomes] == ["e000-s00-c00", "e000-s00-c01"] and all(o.succeeded for o in outcomes)
     assert kube.calls == ["list", "create s-e000-s00-c01", "get s-e000-s00-c01", "watch 3", "list"]
@@ -101,7 +129,17 @@ class DeletingKube:
         return iter([{"type": "DELETED", "object": job("s-e000-s00-c00", None, "5")}])
 
 
-RUN = ChildRun(search="s", child="e000-s00-c00", arch_uri="a", out_uri="o", weights_uri=None, timeout_s=1, episode=0, step=0, index=0)
+RUN = ChildRun(
+    search="s",
+    child="e000-s00-c00",
+    arch_uri="a",
+    out_uri="o",
+    weights_uri=None,
+    timeout_s=1,
+    episode=0,
+    step=0,
+    index=0,
+)
 
 
 def test_a_job_deleted_with_its_search_stops_the_wait_even_when_the_stop_arrives_later(monkeypatch) -> None:
@@ -113,8 +151,14 @@ def test_a_job_deleted_with_its_search_stops_the_wait_even_when_the_stop_arrives
 
     stop = threading.Event()
     threading.Timer(0.5, stop.set).start()  # the search's DELETED event, half a second later
-    executor = JobExecutor(kube=DeletingKube(), spec=SearchSpec(), owner=Owner("s", "n", "u"), parallelism=lambda: None,
-                           should_stop=stop.is_set, on_finished=lambda outcome: None)
+    executor = JobExecutor(
+        kube=DeletingKube(),
+        spec=SearchSpec(),
+        owner=Owner("s", "n", "u"),
+        parallelism=lambda: None,
+        should_stop=stop.is_set,
+        on_finished=lambda outcome: None,
+    )
     started = time.monotonic()
     try:
         executor.submit([RUN])
@@ -127,7 +171,13 @@ def test_a_job_deleted_with_its_search_stops_the_wait_even_when_the_stop_arrives
 
 def test_a_job_deleted_by_hand_fails_its_child_after_the_grace(monkeypatch) -> None:
     monkeypatch.setattr("controller.jobs.JOB_DELETED_GRACE_S", 0.3)
-    executor = JobExecutor(kube=DeletingKube(), spec=SearchSpec(), owner=Owner("s", "n", "u"), parallelism=lambda: None,
-                           should_stop=lambda: False, on_finished=lambda outcome: None)
+    executor = JobExecutor(
+        kube=DeletingKube(),
+        spec=SearchSpec(),
+        owner=Owner("s", "n", "u"),
+        parallelism=lambda: None,
+        should_stop=lambda: False,
+        on_finished=lambda outcome: None,
+    )
     (outcome,) = executor.submit([RUN])
     assert (outcome.succeeded, outcome.reason) == (False, "JobDeleted")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from controller import crd
 
@@ -44,4 +45,9 @@ def test_the_spec_itself_is_described() -> None:
 def test_the_walk_reaches_nested_properties() -> None:
     """A guard on the test itself: the walk sees properties inside objects and inside list items."""
     paths = {path for path, _, is_property in _walk(_spec_schema(), "spec") if is_property}
-    assert {"spec.budget.topK", "spec.constraints[].metric", "spec.trainer.tolerations", "spec.initialArchitecture.random.depth"} <= paths
+    assert {
+        "spec.budget.topK",
+        "spec.constraints[].metric",
+        "spec.trainer.tolerations",
+        "spec.initialArchitecture.random.depth",
+    } <= paths

@@ -31,7 +31,9 @@ def test_sample_ratio_and_resolution_proxies():
     assert splits.input_shape == (1, 16, 16) and splits.train[0].shape[1:] == (1, 16, 16)
 
 
-@pytest.mark.parametrize(("space", "shape"), [("image-layer", (3, 32, 32)), ("image-module", (3, 32, 32)), ("kws-layer", (1, 49, 40))])
+@pytest.mark.parametrize(
+    ("space", "shape"), [("image-layer", (3, 32, 32)), ("image-module", (3, 32, 32)), ("kws-layer", (1, 49, 40))]
+)
 def test_synthetic_takes_the_space_shape(space, shape):
     splits = load_dataset(ds(kind="synthetic", options={"samples": 60}), space=space, seed=0)
     assert splits.input_shape == shape and splits.train[0].shape[1:] == shape
@@ -43,8 +45,12 @@ def _fake_cifar(directory, per_batch=20):
     rng = np.random.default_rng(0)
     directory.mkdir()
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in rng.integers(0, 10, per_batch)],
-                 b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8), b"filenames": [b"x.png"] * per_batch}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": [int(v) for v in rng.integers(0, 10, per_batch)],
+            b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            b"filenames": [b"x.png"] * per_batch,
+        }
         (directory / name).write_bytes(pickle.dumps(batch, protocol=2))
     return directory
 
@@ -77,8 +83,16 @@ def test_missing_cifar_directory_is_a_dataset_error(tmp_path):
 def test_npz_with_and_without_test_split(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "d.npz"
-    np.savez(path, x_train=rng.normal(size=(30, 8, 8)), y_train=rng.integers(0, 4, 30), x_val=rng.normal(size=(6, 8, 8)), y_val=rng.integers(0, 4, 6))
-    splits = load_dataset(ds(kind="npz", uri=str(path), input_shape=[1, 8, 8], num_classes=4), space="image-layer", seed=0)
+    np.savez(
+        path,
+        x_train=rng.normal(size=(30, 8, 8)),
+        y_train=rng.integers(0, 4, 30),
+        x_val=rng.normal(size=(6, 8, 8)),
+        y_val=rng.integers(0, 4, 6),
+    )
+    splits = load_dataset(
+        ds(kind="npz", uri=str(path), input_shape=[1, 8, 8], num_classes=4), space="image-layer", seed=0
+    )
     assert splits.train[0].shape == (30, 1, 8, 8) and torch.equal(splits.test[0], splits.val[0])
 
 
@@ -86,9 +100,36 @@ def test_npz_with_and_without_test_split(tmp_path):
     ("name", "arrays", "message"),
     [
         ("missing arrays", {"x_train": np.zeros((4, 1, 8, 8))}, "lacks"),
-        ("shape", {"x_train": np.zeros((4, 1, 6, 6)), "y_train": np.zeros(4, int), "x_val": np.zeros((2, 1, 6, 6)), "y_val": np.zeros(2, int)}, "input shape"),
-        ("labels", {"x_train": np.zeros((4, 1, 8, 8)), "y_train": np.full(4, 9), "x_val": np.zeros((2, 1, 8, 8)), "y_val": np.zeros(2, int)}, "labels"),
-        ("object arrays", {"x_train": np.array([None, 1], dtype=object), "y_train": np.zeros(2, int), "x_val": np.zeros((2, 1, 8, 8)), "y_val": np.zeros(2, int)}, "unreadable"),
+        (
+            "shape",
+            {
+                "x_train": np.zeros((4, 1, 6, 6)),
+                "y_train": np.zeros(4, int),
+                "x_val": np.zeros((2, 1, 6, 6)),
+                "y_val": np.zeros(2, int),
+            },
+            "input shape",
+        ),
+        (
+            "labels",
+            {
+                "x_train": np.zeros((4, 1, 8, 8)),
+                "y_train": np.full(4, 9),
+                "x_val": np.zeros((2, 1, 8, 8)),
+                "y_val": np.zeros(2, int),
+            },
+            "labels",
+        ),
+        (
+            "object arrays",
+            {
+                "x_train": np.array([None, 1], dtype=object),
+                "y_train": np.zeros(2, int),
+                "x_val": np.zeros((2, 1, 8, 8)),
+                "y_val": np.zeros(2, int),
+            },
+            "unreadable",
+        ),
     ],
 )
 def test_npz_problems_are_dataset_errors(name, arrays, message, tmp_path):

@@ -19,8 +19,20 @@ import controller.main as controller_main
 import epnas.export  # noqa: F401  (defines ExportError)
 import epnas.report  # noqa: F401  (defines ReportError)
 from epnas.cli import EpnasGroup
-from epnas.errors import (DIVERGED, FAULT, INVALID_INPUT, CorruptState, DatasetError, Diverged, EpnasError, InvalidInput, Problem,
-                          SpecError, message_lines, one_line)
+from epnas.errors import (
+    DIVERGED,
+    FAULT,
+    INVALID_INPUT,
+    CorruptState,
+    DatasetError,
+    Diverged,
+    EpnasError,
+    InvalidInput,
+    Problem,
+    SpecError,
+    message_lines,
+    one_line,
+)
 from epnas.export import ExportError
 from epnas.report import ReportError
 from epnas.store import StoreError, StoreNotFound, StoreURIError
@@ -61,9 +73,18 @@ def test_every_error_carries_its_exit_code(cls) -> None:
     assert isinstance(cls.reason, str) and re.fullmatch(r"[A-Z][A-Za-z]+", cls.reason)
 
 
-@pytest.mark.parametrize("cls, builtin", [(SpecError, ValueError), (DatasetError, ValueError), (StoreError, RuntimeError),
-                                          (CorruptState, RuntimeError), (ExportError, RuntimeError), (ReportError, RuntimeError)],
-                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "cls, builtin",
+    [
+        (SpecError, ValueError),
+        (DatasetError, ValueError),
+        (StoreError, RuntimeError),
+        (CorruptState, RuntimeError),
+        (ExportError, RuntimeError),
+        (ReportError, RuntimeError),
+    ],
+    ids=lambda c: c.__name__,
+)
 def test_the_errors_from_before_the_family_keep_their_builtin_base(cls, builtin) -> None:
     assert issubclass(cls, builtin) and issubclass(cls, EpnasError)
 
@@ -77,7 +98,10 @@ def test_invalid_input_is_exactly_one_definition() -> None:
 def test_message_lines() -> None:
     problems = [Problem("spec.seed", "too big"), Problem("", "not a mapping")]
     assert message_lines(SpecError(problems, heading="s.yaml is not valid (2 problems):"), "epnas") == [
-        "epnas: s.yaml is not valid (2 problems):", "  spec.seed: too big", "  not a mapping"]
+        "epnas: s.yaml is not valid (2 problems):",
+        "  spec.seed: too big",
+        "  not a mapping",
+    ]
     assert message_lines(SpecError(problems), "epnas") == ["epnas: spec.seed: too big", "not a mapping"]
     assert message_lines(CorruptState("a\n  b\n"), "epnas export") == ["epnas export: a; b"]
     assert one_line("") == "unknown error"
@@ -116,35 +140,59 @@ def test_the_cli_handler_lets_an_unexpected_exception_through() -> None:
 
 def epnas_with_read_search_raising(expression: str, argv: list[str]) -> subprocess.CompletedProcess:
     """The real ``epnas`` entry point in a subprocess, its ``read_search`` replaced by one that raises."""
-    code = ("import sys, epnas.cli as cli\n"
-            "from epnas.errors import CorruptState\n"
-            f"def boom(path):\n    raise {expression}\n"
-            "cli.read_search = boom\n"
-            f"sys.argv = ['epnas', *{argv!r}]\n"
-            "cli.main()\n")
+    code = (
+        "import sys, epnas.cli as cli\n"
+        "from epnas.errors import CorruptState\n"
+        f"def boom(path):\n    raise {expression}\n"
+        "cli.read_search = boom\n"
+        f"sys.argv = ['epnas', *{argv!r}]\n"
+        "cli.main()\n"
+    )
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
 
 
 def test_the_real_epnas_prints_no_traceback_for_an_epnas_error() -> None:
-    done = epnas_with_read_search_raising("CorruptState('state/checkpoint.json is damaged (no episode)')", ["validate", "x.yaml"])
+    done = epnas_with_read_search_raising(
+        "CorruptState('state/checkpoint.json is damaged (no episode)')", ["validate", "x.yaml"]
+    )
     assert done.returncode == 1 and done.stderr == "epnas: state/checkpoint.json is damaged (no episode)\n", done.stderr
 
 
 def test_the_real_epnas_prints_a_traceback_for_an_unexpected_exception() -> None:
     done = epnas_with_read_search_raising("ZeroDivisionError('a bug')", ["validate", "x.yaml"])
-    assert done.returncode == 1 and "Traceback (most recent call last)" in done.stderr and "ZeroDivisionError: a bug" in done.stderr
+    assert (
+        done.returncode == 1
+        and "Traceback (most recent call last)" in done.stderr
+        and "ZeroDivisionError: a bug" in done.stderr
+    )
 
 
 # ---------------------------------------------------------------- the trainer
 
 
-@pytest.mark.parametrize("err, code, line", [
-    (InvalidInput("bad flags: --epochs 0"), 2, "epnas-trainer: invalid input: bad flags: --epochs 0"),
-    (DatasetError("npz dataset x.npz lacks y_val"), 2, "epnas-trainer: invalid input: npz dataset x.npz lacks y_val"),
-    (StoreError("s3://b/x/result.json: AccessDenied (HTTP 403)"), 1, "epnas-trainer: store error: s3://b/x/result.json: AccessDenied (HTTP 403)"),
-    (CorruptState("weights/index.json is damaged"), 1, "epnas-trainer: corrupt state: weights/index.json is damaged"),
-    (Diverged("training loss nan at epoch 1"), 3, "epnas-trainer: diverged: training loss nan at epoch 1"),
-], ids=lambda v: type(v).__name__ if isinstance(v, Exception) else None)
+@pytest.mark.parametrize(
+    "err, code, line",
+    [
+        (InvalidInput("bad flags: --epochs 0"), 2, "epnas-trainer: invalid input: bad flags: --epochs 0"),
+        (
+            DatasetError("npz dataset x.npz lacks y_val"),
+            2,
+            "epnas-trainer: invalid input: npz dataset x.npz lacks y_val",
+        ),
+        (
+            StoreError("s3://b/x/result.json: AccessDenied (HTTP 403)"),
+            1,
+            "epnas-trainer: store error: s3://b/x/result.json: AccessDenied (HTTP 403)",
+        ),
+        (
+            CorruptState("weights/index.json is damaged"),
+            1,
+            "epnas-trainer: corrupt state: weights/index.json is damaged",
+        ),
+        (Diverged("training loss nan at epoch 1"), 3, "epnas-trainer: diverged: training loss nan at epoch 1"),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, Exception) else None,
+)
 def test_the_trainer_reports_an_epnas_error_on_one_line(err, code, line, monkeypatch, capsys, tmp_path) -> None:
     def prepare(args):
         raise err
@@ -170,19 +218,34 @@ def test_the_trainer_prints_a_traceback_for_an_unexpected_exception(monkeypatch,
 
 
 def test_reason_words() -> None:
-    assert [trainer_cli.reason_words(r) for r in ("InvalidInput", "StoreError", "Diverged")] == ["invalid input", "store error", "diverged"]
+    assert [trainer_cli.reason_words(r) for r in ("InvalidInput", "StoreError", "Diverged")] == [
+        "invalid input",
+        "store error",
+        "diverged",
+    ]
 
 
 # ---------------------------------------------------------------- the controller
 
 
-@pytest.mark.parametrize("argv, line", [
-    (["--trainer-defaults", "[]"], "epnas controller: --trainer-defaults: must be a JSON object of spec.trainer fields"),
-    (["--trainer-defaults", "{"], "epnas controller: --trainer-defaults: not JSON:"),
-    (["--trainer-defaults", '{"cpu": "lots"}'], "epnas controller: --trainer-defaults: cpu: String should match pattern"),
-    (["--lease-duration", "1", "--renew-deadline", "2"],
-     "epnas controller: --lease-duration / --renew-deadline / --retry-period: leader election needs 0 < retry period"),
-])
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (
+            ["--trainer-defaults", "[]"],
+            "epnas controller: --trainer-defaults: must be a JSON object of spec.trainer fields",
+        ),
+        (["--trainer-defaults", "{"], "epnas controller: --trainer-defaults: not JSON:"),
+        (
+            ["--trainer-defaults", '{"cpu": "lots"}'],
+            "epnas controller: --trainer-defaults: cpu: String should match pattern",
+        ),
+        (
+            ["--lease-duration", "1", "--renew-deadline", "2"],
+            "epnas controller: --lease-duration / --renew-deadline / --retry-period: leader election needs 0 < retry period",
+        ),
+    ],
+)
 def test_the_controller_reports_bad_flags_on_one_line_and_exits_2(argv, line, capsys) -> None:
     assert controller_main.main(argv) == INVALID_INPUT
     out = capsys.readouterr()

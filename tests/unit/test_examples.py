@@ -26,9 +26,13 @@ def test_there_are_examples_for_every_space() -> None:
 def test_example_validates(path: pathlib.Path) -> None:
     search = load_search(path.read_text(), source=str(path))
     assert search.name == path.stem
-    start = initial_arch(search.spec) or random_arch(search.spec.search_space, search.spec.initial_architecture.random.depth, random.Random(search.spec.seed))
+    start = initial_arch(search.spec) or random_arch(
+        search.spec.search_space, search.spec.initial_architecture.random.depth, random.Random(search.spec.seed)
+    )
     shape, classes = dataset_geometry(search.spec)
-    model = build_model(start, shape, classes).eval()  # the starting network builds, reads the data's shape, writes one logit per class
+    model = build_model(
+        start, shape, classes
+    ).eval()  # the starting network builds, reads the data's shape, writes one logit per class
     assert compute_metrics(start, shape, classes).params == sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         assert model(torch.zeros(2, *shape)).shape == (2, classes)

@@ -16,8 +16,10 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DOCKERFILES = [REPO / "Dockerfile.controller", REPO / "Dockerfile.trainer"]
-SCRIPTS = [REPO / "scripts" / name
-           for name in ("kind-up", "kind-search", "kind-down", "test-deps", "sync-crd", "images", "base-image")]
+SCRIPTS = [
+    REPO / "scripts" / name
+    for name in ("kind-up", "kind-search", "kind-down", "test-deps", "sync-crd", "images", "base-image")
+]
 INSTALL_HINT = "install the dev extras: `.venv/bin/pip install -e '.[dev]'` (make install)"
 
 

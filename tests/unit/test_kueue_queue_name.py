@@ -10,23 +10,34 @@ import subprocess
 import pydantic
 import pytest
 import yaml
+from harness import binaries
 
 from controller.jobs import LABEL_QUEUE, Owner, job_manifest
 from controller.main import trainer_defaults_arg
 from epnas.errors import InvalidInput
 from epnas.executors.base import ChildRun
 from epnas.spec import SearchSpec, parse_search, with_trainer_defaults
-from harness import binaries
 
 CHART = pathlib.Path(__file__).resolve().parents[2] / "helm" / "epnas"
 OWNER = Owner("s", "team-a", "uid-1")
-RUN = ChildRun(search="s", child="e000-s00-c00", arch_uri="s3://b/a.json", out_uri="s3://b/o", weights_uri=None, timeout_s=60,
-               episode=0, step=0, index=0)
+RUN = ChildRun(
+    search="s",
+    child="e000-s00-c00",
+    arch_uri="s3://b/a.json",
+    out_uri="s3://b/o",
+    weights_uri=None,
+    timeout_s=60,
+    episode=0,
+    step=0,
+    index=0,
+)
 LABELS = {"epnas.io/search": "s", "epnas.io/episode": "0", "epnas.io/step": "0", "epnas.io/child": "e000-s00-c00"}
 
 
 def job_for(**trainer) -> dict:
-    spec = SearchSpec.model_validate({"trainer": {"activeDeadlineSeconds": 900, **trainer}, "store": {"uri": "s3://b/p"}})
+    spec = SearchSpec.model_validate(
+        {"trainer": {"activeDeadlineSeconds": 900, **trainer}, "store": {"uri": "s3://b/p"}}
+    )
     return job_manifest(RUN, spec=spec, owner=OWNER)
 
 
@@ -44,7 +55,9 @@ def test_with_a_queue_the_job_is_created_suspended_with_kueues_queue_label() -> 
     # the pods are the Job's: Kueue admits the Job, not its pods
     assert job["spec"]["template"]["metadata"]["labels"] == LABELS
     # the time limit counts from the pod's start, so waiting suspended for admission never counts
-    assert "activeDeadlineSeconds" not in job["spec"] and job["spec"]["template"]["spec"]["activeDeadlineSeconds"] == 900
+    assert (
+        "activeDeadlineSeconds" not in job["spec"] and job["spec"]["template"]["spec"]["activeDeadlineSeconds"] == 900
+    )
     # everything else is as without a queue
     plain = job_for()
     assert {k: v for k, v in job["spec"].items() if k != "suspend"} == plain["spec"]
@@ -63,8 +76,17 @@ def test_an_installation_default_queue_applies_unless_the_search_names_its_own()
     defaults = trainer_defaults_arg('{"queueName": "team-queue"}')
 
     def search(trainer: dict):
-        return with_trainer_defaults(parse_search({"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch",
-                                                   "metadata": {"name": "s"}, "spec": {"trainer": trainer}}), defaults)
+        return with_trainer_defaults(
+            parse_search(
+                {
+                    "apiVersion": "epnas.io/v1alpha1",
+                    "kind": "ArchitectureSearch",
+                    "metadata": {"name": "s"},
+                    "spec": {"trainer": trainer},
+                }
+            ),
+            defaults,
+        )
 
     assert job_manifest(RUN, spec=search({}).spec, owner=OWNER)["metadata"]["labels"][LABEL_QUEUE] == "team-queue"
     own = job_manifest(RUN, spec=search({"queueName": "urgent"}).spec, owner=OWNER)
@@ -76,10 +98,18 @@ def _trainer_defaults(*helm_args: str) -> dict:
         helm = binaries.require("helm")
     except binaries.MissingBinaryError as error:
         pytest.fail(str(error), pytrace=False)
-    rendered = subprocess.run([str(helm), "template", "r", str(CHART), "-n", "team-a", "--kube-version", "1.37.0", *helm_args],
-                              capture_output=True, text=True, check=True).stdout
+    rendered = subprocess.run(
+        [str(helm), "template", "r", str(CHART), "-n", "team-a", "--kube-version", "1.37.0", *helm_args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     deployment = next(doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "Deployment")
-    (arg,) = [a for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"] if a.startswith("--trainer-defaults=")]
+    (arg,) = [
+        a
+        for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        if a.startswith("--trainer-defaults=")
+    ]
     return trainer_defaults_arg(arg.split("=", 1)[1])
 
 
@@ -89,8 +119,17 @@ def test_the_charts_trainer_queue_name_becomes_the_jobs_queue_and_a_search_overr
     assert defaults["queueName"] == "gpu-pool"
 
     def job(trainer: dict) -> dict:
-        search = with_trainer_defaults(parse_search({"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch",
-                                                     "metadata": {"name": "s"}, "spec": {"trainer": trainer}}), defaults)
+        search = with_trainer_defaults(
+            parse_search(
+                {
+                    "apiVersion": "epnas.io/v1alpha1",
+                    "kind": "ArchitectureSearch",
+                    "metadata": {"name": "s"},
+                    "spec": {"trainer": trainer},
+                }
+            ),
+            defaults,
+        )
         return job_manifest(RUN, spec=search.spec, owner=OWNER)
 
     from_chart = job({"gpu": 0})

@@ -22,11 +22,17 @@ from epnas.executors.local import LocalExecutor
 from epnas.task import ChildTask
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-FAST = {"space": "image-layer", "layers": [{"op": "conv2d", "src1": 0, "channels": 8, "width": 3, "activation": "relu"}]}
-SLOW = {"space": "image-layer", "layers": [  # ~0.5 s per epoch on one thread
-    {"op": "conv2d", "src1": 0, "channels": 64, "width": 3, "activation": "relu"},
-    {"op": "conv2d", "src1": 1, "channels": 64, "width": 3, "activation": "relu"},
-]}
+FAST = {
+    "space": "image-layer",
+    "layers": [{"op": "conv2d", "src1": 0, "channels": 8, "width": 3, "activation": "relu"}],
+}
+SLOW = {
+    "space": "image-layer",
+    "layers": [  # ~0.5 s per epoch on one thread
+        {"op": "conv2d", "src1": 0, "channels": 64, "width": 3, "activation": "relu"},
+        {"op": "conv2d", "src1": 1, "channels": 64, "width": 3, "activation": "relu"},
+    ],
+}
 SLOW_EPOCHS = 10
 KILL_AFTER_S = 1.0  # into a slow child on a warm worker
 
@@ -34,11 +40,26 @@ KILL_AFTER_S = 1.0  # into a slow child on a warm worker
 def child(root: pathlib.Path, name: str, arch: dict = FAST, *, epochs: int = 1, timeout_s: float = 300.0) -> ChildRun:
     child_dir = root / "search" / "children" / name
     child_dir.mkdir(parents=True, exist_ok=True)
-    task = ChildTask(search="search", child=name, arch=parse_arch(arch), dataset={"kind": "digits"},
-                     training={"regime": "prediction", "epochs": epochs, "batchSize": 128}, seed=1)
+    task = ChildTask(
+        search="search",
+        child=name,
+        arch=parse_arch(arch),
+        dataset={"kind": "digits"},
+        training={"regime": "prediction", "epochs": epochs, "batchSize": 128},
+        seed=1,
+    )
     (child_dir / "arch.json").write_text(task.to_json())
-    return ChildRun(search="search", child=name, arch_uri=(child_dir / "arch.json").as_uri(), out_uri=child_dir.as_uri(),
-                    weights_uri=None, timeout_s=timeout_s, episode=0, step=0, index=0)
+    return ChildRun(
+        search="search",
+        child=name,
+        arch_uri=(child_dir / "arch.json").as_uri(),
+        out_uri=child_dir.as_uri(),
+        weights_uri=None,
+        timeout_s=timeout_s,
+        episode=0,
+        step=0,
+        index=0,
+    )
 
 
 def result_of(run: ChildRun) -> dict | None:
@@ -180,11 +201,22 @@ def test_worker_protocol_keeps_stdout_for_replies(tmp_path):
     requests = [
         json.dumps({"argv": ["--help"], "stderr": str(help_err)}),
         "not json",
-        json.dumps({"argv": ["--arch", (tmp_path / "none.json").as_uri(), "--out", tmp_path.as_uri()], "stderr": str(bad_err),
-                    "termination_log": str(tmp_path / "term")}),
+        json.dumps(
+            {
+                "argv": ["--arch", (tmp_path / "none.json").as_uri(), "--out", tmp_path.as_uri()],
+                "stderr": str(bad_err),
+                "termination_log": str(tmp_path / "term"),
+            }
+        ),
     ]
-    done = subprocess.run([sys.executable, "-m", "child_trainer.worker"], input="\n".join(requests) + "\n", capture_output=True,
-                          text=True, cwd=REPO, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "child_trainer.worker"],
+        input="\n".join(requests) + "\n",
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr  # end of input: exit 0
     replies = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["exit_code"] for r in replies] == [0, 2, 2]

@@ -86,7 +86,12 @@ def test_flops_agree_with_independent_count(space_name: str) -> None:
 
 def test_conv_layer_by_hand() -> None:
     """3×8×8 input, relu → 3×3 conv to 16 → BN, then the head (GAP → 10 classes)."""
-    arch = parse_arch({"space": "image-layer", "layers": [{"op": "conv2d", "src1": 0, "channels": 16, "width": 3, "activation": "relu"}]})
+    arch = parse_arch(
+        {
+            "space": "image-layer",
+            "layers": [{"op": "conv2d", "src1": 0, "channels": 16, "width": 3, "activation": "relu"}],
+        }
+    )
     m = compute_metrics(arch, (3, 8, 8), 10)
     conv_params, bn_params, head_params = 3 * 9 * 16, 2 * 16, 16 * 10 + 10
     assert m.params == conv_params + bn_params + head_params
@@ -110,8 +115,18 @@ def test_gru_by_hand() -> None:
 
 
 def test_crelu_doubles_the_channels_a_conv_reads() -> None:
-    relu = parse_arch({"space": "image-layer", "layers": [{"op": "conv2d", "src1": 0, "channels": 16, "width": 3, "activation": "relu"}]})
-    crelu = parse_arch({"space": "image-layer", "layers": [{"op": "conv2d", "src1": 0, "channels": 16, "width": 3, "activation": "crelu"}]})
+    relu = parse_arch(
+        {
+            "space": "image-layer",
+            "layers": [{"op": "conv2d", "src1": 0, "channels": 16, "width": 3, "activation": "relu"}],
+        }
+    )
+    crelu = parse_arch(
+        {
+            "space": "image-layer",
+            "layers": [{"op": "conv2d", "src1": 0, "channels": 16, "width": 3, "activation": "crelu"}],
+        }
+    )
     shape = (4, 8, 8)
     assert compute_metrics(crelu, shape, 10).params - compute_metrics(relu, shape, 10).params == 4 * 9 * 16
 
@@ -119,7 +134,17 @@ def test_crelu_doubles_the_channels_a_conv_reads() -> None:
 def test_metrics_of_a_30_layer_network(benchmark) -> None:
     """Reported by pytest-benchmark (target < 5 ms); ``make bench`` records it."""
     rng = random.Random(3)
-    layers = [Layer(op="conv2d", src1=i, channels=rng.choice((16, 32, 64)), width=3, activation="relu", src2=max(0, i - 2) if i % 3 == 0 else None) for i in range(30)]
+    layers = [
+        Layer(
+            op="conv2d",
+            src1=i,
+            channels=rng.choice((16, 32, 64)),
+            width=3,
+            activation="relu",
+            src2=max(0, i - 2) if i % 3 == 0 else None,
+        )
+        for i in range(30)
+    ]
     arch = parse_arch(Arch(space="image-layer", layers=tuple(layers)))
     metrics = benchmark(compute_metrics, arch, (3, 32, 32), 10)
     assert metrics.params == sum(p.numel() for p in build_model(arch, (3, 32, 32), 10).parameters())

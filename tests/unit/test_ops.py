@@ -20,7 +20,9 @@ LAYER_INPUTS = {"image-layer": (3, 9, 9), "kws-layer": (2, 21, 11)}
 CELL_INPUT = (5, 7, 7)
 
 
-def run_and_check(module: nn.Module, x_shape: tuple[int, int, int], out_shape: tuple[int, int, int], params: int) -> None:
+def run_and_check(
+    module: nn.Module, x_shape: tuple[int, int, int], out_shape: tuple[int, int, int], params: int
+) -> None:
     """Forward a random batch, backward a random projection of the output; assert shape, gradients, count."""
     x = torch.randn(BATCH, *x_shape, requires_grad=True)
     out = module(x)

@@ -8,7 +8,12 @@ from epnas.pinning import differing_fields, spec_changes
 
 
 def doc(**spec) -> dict:
-    base = {"seed": 1, "budget": {"episodes": 3, "branches": 4}, "constraints": [{"metric": "flops", "max": 100}], "parallelism": None}
+    base = {
+        "seed": 1,
+        "budget": {"episodes": 3, "branches": 4},
+        "constraints": [{"metric": "flops", "max": 100}],
+        "parallelism": None,
+    }
     for key, value in spec.items():
         if key == "budget":
             base["budget"] = {**base["budget"], **value}
@@ -23,13 +28,36 @@ def doc(**spec) -> dict:
         ("same", doc(), [], []),
         ("more episodes", doc(budget={"episodes": 5}), ["spec.budget.episodes"], []),
         ("fewer episodes", doc(budget={"episodes": 2}), [], ["spec.budget.episodes (cannot shrink from 3 to 2)"]),
-        ("a children budget and parallelism", doc(budget={"maxChildren": 40}, parallelism=2), ["spec.budget.maxChildren", "spec.parallelism"], []),
-        ("seed and a constraint bound", doc(seed=2, constraints=[{"metric": "flops", "max": 200}]), [], ["spec.constraints[0].max", "spec.seed"]),
-        ("more branches with more episodes", doc(budget={"episodes": 4, "branches": 8}), ["spec.budget.episodes"], ["spec.budget.branches"]),
-        ("final training added after the search", doc(finalTraining={"top": 2, "epochs": 30}),
-         ["spec.finalTraining"], []),
-        ("the trainer image and placement: where children run, not what they compute",
-         doc(trainer={"image": "t:2", "priorityClassName": "gpu"}), ["spec.trainer"], []),
+        (
+            "a children budget and parallelism",
+            doc(budget={"maxChildren": 40}, parallelism=2),
+            ["spec.budget.maxChildren", "spec.parallelism"],
+            [],
+        ),
+        (
+            "seed and a constraint bound",
+            doc(seed=2, constraints=[{"metric": "flops", "max": 200}]),
+            [],
+            ["spec.constraints[0].max", "spec.seed"],
+        ),
+        (
+            "more branches with more episodes",
+            doc(budget={"episodes": 4, "branches": 8}),
+            ["spec.budget.episodes"],
+            ["spec.budget.branches"],
+        ),
+        (
+            "final training added after the search",
+            doc(finalTraining={"top": 2, "epochs": 30}),
+            ["spec.finalTraining"],
+            [],
+        ),
+        (
+            "the trainer image and placement: where children run, not what they compute",
+            doc(trainer={"image": "t:2", "priorityClassName": "gpu"}),
+            ["spec.trainer"],
+            [],
+        ),
     ],
 )
 def test_spec_changes(name: str, new: dict, extensions: list[str], refused: list[str]) -> None:

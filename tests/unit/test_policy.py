@@ -14,8 +14,7 @@ from epnas import reinforce
 from epnas.arch import Arch, Layer, parse_arch, random_arch
 from epnas.morph import Action, apply_action, insert_fields, max_positions, random_action
 from epnas.policy import Policy, choose, make_optimizer
-from epnas.space import nearest_index
-from epnas.space import SPACES, LayerSpace
+from epnas.space import SPACES, LayerSpace, nearest_index
 from epnas.spec import PolicySpec
 
 TINY = LayerSpace(
@@ -169,7 +168,9 @@ def test_keep_ignores_stale_position_fields():
     arch = layer_arch(2)
     stale = random_action(arch, random.Random(0))
     keep = Action(scale_channel=stale.scale_channel, scale_width=stale.scale_width, kind=1)
-    stale_keep = Action(stale.scale_channel, stale.scale_width, kind=1, position=stale.position, src2=stale.src2, insert=stale.insert)
+    stale_keep = Action(
+        stale.scale_channel, stale.scale_width, kind=1, position=stale.position, src2=stale.src2, insert=stale.insert
+    )
     assert policy.log_prob(arch, keep)[0].item() == policy.log_prob(arch, stale_keep)[0].item()
 
 

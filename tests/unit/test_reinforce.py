@@ -97,7 +97,9 @@ def test_batch_equals_the_sum_of_one_by_one_losses():
     baseline = torch.randn(4, generator=generator)
     batch = reinforce_loss(log_probs, returns, baseline, entropies, 0.1)
     one_by_one = sum(
-        reinforce_loss(log_probs[n, t].view(1, 1), returns[n, t].view(1, 1), baseline[t].view(1), entropies[n, t].view(1, 1), 0.1)
+        reinforce_loss(
+            log_probs[n, t].view(1, 1), returns[n, t].view(1, 1), baseline[t].view(1), entropies[n, t].view(1, 1), 0.1
+        )
         for n in range(3)
         for t in range(4)
     )

@@ -13,7 +13,13 @@ from epnas.spec import Constraint
 
 
 def metrics(params: int = 1000, flops: int = 10_000, intensity: float = 5.0) -> Metrics:
-    return Metrics(params=params, size_bytes=4 * params, flops=flops, bytes_moved=int(flops / intensity) if intensity else 0, compute_intensity=intensity)
+    return Metrics(
+        params=params,
+        size_bytes=4 * params,
+        flops=flops,
+        bytes_moved=int(flops / intensity) if intensity else 0,
+        compute_intensity=intensity,
+    )
 
 
 def test_reward_is_accuracy_when_every_constraint_holds() -> None:

@@ -42,7 +42,14 @@ class ToyExecutor:
                 continue
             root, key = split_uri(run.arch_uri)
             task = load_task(open_store(root).get_bytes(key))
-            result = ChildResult(child=run.child, arch_hash=task.arch.hash, val_accuracy=toy_accuracy(task.arch), test_accuracy=0.5, train_seconds=0.0, epochs_run=1)
+            result = ChildResult(
+                child=run.child,
+                arch_hash=task.arch.hash,
+                val_accuracy=toy_accuracy(task.arch),
+                test_accuracy=0.5,
+                train_seconds=0.0,
+                epochs_run=1,
+            )
             open_store(run.out_uri).put_bytes("result.json", result.to_json().encode())
             self.trained.append(run.child)
             outcomes.append(ChildOutcome(run.child, 0, "Completed"))
@@ -80,16 +87,25 @@ def test_runs_the_whole_budget_and_records_every_child(tmp_path) -> None:
     executor = ToyExecutor()
     store, summary = run(tmp_path, executor)
     history = read_history(store, 10**6)
-    assert [r["child"] for r in history] == [f"e{e:03d}-s{s:02d}-c{c:02d}" for e in range(2) for s in range(2) for c in range(3)]
+    assert [r["child"] for r in history] == [
+        f"e{e:03d}-s{s:02d}-c{c:02d}" for e in range(2) for s in range(2) for c in range(3)
+    ]
     assert summary["phase"] == "Succeeded" and store.get_json(SUMMARY) == summary
     assert store.get_json(CHECKPOINT)["episode"] == 2
     assert summary["children"]["total"] == 12 and summary["children"]["failed"] == 0
     for r in history:
-        assert r["reward"] == pytest.approx(toy_accuracy(parse_arch(r["arch"]))) if r["feasible"] else r["reward"] < r["val_accuracy"]
+        assert (
+            r["reward"] == pytest.approx(toy_accuracy(parse_arch(r["arch"])))
+            if r["feasible"]
+            else r["reward"] < r["val_accuracy"]
+        )
         assert store.exists(f"children/{r['child']}/arch.json") and store.exists(f"children/{r['child']}/result.json")
     assert store.exists(store.get_json(CHECKPOINT)["policy_file"])
     # every child is one morph of its branch's previous architecture
-    assert all(r["parent"] == ("seed" if r["step"] == 0 else f"e{r['episode']:03d}-s{r['step'] - 1:02d}-c{r['branch']:02d}") for r in history)
+    assert all(
+        r["parent"] == ("seed" if r["step"] == 0 else f"e{r['episode']:03d}-s{r['step'] - 1:02d}-c{r['branch']:02d}")
+        for r in history
+    )
 
 
 def test_already_evaluated_architectures_are_not_retrained(tmp_path) -> None:
@@ -145,7 +161,10 @@ def test_a_result_for_another_architecture_is_refused(tmp_path) -> None:
     history = {r["child"]: r for r in read_history(store, 10**6)}
     assert history["e000-s00-c00"]["status"] == "succeeded"
     assert history["e000-s00-c01"]["status"] == "failed"
-    assert "is for architecture" in history["e000-s00-c01"]["reason"] and history["e000-s00-c00"]["hash"] in history["e000-s00-c01"]["reason"]
+    assert (
+        "is for architecture" in history["e000-s00-c01"]["reason"]
+        and history["e000-s00-c00"]["hash"] in history["e000-s00-c01"]["reason"]
+    )
 
 
 class SameChildStrategy:
@@ -174,6 +193,7 @@ def test_a_crash_mid_step_resumes_with_no_child_trained_twice(tmp_path) -> None:
     assert summary["phase"] == "Succeeded"
     assert sorted(first.trained + second.trained) == sorted(reference.trained)
     assert not set(first.trained) & set(second.trained)
+
     def strip(records: list[dict]) -> list[tuple]:
         return [(r["child"], r["hash"], r["reward"]) for r in records]
 
@@ -184,7 +204,9 @@ def test_a_step_where_every_child_failed_ends_the_search_failed(tmp_path) -> Non
     executor = ToyExecutor(fail={f"e000-s00-c{c:02d}" for c in range(3)})
     uri = (tmp_path / "store").as_uri()
     store = open_store(uri)
-    with pytest.raises(SearchFailed, match="every child of episode 0 step 0 failed; first: e000-s00-c00: Error: RuntimeError: boom"):
+    with pytest.raises(
+        SearchFailed, match="every child of episode 0 step 0 failed; first: e000-s00-c00: Error: RuntimeError: boom"
+    ):
         SearchLoop(search_doc(), store=store, store_uri=uri, executor=executor).run()
     summary = store.get_json(SUMMARY)
     assert summary["phase"] == "Failed" and "every child" in summary["reason"]
@@ -197,7 +219,9 @@ def test_the_failure_budget(tmp_path) -> None:
     doc = doc.model_copy(update={"spec": spec})
     executor = ToyExecutor(fail={"e000-s00-c01", "e000-s01-c02"})
     uri = (tmp_path / "store").as_uri()
-    with pytest.raises(SearchFailed, match=r"2 children failed, more than budget.maxFailedChildren \(1\); last: e000-s01-c02"):
+    with pytest.raises(
+        SearchFailed, match=r"2 children failed, more than budget.maxFailedChildren \(1\); last: e000-s01-c02"
+    ):
         SearchLoop(doc, store=open_store(uri), store_uri=uri, executor=executor).run()
     assert len(executor.trained) == 4  # two steps of three, two failed; nothing after
     # one failure is within the budget
@@ -215,7 +239,10 @@ def test_final_training_retrains_the_best_feasible_children_from_scratch_once(tm
     executor = ToyExecutor()
     store, summary = run(tmp_path, executor, with_final(search_doc(), top=2, epochs=7))
     records = read_history(store, 10**9)
-    feasible = sorted((r for r in records if r["feasible"] and r["status"] != "failed"), key=lambda r: (-r["val_accuracy"], r["child"]))
+    feasible = sorted(
+        (r for r in records if r["feasible"] and r["status"] != "failed"),
+        key=lambda r: (-r["val_accuracy"], r["child"]),
+    )
     winners = []
     for r in feasible:
         if r["hash"] not in [w["hash"] for w in winners]:
@@ -247,5 +274,9 @@ def test_final_training_that_fails_for_every_child_fails_the_search(tmp_path) ->
     with pytest.raises(SearchFailed, match=f"final training failed for every child; first: {best}"):
         run(tmp_path, executor, with_final(search_doc(), top=1))
     summary = store.get_json(SUMMARY)
-    assert summary["phase"] == "Failed" and summary["final"][0]["status"] == "failed" and "boom" in summary["final"][0]["reason"]
+    assert (
+        summary["phase"] == "Failed"
+        and summary["final"][0]["status"] == "failed"
+        and "boom" in summary["final"][0]["reason"]
+    )
     assert summary["finalModel"] is None

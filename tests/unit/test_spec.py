@@ -23,7 +23,14 @@ def test_defaults_are_the_papers() -> None:
     assert spec.policy.learning_rate == 6e-4 and spec.policy.scale_groups == 4 and spec.policy.init_range == 0.1
     assert spec.policy.embedding_size == 32 and spec.policy.hidden_size == 128
     standard = spec.child_training.model_copy(update={"regime": "standard"}).resolved()
-    assert (standard.epochs, standard.batch_size, standard.lr, standard.lr_min, standard.t0, standard.t_mult) == (20, 128, 0.05, 0.001, 10, 2)
+    assert (standard.epochs, standard.batch_size, standard.lr, standard.lr_min, standard.t0, standard.t_mult) == (
+        20,
+        128,
+        0.05,
+        0.001,
+        10,
+        2,
+    )
     prediction = spec.child_training.resolved()
     assert (prediction.epochs, prediction.batch_size, prediction.lr) == (10, 1024, 0.5)
 
@@ -33,22 +40,44 @@ def test_module_space_defaults_to_five_steps() -> None:
 
 
 def doc(**spec) -> str:
-    return yaml.safe_dump({"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch", "metadata": {"name": "s"}, "spec": spec})
+    return yaml.safe_dump(
+        {"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch", "metadata": {"name": "s"}, "spec": spec}
+    )
 
 
 @pytest.mark.parametrize(
     "name, text, path, words",
     [
-        ("min > max", doc(constraints=[{"metric": "flops", "min": 10, "max": 5}]), "spec.constraints[0]", "min (10) > max (5)"),
+        (
+            "min > max",
+            doc(constraints=[{"metric": "flops", "min": 10, "max": 5}]),
+            "spec.constraints[0]",
+            "min (10) > max (5)",
+        ),
         ("no bound", doc(constraints=[{"metric": "flops"}]), "spec.constraints[0]", "set 'min', 'max' or both"),
-        ("unknown metric", doc(constraints=[{"metric": "latency", "max": 5}]), "spec.constraints[0].metric", "Input should be"),
+        (
+            "unknown metric",
+            doc(constraints=[{"metric": "latency", "max": 5}]),
+            "spec.constraints[0].metric",
+            "Input should be",
+        ),
         ("unknown space", doc(searchSpace="audio"), "spec.searchSpace", "Input should be"),
         ("unknown field", doc(budjet={"episodes": 3}), "spec.budjet", "Extra inputs"),
         ("negative episodes", doc(budget={"episodes": -1}), "spec.budget.episodes", "greater than or equal to 1"),
         ("cifar without uri", doc(dataset={"kind": "cifar10"}), "spec.dataset", "needs 'uri'"),
         ("unknown dataset", doc(dataset={"kind": "imagenet"}), "spec.dataset.kind", "Input should be"),
-        ("bad initial arch", doc(initialArchitecture={"architecture": {"layers": [{"op": "conv9d", "src1": 0}]}}), "spec.initialArchitecture.architecture.layers[0].op", "unknown op"),
-        ("both starts", doc(initialArchitecture={"random": {"depth": 2}, "architecture": {"layers": []}}), "spec.initialArchitecture", "exactly one"),
+        (
+            "bad initial arch",
+            doc(initialArchitecture={"architecture": {"layers": [{"op": "conv9d", "src1": 0}]}}),
+            "spec.initialArchitecture.architecture.layers[0].op",
+            "unknown op",
+        ),
+        (
+            "both starts",
+            doc(initialArchitecture={"random": {"depth": 2}, "architecture": {"layers": []}}),
+            "spec.initialArchitecture",
+            "exactly one",
+        ),
         ("bad name", doc().replace("name: s", "name: Bad_Name"), "metadata.name", "pattern"),
         ("bad quantity", doc(trainer={"memory": "lots"}), "spec.trainer.memory", "pattern"),
         ("wrong kind", doc().replace("kind: ArchitectureSearch", "kind: Search"), "kind", "Input should be"),
@@ -66,19 +95,25 @@ def test_every_problem_at_once() -> None:
     text = doc(budget={"episodes": 0, "branches": 0}, constraints=[{"metric": "flops", "min": 3, "max": 1}], seed="x")
     with pytest.raises(SpecError) as caught:
         load_search(text)
-    assert {"spec.budget.episodes", "spec.budget.branches", "spec.constraints[0]", "spec.seed"} <= {p.path for p in caught.value.problems}
+    assert {"spec.budget.episodes", "spec.budget.branches", "spec.constraints[0]", "spec.seed"} <= {
+        p.path for p in caught.value.problems
+    }
 
 
 def test_explicit_initial_architecture_and_geometry() -> None:
     text = doc(
         searchSpace="image-layer",
         dataset={"kind": "digits"},
-        initialArchitecture={"architecture": {"layers": [{"op": "conv2d", "src1": 0, "channels": 16, "width": 3, "activation": "relu"}]}},
+        initialArchitecture={
+            "architecture": {"layers": [{"op": "conv2d", "src1": 0, "channels": 16, "width": 3, "activation": "relu"}]}
+        },
     )
     spec = load_search(text).spec
     assert initial_arch(spec).layers[0].channels == 16
     assert dataset_geometry(spec) == ((1, 8, 8), 10)
-    assert dataset_geometry(spec.model_copy(update={"child_training": spec.child_training.model_copy(update={"resolution": 4})})) == ((1, 4, 4), 10)
+    assert dataset_geometry(
+        spec.model_copy(update={"child_training": spec.child_training.model_copy(update={"resolution": 4})})
+    ) == ((1, 4, 4), 10)
 
 
 def _walk(node, path="$"):
@@ -97,7 +132,11 @@ def test_crd_schema_is_structural() -> None:
     for path, node in _walk(schema):
         assert not {"$ref", "anyOf", "oneOf", "allOf", "const", "title", "$defs"} & set(node), path
         if node.get("type") == "object" and path != "$.properties.metadata":  # the API server owns metadata
-            assert "properties" in node or node.get("x-kubernetes-preserve-unknown-fields") or "additionalProperties" in node, path
+            assert (
+                "properties" in node
+                or node.get("x-kubernetes-preserve-unknown-fields")
+                or "additionalProperties" in node
+            ), path
     spec = schema["properties"]["spec"]["properties"]
     assert spec["searchSpace"]["enum"] == ["image-layer", "image-module", "kws-layer"]
     assert spec["constraints"]["items"]["properties"]["penalty"]["default"] == 0.9
@@ -112,9 +151,17 @@ HEAD = "apiVersion: epnas.io/v1alpha1\nkind: ArchitectureSearch\nmetadata: {name
 @pytest.mark.parametrize(
     "name, text, words",
     [
-        ("aliases (billion laughs)", HEAD + "spec:\n  dataset:\n    options: {a: &x [1, 2], b: [*x, *x]}\n", "YAML aliases (*name) are not allowed"),
+        (
+            "aliases (billion laughs)",
+            HEAD + "spec:\n  dataset:\n    options: {a: &x [1, 2], b: [*x, *x]}\n",
+            "YAML aliases (*name) are not allowed",
+        ),
         ("duplicate key", HEAD + "spec:\n  seed: 1\n  seed: 2\n", "duplicate key 'seed'"),
-        ("nesting bomb", HEAD + "spec:\n  dataset:\n    options: " + "[" * 20000 + "]" * 20000 + "\n", "nested deeper than 64 levels"),
+        (
+            "nesting bomb",
+            HEAD + "spec:\n  dataset:\n    options: " + "[" * 20000 + "]" * 20000 + "\n",
+            "nested deeper than 64 levels",
+        ),
         ("not UTF-8", b"\xff\xfe\x00\x01 binary junk", "not UTF-8 text (byte 0"),
         ("over 1.5 MiB", HEAD + "# " + "x" * 1_600_000, "a search file may have at most 1,572,864 (1.5 MiB)"),
     ],
@@ -141,7 +188,9 @@ def test_hostile_documents_get_one_clear_error(name: str, text, words: str) -> N
 )
 def test_numbers_are_numbers_in_range(spec: dict, path: str, words: str) -> None:
     with pytest.raises(SpecError) as err:
-        parse_search({"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch", "metadata": {"name": "x"}, "spec": spec})
+        parse_search(
+            {"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch", "metadata": {"name": "x"}, "spec": spec}
+        )
     assert [(p.path, words in p.message) for p in err.value.problems] == [(path, True)]
 
 
@@ -159,27 +208,54 @@ def test_a_float_written_without_a_dot_still_reads_as_a_number() -> None:
 @pytest.mark.parametrize("endpoint", ["not a url", "minio:9000", "ftp://minio:9000", "http://"])
 def test_a_store_endpoint_must_be_an_http_url(endpoint: str) -> None:
     with pytest.raises(SpecError) as err:
-        parse_search({"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch", "metadata": {"name": "x"},
-                      "spec": {"store": {"uri": "s3://b/p", "endpoint": endpoint}}})
+        parse_search(
+            {
+                "apiVersion": "epnas.io/v1alpha1",
+                "kind": "ArchitectureSearch",
+                "metadata": {"name": "x"},
+                "spec": {"store": {"uri": "s3://b/p", "endpoint": endpoint}},
+            }
+        )
     assert [p.path for p in err.value.problems] == ["spec.store.endpoint"]
 
 
 def test_a_store_endpoint_may_have_a_port_and_a_path() -> None:
     for endpoint in ("http://minio.epnas.svc:9000", "https://s3.example.com/", "http://127.0.0.1:9000"):
-        parse_search({"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch", "metadata": {"name": "x"},
-                      "spec": {"store": {"uri": "s3://b/p", "endpoint": endpoint}}})
+        parse_search(
+            {
+                "apiVersion": "epnas.io/v1alpha1",
+                "kind": "ArchitectureSearch",
+                "metadata": {"name": "x"},
+                "spec": {"store": {"uri": "s3://b/p", "endpoint": endpoint}},
+            }
+        )
 
 
 def test_installation_trainer_defaults_fill_what_the_search_leaves_out():
     from epnas.spec import with_trainer_defaults
 
-    search = parse_search({"apiVersion": "epnas.io/v1alpha1", "kind": "ArchitectureSearch", "metadata": {"name": "s"},
-                           "spec": {"trainer": {"gpu": 0, "memory": "2Gi"}}})
-    defaults = {"image": "registry.example/trainer:2", "gpu": 1, "memory": "32Gi", "priorityClassName": "gpu-batch",
-                "nodeSelector": {"pool": "gpu"}}
+    search = parse_search(
+        {
+            "apiVersion": "epnas.io/v1alpha1",
+            "kind": "ArchitectureSearch",
+            "metadata": {"name": "s"},
+            "spec": {"trainer": {"gpu": 0, "memory": "2Gi"}},
+        }
+    )
+    defaults = {
+        "image": "registry.example/trainer:2",
+        "gpu": 1,
+        "memory": "32Gi",
+        "priorityClassName": "gpu-batch",
+        "nodeSelector": {"pool": "gpu"},
+    }
     trainer = with_trainer_defaults(search, defaults).spec.trainer
 
     assert (trainer.gpu, trainer.memory) == (0, "2Gi")  # the search's own
-    assert (trainer.image, trainer.priority_class_name, trainer.node_selector) == ("registry.example/trainer:2", "gpu-batch", {"pool": "gpu"})
+    assert (trainer.image, trainer.priority_class_name, trainer.node_selector) == (
+        "registry.example/trainer:2",
+        "gpu-batch",
+        {"pool": "gpu"},
+    )
     assert trainer.cpu == "2"  # neither: the model's default
     assert with_trainer_defaults(search, {}) is search

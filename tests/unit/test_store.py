@@ -68,7 +68,11 @@ def test_invalid_json_and_bad_keys(store):
 @pytest.mark.parametrize(
     ("uri", "root", "key"),
     [
-        ("s3://bucket/prefix/search/children/e000-s00-c00/arch.json", "s3://bucket/prefix/search/children/e000-s00-c00", "arch.json"),
+        (
+            "s3://bucket/prefix/search/children/e000-s00-c00/arch.json",
+            "s3://bucket/prefix/search/children/e000-s00-c00",
+            "arch.json",
+        ),
         ("s3://bucket/arch.json", "s3://bucket", "arch.json"),
         ("file:///abs/dir/arch.json", "file:///abs/dir", "arch.json"),
         ("/plain/path/arch.json", "/plain/path", "arch.json"),
@@ -96,11 +100,17 @@ def test_s3_errors_never_show_credentials(monkeypatch):
 
     monkeypatch.setattr(store_module, "RETRY_DEADLINE_S", 0.0)
     store.client = boto3.client(
-        "s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1",
+        "s3",
+        endpoint_url="http://127.0.0.1:9",
+        region_name="us-east-1",
         config=botocore.config.Config(retries={"max_attempts": 1}, connect_timeout=1),
     )
     with pytest.raises(StoreError) as info:
-        store_module.with_retries(lambda: store.client.get_object(Bucket="bucket", Key="k"), describe="s3://bucket/prefix/k: get", deadline_s=0.0)
+        store_module.with_retries(
+            lambda: store.client.get_object(Bucket="bucket", Key="k"),
+            describe="s3://bucket/prefix/k: get",
+            deadline_s=0.0,
+        )
     text = str(info.value)
     assert "supersecretvalue" not in text and "AKIDSECRETID" not in text
     assert "s3://bucket/prefix/k" in text
@@ -124,7 +134,9 @@ def test_malformed_store_roots_are_refused(uri: str, words: str) -> None:
         check_root(uri)
 
 
-@pytest.mark.parametrize("uri", ["s3://bucket", "s3://my.bucket-1/a/b", "file:///tmp/x", "file://localhost/tmp/x", "runs", "./a/b"])
+@pytest.mark.parametrize(
+    "uri", ["s3://bucket", "s3://my.bucket-1/a/b", "file:///tmp/x", "file://localhost/tmp/x", "runs", "./a/b"]
+)
 def test_plain_store_roots_are_accepted(uri: str) -> None:
     assert check_root(uri) == uri
 

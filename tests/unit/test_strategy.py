@@ -10,7 +10,7 @@ import torch
 from epnas.arch import parse_arch
 from epnas.metrics import compute_metrics
 from epnas.morph import Action, MorphResult
-from epnas.records import ChildRecord, TrajectoryStep, Move
+from epnas.records import ChildRecord, Move, TrajectoryStep
 from epnas.spec import parse_search
 from epnas.strategy import (
     Candidate,
@@ -25,7 +25,9 @@ from epnas.strategy import (
     top_k_feasible_first,
 )
 
-ARCH = parse_arch({"space": "image-layer", "layers": [{"op": "conv2d", "src1": 0, "channels": 16, "width": 3, "activation": "relu"}]})
+ARCH = parse_arch(
+    {"space": "image-layer", "layers": [{"op": "conv2d", "src1": 0, "channels": 16, "width": 3, "activation": "relu"}]}
+)
 KEEP = Action((1,) * 4, (1,) * 4, 1)
 
 
@@ -38,8 +40,16 @@ def candidate(factor: float, new: bool, score: float = 0.0) -> Candidate:
     [
         ("feasible new wins over an earlier infeasible one", [(0.5, True, 9.0), (1.0, True, 0.0)], (1, True)),
         ("equal scores: the first feasible new", [(0.5, True, 0.0), (1.0, True, 0.0), (1.0, True, 0.0)], (1, True)),
-        ("the highest score among feasible new", [(1.0, True, 0.1), (1.0, False, 0.9), (1.0, True, 0.3), (1.0, True, 0.2)], (2, True)),
-        ("a feasible known network is walked on from", [(0.5, True, 0.0), (1.0, False, 0.0), (0.9, True, 5.0)], (1, False)),
+        (
+            "the highest score among feasible new",
+            [(1.0, True, 0.1), (1.0, False, 0.9), (1.0, True, 0.3), (1.0, True, 0.2)],
+            (2, True),
+        ),
+        (
+            "a feasible known network is walked on from",
+            [(0.5, True, 0.0), (1.0, False, 0.0), (0.9, True, 5.0)],
+            (1, False),
+        ),
         ("no feasible: the highest factor", [(0.5, True, 0.0), (0.81, True, 0.0), (0.6, True, 0.0)], (1, False)),
         ("equal factors: new before known", [(0.81, False, 0.0), (0.81, True, 0.0)], (1, False)),
         ("equal factors and novelty: the first", [(0.7, True, 0.0), (0.7, True, 0.0)], (0, False)),
@@ -83,9 +93,28 @@ def test_screen_factor_is_the_rewards_penalty_by_hand() -> None:
 
 
 def record(child: str, reward: float, val: float, feasible: bool, arch_seed: int, episode: int = 0) -> ChildRecord:
-    arch = {"space": "image-layer", "layers": [{"op": "conv2d", "src1": 0, "channels": 16, "width": 3, "activation": "relu"}] * 1}
+    arch = {
+        "space": "image-layer",
+        "layers": [{"op": "conv2d", "src1": 0, "channels": 16, "width": 3, "activation": "relu"}] * 1,
+    }
     arch["layers"] = [dict(arch["layers"][0], channels=(16, 32, 64, 96, 128, 256)[arch_seed % 6])]
-    return ChildRecord(child, episode, 0, 0, "seed", parse_arch(arch).hash, arch, None, "keep", None, "succeeded", val, 0.0, reward, feasible)
+    return ChildRecord(
+        child,
+        episode,
+        0,
+        0,
+        "seed",
+        parse_arch(arch).hash,
+        arch,
+        None,
+        "keep",
+        None,
+        "succeeded",
+        val,
+        0.0,
+        reward,
+        feasible,
+    )
 
 
 def test_seeding_rules_by_hand() -> None:
@@ -116,10 +145,15 @@ def context(spec, seen: set[str] = frozenset()) -> ProposalContext:
 
 def test_epnas_proposes_feasible_new_networks_from_an_infeasible_start() -> None:
     spec = search().spec
-    start = parse_arch({"space": "image-layer", "layers": [
-        {"op": "maxpool", "src1": 0, "width": 2},
-        {"op": "conv2d", "src1": 1, "channels": 128, "width": 3, "activation": "relu"},
-    ]})
+    start = parse_arch(
+        {
+            "space": "image-layer",
+            "layers": [
+                {"op": "maxpool", "src1": 0, "width": 2},
+                {"op": "conv2d", "src1": 1, "channels": 128, "width": 3, "activation": "relu"},
+            ],
+        }
+    )
     screen = Screen.for_spec(spec)
     assert not screen.factor(start)[1]
     seen = {start.hash}
@@ -129,7 +163,9 @@ def test_epnas_proposes_feasible_new_networks_from_an_infeasible_start() -> None
     for p in proposals:
         assert 1 <= len(p.morphs) <= spec.screening.max_morphs
         assert p.morphs[0].parent == start
-        assert all(a.result.arch == b.parent for a, b in zip(p.morphs, p.morphs[1:]))  # a walk: each morph starts where the last ended
+        assert all(
+            a.result.arch == b.parent for a, b in zip(p.morphs, p.morphs[1:])
+        )  # a walk: each morph starts where the last ended
         assert p.screened == len(p.morphs) * spec.screening.candidates
     feasible = [screen.factor(p.arch)[1] for p in proposals]
     assert all(feasible), feasible
@@ -155,8 +191,15 @@ def test_learning_sums_log_probabilities_over_a_walks_morphs() -> None:
     spec = search().spec
     strategy = EpnasStrategy(spec)
     proposals = strategy.propose([ARCH, ARCH], context(spec))
-    steps = [[TrajectoryStep(tuple(Move(m.parent.model_dump(mode="json", exclude_none=True), m.action.to_dict()) for m in p.morphs), r)]
-             for p, r in zip(proposals, (1.0, 0.0))]
+    steps = [
+        [
+            TrajectoryStep(
+                tuple(Move(m.parent.model_dump(mode="json", exclude_none=True), m.action.to_dict()) for m in p.morphs),
+                r,
+            )
+        ]
+        for p, r in zip(proposals, (1.0, 0.0))
+    ]
     # by hand: the update's loss is −1/N Σ_n log π(walk_n)·(R_n − b), b = mean R = 0.5
     log_pi = [sum(strategy.policy.log_prob(m.parent, m.action)[0].item() for m in p.morphs) for p in proposals]
     expected = -(log_pi[0] * 0.5 + log_pi[1] * -0.5) / 2

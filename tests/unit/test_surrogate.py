@@ -21,7 +21,9 @@ def test_no_data_is_the_prior() -> None:
     assert torch.allclose(posterior.cov.diagonal(), torch.tensor(surrogate.PRIOR_STD, dtype=torch.float64) ** 2)
     # the prior ranks by FLOPs alone: +0.1 per decade
     more, fewer = surrogate.features(1e4, 1e6, 3, 5), surrogate.features(1e4, 1e5, 3, 5)
-    assert (posterior.predict([more, fewer]) @ torch.tensor([1.0, -1.0], dtype=torch.float64)).item() == pytest.approx(0.1)
+    assert (posterior.predict([more, fewer]) @ torch.tensor([1.0, -1.0], dtype=torch.float64)).item() == pytest.approx(
+        0.1
+    )
 
 
 def test_one_observation_matches_the_closed_form() -> None:
@@ -53,7 +55,9 @@ def test_draws_are_deterministic_and_spread_around_the_mean() -> None:
     b = posterior.draw(torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
     draws = torch.stack([posterior.draw(torch.Generator().manual_seed(s)) for s in range(2000)])
-    assert torch.allclose(draws.mean(0), posterior.mean, atol=4 * math.sqrt(posterior.cov.diagonal().max().item() / 2000))
+    assert torch.allclose(
+        draws.mean(0), posterior.mean, atol=4 * math.sqrt(posterior.cov.diagonal().max().item() / 2000)
+    )
 
 
 # ---------------------------------------------------------------- choice features
@@ -61,18 +65,43 @@ def test_draws_are_deterministic_and_spread_around_the_mean() -> None:
 from epnas.arch import parse_arch  # noqa: E402
 from epnas.space import get_space  # noqa: E402
 
-KWS = parse_arch({"space": "kws-layer", "layers": [
-    {"op": "conv2d", "src1": 0, "channels": 16, "width": 8, "freq_width": 2, "stride_time": 10, "stride_freq": 1, "activation": "relu"},
-    {"op": "gru", "src1": 1, "channels": 16, "directions": 1},
-    {"op": "fc", "src1": 2, "src2": 1, "merge": "concat", "channels": 12, "activation": "relu"},
-]})
+KWS = parse_arch(
+    {
+        "space": "kws-layer",
+        "layers": [
+            {
+                "op": "conv2d",
+                "src1": 0,
+                "channels": 16,
+                "width": 8,
+                "freq_width": 2,
+                "stride_time": 10,
+                "stride_freq": 1,
+                "activation": "relu",
+            },
+            {"op": "gru", "src1": 1, "channels": 16, "directions": 1},
+            {"op": "fc", "src1": 2, "src2": 1, "merge": "concat", "channels": 12, "activation": "relu"},
+        ],
+    }
+)
 
 
 def test_choices_by_hand() -> None:
     assert surrogate.choices(KWS) == [
-        "op:conv2d", "channels:16", "width:8", "freq_width:2", "stride_time:10", "stride_freq:1", "activation:relu",
-        "op:gru", "channels:16", "directions:1",
-        "op:fc", "channels:12", "activation:relu", "skip",
+        "op:conv2d",
+        "channels:16",
+        "width:8",
+        "freq_width:2",
+        "stride_time:10",
+        "stride_freq:1",
+        "activation:relu",
+        "op:gru",
+        "channels:16",
+        "directions:1",
+        "op:fc",
+        "channels:12",
+        "activation:relu",
+        "skip",
     ]
 
 
@@ -80,6 +109,7 @@ def test_every_choice_of_every_space_is_in_its_vocabulary() -> None:
     import random
 
     from epnas.arch import random_arch
+
     for name in ("image-layer", "image-module", "kws-layer"):
         keys = set(surrogate.vocabulary(get_space(name)))
         for seed in range(30):
@@ -92,7 +122,12 @@ def test_encoder_counts_choices_after_the_analytic_features() -> None:
     phi = encoder.encode(KWS, 1000, 1e6, 10)
     assert phi[:5] == surrogate.features(1000, 1e6, 3, 10)
     counts = dict(zip(encoder.keys, phi[5:]))
-    assert counts["channels:16"] == 2 and counts["stride_time:10"] == 1 and counts["skip"] == 1 and counts["op:dilated-conv2d"] == 0
+    assert (
+        counts["channels:16"] == 2
+        and counts["stride_time:10"] == 1
+        and counts["skip"] == 1
+        and counts["op:dilated-conv2d"] == 0
+    )
     assert sum(phi[5:]) == len(surrogate.choices(KWS))
     assert encoder.prior_mean[:5] == list(surrogate.PRIOR_MEAN) and set(encoder.prior_std[5:]) == {surrogate.CHOICE_STD}
 
@@ -102,10 +137,27 @@ def test_the_posterior_learns_a_choice_that_ruins_accuracy() -> None:
     network without the bad choice first — what FLOPs alone cannot tell apart."""
     encoder = surrogate.Encoder.for_space(get_space("kws-layer"))
     good = parse_arch({"space": "kws-layer", "layers": [{"op": "gru", "src1": 0, "channels": 16, "directions": 1}]})
-    bad = parse_arch({"space": "kws-layer", "layers": [
-        {"op": "conv2d", "src1": 0, "channels": 16, "width": 8, "freq_width": 2, "stride_time": 10, "stride_freq": 1, "activation": "relu"}]})
+    bad = parse_arch(
+        {
+            "space": "kws-layer",
+            "layers": [
+                {
+                    "op": "conv2d",
+                    "src1": 0,
+                    "channels": 16,
+                    "width": 8,
+                    "freq_width": 2,
+                    "stride_time": 10,
+                    "stride_freq": 1,
+                    "activation": "relu",
+                }
+            ],
+        }
+    )
     phi_good, phi_bad = encoder.encode(good, 5000, 1e6, 8), encoder.encode(bad, 5000, 1e6, 8)
-    assert encoder.fit([], []).predict([phi_good, phi_bad]).tolist()[0] == pytest.approx(encoder.fit([], []).predict([phi_bad]).item())
+    assert encoder.fit([], []).predict([phi_good, phi_bad]).tolist()[0] == pytest.approx(
+        encoder.fit([], []).predict([phi_bad]).item()
+    )
     posterior = encoder.fit([phi_good, phi_bad, phi_good, phi_bad], [0.7, 0.1, 0.72, 0.12])
     high, low = posterior.predict([phi_good, phi_bad]).tolist()
     assert high > low + 0.3

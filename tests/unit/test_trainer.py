@@ -15,7 +15,6 @@ import safetensors.torch
 import torch
 
 import child_trainer.train
-
 from child_trainer.cli import main, termination_message
 from child_trainer.data import load_dataset
 from child_trainer.train import lr_at, train_child
@@ -31,28 +30,59 @@ TINY = {"regime": "prediction", "epochs": 2, "batchSize": 64}
 SYNTHETIC = {"kind": "synthetic", "options": {"samples": 120}}
 
 ARCHS = {
-    "image-layer": {"space": "image-layer", "layers": [
-        {"op": "conv2d", "src1": 0, "channels": 16, "width": 3, "activation": "relu"},
-        {"op": "maxpool", "src1": 1, "width": 2},
-        {"op": "dep-sep-conv2d", "src1": 2, "src2": 1, "channels": 16, "width": 3, "activation": "swish"},
-    ]},
-    "image-module": {"space": "image-module", "cell": {"branches": [
-        {"type": "conv-maxpool", "src1": 0, "src2": 0, "channels": 8, "width": 3},
-        {"type": "1x7-7x1-none", "src1": 1, "channels": 8, "width": 1},
-    ]}, "stack": {"stem_channels": 8, "stages": 2, "cells_per_stage": 1}},
-    "kws-layer": {"space": "kws-layer", "layers": [
-        {"op": "conv2d", "src1": 0, "channels": 4, "width": 4, "freq_width": 4, "stride_time": 4, "stride_freq": 4, "activation": "relu"},
-        {"op": "gru", "src1": 1, "channels": 12, "directions": 1},
-        {"op": "fc", "src1": 2, "channels": 12, "activation": "relu"},
-    ]},
+    "image-layer": {
+        "space": "image-layer",
+        "layers": [
+            {"op": "conv2d", "src1": 0, "channels": 16, "width": 3, "activation": "relu"},
+            {"op": "maxpool", "src1": 1, "width": 2},
+            {"op": "dep-sep-conv2d", "src1": 2, "src2": 1, "channels": 16, "width": 3, "activation": "swish"},
+        ],
+    },
+    "image-module": {
+        "space": "image-module",
+        "cell": {
+            "branches": [
+                {"type": "conv-maxpool", "src1": 0, "src2": 0, "channels": 8, "width": 3},
+                {"type": "1x7-7x1-none", "src1": 1, "channels": 8, "width": 1},
+            ]
+        },
+        "stack": {"stem_channels": 8, "stages": 2, "cells_per_stage": 1},
+    },
+    "kws-layer": {
+        "space": "kws-layer",
+        "layers": [
+            {
+                "op": "conv2d",
+                "src1": 0,
+                "channels": 4,
+                "width": 4,
+                "freq_width": 4,
+                "stride_time": 4,
+                "stride_freq": 4,
+                "activation": "relu",
+            },
+            {"op": "gru", "src1": 1, "channels": 12, "directions": 1},
+            {"op": "fc", "src1": 2, "channels": 12, "activation": "relu"},
+        ],
+    },
 }
 
 
-def write_task(root: pathlib.Path, arch: dict, *, dataset=None, training=None, child="e000-s00-c00", weights=None) -> pathlib.Path:
+def write_task(
+    root: pathlib.Path, arch: dict, *, dataset=None, training=None, child="e000-s00-c00", weights=None
+) -> pathlib.Path:
     child_dir = root / "search" / "children" / child
     child_dir.mkdir(parents=True, exist_ok=True)
-    doc = {"apiVersion": "epnas.io/v1alpha1", "kind": "ChildTask", "search": "search", "child": child, "arch": arch,
-           "dataset": dataset or SYNTHETIC, "training": training or TINY, "seed": 3}
+    doc = {
+        "apiVersion": "epnas.io/v1alpha1",
+        "kind": "ChildTask",
+        "search": "search",
+        "child": child,
+        "arch": arch,
+        "dataset": dataset or SYNTHETIC,
+        "training": training or TINY,
+        "seed": 3,
+    }
     if weights:
         doc["weights"] = weights
     (child_dir / "arch.json").write_text(json.dumps(doc))
@@ -64,8 +94,14 @@ def argv_for(child_dir: pathlib.Path, *extra: str) -> list[str]:
 
 
 def run_cli(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "child_trainer", *args], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "EPNAS_TRAINER_THREADS": "1", **(env or {})}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "child_trainer", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "EPNAS_TRAINER_THREADS": "1", **(env or {})},
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize("space", sorted(ARCHS))
@@ -98,7 +134,11 @@ def test_subprocess_run_pulls_shared_weights_and_writes_termination_log(tmp_path
 
 
 def test_synthetic_data_is_learnable_and_training_is_deterministic():
-    splits = load_dataset(Dataset.model_validate({"kind": "synthetic", "inputShape": [1, 8, 8], "options": {"samples": 300}}), space="image-layer", seed=0)
+    splits = load_dataset(
+        Dataset.model_validate({"kind": "synthetic", "inputShape": [1, 8, 8], "options": {"samples": 300}}),
+        space="image-layer",
+        seed=0,
+    )
     arch = parse_arch(ARCHS["image-layer"])
     training = ChildTraining(regime="standard", epochs=3, batch_size=32).resolved()
     outcomes = []
@@ -131,12 +171,32 @@ def test_flags_override_regime_and_numbers(tmp_path, monkeypatch):
     def spying(model, splits, training, **kwargs):  # the real training, watched
         seen.update(training=training, train_samples=len(splits.train[0]))
         model.register_forward_pre_hook(
-            lambda module, inputs: seen["batches"].append(len(inputs[0])) if module.training and torch.is_grad_enabled() else None)
+            lambda module, inputs: (
+                seen["batches"].append(len(inputs[0])) if module.training and torch.is_grad_enabled() else None
+            )
+        )
         return real_train_child(model, splits, training, **kwargs)
 
     monkeypatch.setattr(child_trainer.train, "train_child", spying)
     child_dir = write_task(tmp_path, ARCHS["image-layer"], training={"regime": "prediction", "epochs": 5})
-    assert main(argv_for(child_dir, "--regime", "standard", "--epochs", "1", "--batch-size", "32", "--sample-ratio", "0.5", "--channel-factor", "0.5")) == 0
+    assert (
+        main(
+            argv_for(
+                child_dir,
+                "--regime",
+                "standard",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "32",
+                "--sample-ratio",
+                "0.5",
+                "--channel-factor",
+                "0.5",
+            )
+        )
+        == 0
+    )
     result = load_result((child_dir / "result.json").read_text())
     assert result.epochs_run == 1
     assert result.history["lr"][0] < 0.05
@@ -169,8 +229,13 @@ def test_termination_message_is_capped():
 
 def _npz(path: pathlib.Path, shape) -> pathlib.Path:
     rng = np.random.default_rng(0)
-    np.savez(path, x_train=rng.normal(size=(40, *shape)).astype(np.float32), y_train=rng.integers(0, 3, 40),
-             x_val=rng.normal(size=(10, *shape)).astype(np.float32), y_val=rng.integers(0, 3, 10))
+    np.savez(
+        path,
+        x_train=rng.normal(size=(40, *shape)).astype(np.float32),
+        y_train=rng.integers(0, 3, 40),
+        x_val=rng.normal(size=(10, *shape)).astype(np.float32),
+        y_val=rng.integers(0, 3, 10),
+    )
     return path
 
 
@@ -181,21 +246,32 @@ def _bad_json(tmp_path):
 
 
 def _unknown_op(tmp_path):
-    arch = {"space": "image-layer", "layers": [{"op": "conv9", "src1": 0, "channels": 16, "width": 3, "activation": "relu"}]}
+    arch = {
+        "space": "image-layer",
+        "layers": [{"op": "conv9", "src1": 0, "channels": 16, "width": 3, "activation": "relu"}],
+    }
     return write_task(tmp_path, arch), "unknown op"
 
 
 def _missing_dataset(tmp_path):
-    return write_task(tmp_path, ARCHS["image-layer"], dataset={"kind": "npz", "uri": (tmp_path / "nope.npz").as_uri(), "inputShape": [1, 8, 8], "numClasses": 3}), "not found"
+    return write_task(
+        tmp_path,
+        ARCHS["image-layer"],
+        dataset={"kind": "npz", "uri": (tmp_path / "nope.npz").as_uri(), "inputShape": [1, 8, 8], "numClasses": 3},
+    ), "not found"
 
 
 def _wrong_input_shape(tmp_path):
     uri = _npz(tmp_path / "data.npz", (1, 6, 6)).as_uri()
-    return write_task(tmp_path, ARCHS["image-layer"], dataset={"kind": "npz", "uri": uri, "inputShape": [1, 8, 8], "numClasses": 3}), "input shape"
+    return write_task(
+        tmp_path, ARCHS["image-layer"], dataset={"kind": "npz", "uri": uri, "inputShape": [1, 8, 8], "numClasses": 3}
+    ), "input shape"
 
 
 def _declared_shape_mismatch(tmp_path):
-    return write_task(tmp_path, ARCHS["image-layer"], dataset={"kind": "digits", "inputShape": [3, 32, 32]}), "input shape"
+    return write_task(
+        tmp_path, ARCHS["image-layer"], dataset={"kind": "digits", "inputShape": [3, 32, 32]}
+    ), "input shape"
 
 
 def _bad_flag(tmp_path):
@@ -240,7 +316,10 @@ def test_missing_arch_is_invalid_and_store_fault_is_1(tmp_path, capsys):
     child_dir = write_task(tmp_path, ARCHS["image-layer"])
     blocker = tmp_path / "blocked"
     blocker.write_text("a file where a directory must go")
-    assert main(["--arch", (child_dir / "arch.json").as_uri(), "--out", (blocker / "out").as_uri(), "--device", "cpu"]) == 1
+    assert (
+        main(["--arch", (child_dir / "arch.json").as_uri(), "--out", (blocker / "out").as_uri(), "--device", "cpu"])
+        == 1
+    )
     assert "epnas-trainer: store error" in capsys.readouterr().err
 
 

@@ -18,7 +18,15 @@ from torch import nn
 
 from child_trainer import train as trainer
 from child_trainer.data import Splits, load_dataset
-from child_trainer.train import TrainStep, lr_at, place_splits, recalibrate_batchnorm, resolve_precision, train_child, uses_conv2d
+from child_trainer.train import (
+    TrainStep,
+    lr_at,
+    place_splits,
+    recalibrate_batchnorm,
+    resolve_precision,
+    train_child,
+    uses_conv2d,
+)
 from epnas.arch import parse_arch
 from epnas.build import build_model
 from epnas.errors import SpecError
@@ -26,12 +34,18 @@ from epnas.spec import ChildTraining, Dataset
 from epnas.task import load_task
 
 CPU = torch.device("cpu")
-ARCH = {"space": "image-layer", "layers": [
-    {"op": "conv2d", "src1": 0, "channels": 8, "width": 3, "activation": "relu"},
-    {"op": "maxpool", "src1": 1, "width": 2},
-    {"op": "dep-sep-conv2d", "src1": 2, "src2": 1, "channels": 8, "width": 3, "activation": "swish"},
-]}
-TINY = {"space": "image-layer", "layers": [{"op": "conv2d", "src1": 0, "channels": 4, "width": 3, "activation": "relu"}]}
+ARCH = {
+    "space": "image-layer",
+    "layers": [
+        {"op": "conv2d", "src1": 0, "channels": 8, "width": 3, "activation": "relu"},
+        {"op": "maxpool", "src1": 1, "width": 2},
+        {"op": "dep-sep-conv2d", "src1": 2, "src2": 1, "channels": 8, "width": 3, "activation": "swish"},
+    ],
+}
+TINY = {
+    "space": "image-layer",
+    "layers": [{"op": "conv2d", "src1": 0, "channels": 4, "width": 3, "activation": "relu"}],
+}
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +61,9 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def digits() -> Splits:
     splits = load_dataset(Dataset(kind="digits"), space="image-layer", seed=0, sample_ratio=0.5)
-    return Splits(splits.train, (splits.val[0][:150], splits.val[1][:150]), splits.test, splits.input_shape, splits.num_classes)
+    return Splits(
+        splits.train, (splits.val[0][:150], splits.val[1][:150]), splits.test, splits.input_shape, splits.num_classes
+    )
 
 
 def _model(splits: Splits, arch: dict = ARCH, seed: int = 3) -> nn.Module:
@@ -68,7 +84,9 @@ def _first_conv(model: nn.Module) -> nn.Conv2d:
 
 def test_spec_defaults_and_the_task_carries_the_options():
     assert ChildTraining().precision == "auto" and ChildTraining().compile is False
-    task = load_task({"search": "s", "child": "e000-s00-c00", "arch": ARCH, "training": {"precision": "bf16", "compile": True}})
+    task = load_task(
+        {"search": "s", "child": "e000-s00-c00", "arch": ARCH, "training": {"precision": "bf16", "compile": True}}
+    )
     assert task.training.precision == "bf16" and task.training.compile is True
     again = load_task(task.to_json())
     assert again.training == task.training
@@ -88,10 +106,16 @@ def test_auto_precision_is_fp32_on_cpu():
         assert not torch.is_autocast_enabled("cpu")
 
 
-@pytest.mark.parametrize("bf16, choice, expected, warns", [
-    (True, "auto", "bf16", False), (False, "auto", "fp16", False),
-    (False, "bf16", "fp16", True), (True, "fp16", "fp16", False), (True, "fp32", "fp32", False),
-])
+@pytest.mark.parametrize(
+    "bf16, choice, expected, warns",
+    [
+        (True, "auto", "bf16", False),
+        (False, "auto", "fp16", False),
+        (False, "bf16", "fp16", True),
+        (True, "fp16", "fp16", False),
+        (True, "fp32", "fp32", False),
+    ],
+)
 def test_precision_on_a_cuda_device(monkeypatch, bf16, choice, expected, warns):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16)
     precision, warning = resolve_precision(choice, torch.device("cuda"))
@@ -161,8 +185,13 @@ def _old_evaluate(model, pair):
 def _old_train(model, splits, training, seed, augment):
     """The training loop of child_trainer.train.train_child before precision, channels_last and compile (no stops)."""
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=training.lr, momentum=training.momentum,
-                                nesterov=training.momentum > 0, weight_decay=training.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=training.lr,
+        momentum=training.momentum,
+        nesterov=training.momentum > 0,
+        weight_decay=training.weight_decay,
+    )
     x_train, y_train = splits.train
     batch = min(training.batch_size, len(x_train))
     steps_per_epoch = max(1, len(x_train) // batch if len(x_train) % batch < 2 else -(-len(x_train) // batch))
@@ -194,7 +223,13 @@ def _old_train(model, splits, training, seed, augment):
             seen += len(idx)
         recalibrate_batchnorm(model, x_train, batch, CPU)
         val_loss, val_acc = _old_evaluate(model, splits.val)
-        for key, value in (("train_loss", loss_sum / seen), ("train_acc", correct / seen), ("val_loss", val_loss), ("val_acc", val_acc), ("lr", rate)):
+        for key, value in (
+            ("train_loss", loss_sum / seen),
+            ("train_acc", correct / seen),
+            ("val_loss", val_loss),
+            ("val_acc", val_acc),
+            ("lr", rate),
+        ):
             history[key].append(float(value))
     return history, _old_evaluate(model, splits.val)[1], _old_evaluate(model, splits.test)[1]
 
@@ -205,11 +240,23 @@ def test_cpu_training_is_bit_identical_to_the_trainer_before_the_options(digits,
     from child_trainer.data import augment_images
 
     training = ChildTraining(regime=regime, epochs=2, batch_size=100).resolved()
-    splits = Splits(digits.train, digits.val, digits.test, digits.input_shape, digits.num_classes, augment_images if augment else None)
+    splits = Splits(
+        digits.train,
+        digits.val,
+        digits.test,
+        digits.input_shape,
+        digits.num_classes,
+        augment_images if augment else None,
+    )
     new_model, old_model = _model(digits), _model(digits)
     outcome = train_child(new_model, splits, training, seed=7, device=CPU)
     history, val_acc, test_acc = _old_train(old_model, splits, training, 7, augment)
-    assert (outcome.precision, outcome.channels_last, outcome.compiled, outcome.resident) == ("fp32", False, False, True)
+    assert (outcome.precision, outcome.channels_last, outcome.compiled, outcome.resident) == (
+        "fp32",
+        False,
+        False,
+        True,
+    )
     assert outcome.history == history
     assert (outcome.val_accuracy, outcome.test_accuracy) == (val_acc, test_acc)
     new_state, old_state = new_model.state_dict(), old_model.state_dict()
@@ -227,8 +274,14 @@ def test_channels_last_reaches_the_convolutions_and_the_weights_come_back_standa
     model = _model(digits)
     conv = _first_conv(model)
     formats: list[tuple[bool, bool]] = []
-    conv.register_forward_pre_hook(lambda module, args: formats.append(
-        (args[0].is_contiguous(memory_format=torch.channels_last), module.weight.is_contiguous(memory_format=torch.channels_last))))
+    conv.register_forward_pre_hook(
+        lambda module, args: formats.append(
+            (
+                args[0].is_contiguous(memory_format=torch.channels_last),
+                module.weight.is_contiguous(memory_format=torch.channels_last),
+            )
+        )
+    )
     outcome = train_child(model, digits, _training(epochs=1), seed=0, device=CPU, channels_last=True)
     assert outcome.channels_last and outcome.diverged is None
     assert formats and all(x_cl and w_cl for x_cl, w_cl in formats)
@@ -266,7 +319,12 @@ def test_a_non_finite_loss_is_seen_at_once_on_cpu_and_at_the_epoch_end_otherwise
     bad[0, 0, 0, 0] = float("nan")
     for each_step in (True, False):
         model = _model(digits)
-        step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.01), resolve_precision("fp32", CPU)[0], check_each_step=each_step)
+        step = TrainStep(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.01),
+            resolve_precision("fp32", CPU)[0],
+            check_each_step=each_step,
+        )
         assert step(x, y, 0.01) is True
         before = [p.detach().clone() for p in model.parameters()]
         taken = step(bad, y, 0.01)
@@ -282,7 +340,9 @@ def test_compile_true_trains_on_cpu():
     """torch.compile (inductor, C++ on CPU) on a tiny network: it compiles, trains and scores; or falls back with a warning.
     The pinned torch (pyproject.toml) has torch.compile, so this never skips."""
     assert callable(torch.compile), "torch.compile missing: install the pinned torch (make install)"
-    splits = load_dataset(Dataset(kind="synthetic", input_shape=[1, 8, 8], options={"samples": 64}), space="image-layer", seed=0)
+    splits = load_dataset(
+        Dataset(kind="synthetic", input_shape=[1, 8, 8], options={"samples": 64}), space="image-layer", seed=0
+    )
     model = _model(splits, TINY)
     outcome = train_child(model, splits, _training(epochs=1, batch_size=22, compile=True), seed=0, device=CPU)
     assert outcome.diverged is None and len(outcome.history["train_loss"]) == 1
@@ -301,6 +361,7 @@ def test_a_failing_compile_falls_back_to_eager_with_a_warning(monkeypatch, digit
 
         def fail(x):
             raise RuntimeError("inductor: backend compiler failed")
+
         return fail
 
     monkeypatch.setattr(torch, "compile", broken_compile)
@@ -308,7 +369,9 @@ def test_a_failing_compile_falls_back_to_eager_with_a_warning(monkeypatch, digit
     model, eager = _model(digits), _model(digits)
     outcome = train_child(model, digits, training, seed=0, device=CPU)
     assert outcome.compiled is False and outcome.diverged is None
-    assert len(outcome.warnings) == 1 and outcome.warnings[0].startswith("torch.compile failed, training without it: RuntimeError: ")
+    assert len(outcome.warnings) == 1 and outcome.warnings[0].startswith(
+        "torch.compile failed, training without it: RuntimeError: "
+    )
     assert "\n" not in outcome.warnings[0]
     reference = train_child(eager, digits, _training(epochs=1), seed=0, device=CPU)
     assert outcome.history == reference.history  # the fallback trained exactly as eager training does

@@ -10,8 +10,8 @@ import torch
 
 from epnas.arch import parse_arch
 from epnas.build import build_model
-from epnas.store import open_store
 from epnas.errors import CorruptState
+from epnas.store import open_store
 from epnas.weights import (
     Entry,
     closest_entry,
@@ -131,7 +131,9 @@ def test_closest_entry_prefers_exact_then_l1_then_first():
 
 
 def test_step_winners_best_accuracy_per_shape_first_wins_ties():
-    winners = step_winners([("w", (2,), 0.5, 0), ("w", (2,), 0.7, 1), ("w", (3,), 0.4, 2), ("v", (2,), 0.7, 3), ("v", (2,), 0.7, 4)])
+    winners = step_winners(
+        [("w", (2,), 0.5, 0), ("w", (2,), 0.7, 1), ("w", (3,), 0.4, 2), ("v", (2,), 0.7, 3), ("v", (2,), 0.7, 4)]
+    )
     assert winners == {"w": {(2,): 1, (3,): 2}, "v": {(2,): 3}}
 
 
@@ -180,7 +182,9 @@ def test_pull_grows_channels_and_kernel(store):
     for bn in ("weight", "bias", "running_mean", "running_var"):
         name = f"body.0_conv2d.op.bn.{bn}"
         assert torch.equal(new[name], torch.cat([old[name], fresh[name][16:]])), name
-    assert torch.equal(new["head.fc.weight"], torch.cat([old["head.fc.weight"], fresh["head.fc.weight"][:, 16:]], dim=1))
+    assert torch.equal(
+        new["head.fc.weight"], torch.cat([old["head.fc.weight"], fresh["head.fc.weight"][:, 16:]], dim=1)
+    )
     assert torch.equal(new["head.fc.bias"], old["head.fc.bias"])
     # parameters only: conv 16·9 + bn 2·16 + fc 10·16 + 10, out of 32·25 + 2·32 + 10·32 + 10
     assert (report.inherited, report.total) == (346, 1194)
@@ -273,7 +277,13 @@ def test_merge_skips_a_corrupt_child(store):
 
 
 def test_cell_network_round_trip(store):
-    arch = parse_arch({"space": "image-module", "cell": {"branches": [{"type": "conv-maxpool", "src1": 0, "src2": 0, "channels": 8, "width": 3}]}, "stack": {"stem_channels": 8, "stages": 1}})
+    arch = parse_arch(
+        {
+            "space": "image-module",
+            "cell": {"branches": [{"type": "conv-maxpool", "src1": 0, "src2": 0, "channels": 8, "width": 3}]},
+            "stack": {"stem_channels": 8, "stages": 1},
+        }
+    )
     torch.manual_seed(0)
     model = build_model(arch, (3, 8, 8), 10)
     merge(store, "weights", [(push_child(store, "children/a", model), 0.5, "a")])
