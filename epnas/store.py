@@ -12,12 +12,14 @@
   so a reader never sees a partial one either.
 
 Keys are ``/``-separated and relative to the store root.  Every failure raises
-``StoreError`` (``StoreNotFound`` for a missing key, ``StoreURIError`` for a URI that names
-no store: invalid input, exit 2); messages name the store and key, never credentials.
+``StoreError`` (``StoreNotFound`` for a missing key, ``StoreDecodeError`` for ``get_json`` on
+content that is not JSON, ``StoreURIError`` for a URI that names no store: invalid input,
+exit 2); messages name the store and key, never credentials.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -56,6 +58,10 @@ class StoreError(EpnasError, RuntimeError):
 
 class StoreNotFound(StoreError):
     """The key does not exist."""
+
+
+class StoreDecodeError(StoreError):
+    """``get_json``: the object exists but is not valid JSON (UTF-8): damaged content, not an unreachable store."""
 
 
 class StoreURIError(StoreError, InvalidInput):
@@ -173,12 +179,12 @@ class Store:
         self.put_bytes(key, pathlib.Path(path).read_bytes())
 
     def get_json(self, key: str) -> Any:
-        """The decoded JSON at ``key``; undecodable content raises ``StoreError``."""
+        """The decoded JSON at ``key``; undecodable content raises ``StoreDecodeError``."""
         data = self.get_bytes(key)
         try:
             return json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise StoreError(f"{self.uri}/{key}: not valid JSON: {err}") from None
+            raise StoreDecodeError(f"{self.uri}/{key}: not valid JSON: {err}") from None
 
     def put_json(self, key: str, obj: Any) -> None:
         self.put_bytes(key, (json.dumps(obj, sort_keys=True, indent=2) + "\n").encode())
@@ -201,17 +207,9 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with _suppress_os_error():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-class _suppress_os_error:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, value, tb) -> bool:
-        return kind is not None and issubclass(kind, OSError)
 
 
 class FileStore(Store):

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from epnas.errors import CorruptState
-from epnas.store import Store, StoreError, StoreNotFound
+from epnas.store import Store, StoreDecodeError, StoreNotFound
 
 INDEX = "index.json"
 OBJECTS = "objects/"
@@ -198,9 +198,7 @@ def read_index(store: Store, prefix: str, *, strict: bool = False) -> tuple[dict
         raw = store.get_json(_join(prefix, INDEX))
     except StoreNotFound:
         return {}, []
-    except StoreError as err:
-        if "not valid JSON" not in str(err):
-            raise
+    except StoreDecodeError as err:
         raw, problems = None, [f"weight index unreadable: {err}"]
     index: dict[str, list[Entry]] = {}
     tensors = raw.get("tensors") if isinstance(raw, dict) else None

@@ -10,7 +10,16 @@ import boto3
 import botocore.config
 import pytest
 
-from epnas.store import FileStore, StoreError, StoreNotFound, check_root, join_uri, open_store, split_uri
+from epnas.store import (
+    FileStore,
+    StoreDecodeError,
+    StoreError,
+    StoreNotFound,
+    check_root,
+    join_uri,
+    open_store,
+    split_uri,
+)
 
 
 @pytest.fixture()
@@ -60,6 +69,10 @@ def test_invalid_json_and_bad_keys(store):
     store.put_bytes("bad.json", b"{nope")
     with pytest.raises(StoreError, match="not valid JSON"):
         store.get_json("bad.json")
+    store.put_bytes("latin.json", b"\xff\xfe")
+    for key in ("bad.json", "latin.json"):  # its own type: a caller tells damage from an unreachable store by type
+        with pytest.raises(StoreDecodeError, match=f"/{key}: not valid JSON"):
+            store.get_json(key)
     for key in ("../escape", "/abs", "a//b", ""):
         with pytest.raises(StoreError):
             store.put_bytes(key, b"x")
