@@ -31,7 +31,11 @@ here, but neither is a dependency of the controller or its image, and the Workfl
 mostly the Job's pod template copied over, so plain dicts (``Obj``, as the Job path uses) keep
 the code smaller than converting to and from model classes.
 
-Permissions (the chart must grant them when the Argo executor is enabled): ``ARGO_USES``.
+Permissions, granted by the chart only with ``argo.enabled`` (``controller.rbac``): the controller's
+``ARGO_USES`` (checked against this module's calls by tests/unit/test_controller_rbac.py), and in
+each search's namespace the children's ServiceAccount's ``EXECUTOR_USES``: what argoexec v4's
+``wait`` container does with the pod's token (``WorkflowTaskResult`` create and patch, upstream's
+emissary executor Role; no ConfigMaps or Secrets, which only artifacts would need).
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ LOG = logging.getLogger("epnas.controller.argo")
 GROUP, VERSION, PLURAL = "argoproj.io", "v1alpha1", "workflows"
 WORKFLOWS = (GROUP, PLURAL)
 ARGO_USES = frozenset({Use("create", *WORKFLOWS), Use("get", *WORKFLOWS), Use("patch", *WORKFLOWS)})
+WORKFLOW_TASK_RESULTS = (GROUP, "workflowtaskresults")
+EXECUTOR_USES = frozenset({Use("create", *WORKFLOW_TASK_RESULTS), Use("patch", *WORKFLOW_TASK_RESULTS)})
 POLL_S = 1.0
 DONE = ("Succeeded", "Failed", "Error")
 # Argo's expression language: retry unless the last attempt's exit code is one that is never retried

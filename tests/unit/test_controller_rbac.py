@@ -5,11 +5,12 @@ grants on the real authorizer in tests/integration/test_controller_rbac.py."""
 
 from __future__ import annotations
 
+import importlib.util
 import pathlib
 
 import yaml
 
-from controller import jobs, rbac
+from controller import argo, jobs, rbac
 from controller.kube import Use
 from epnas.executors.base import ChildRun
 from epnas.spec import SearchSpec
@@ -62,3 +63,38 @@ def test_the_finalizers_permission_is_there_because_jobs_block_owner_deletion():
 
     assert owner["blockOwnerDeletion"] is True
     assert Use("update", "epnas.io", "architecturesearches/finalizers") in rbac.code_uses()
+
+
+def test_argo_uses_are_the_argo_executors_calls_and_not_granted_by_default():
+    """``ARGO_USES`` (what the chart grants with ``argo.enabled``) is exactly what controller/argo.py calls."""
+    assert rbac.argo_uses() == set(argo.ARGO_USES)
+    assert {u.verb for u in argo.ARGO_USES} == {"create", "get", "patch"}
+    assert all(u.group != "argoproj.io" for u in rbac.code_uses())
+    assert all(r.group != "argoproj.io" for r in rbac.cluster_rules())
+
+
+def test_cluster_rules_with_argo_add_only_the_workflow_verbs():
+    without, with_argo = rbac.cluster_rules(), rbac.cluster_rules(argo=True)
+
+    assert [r for r in with_argo if r not in without] == [
+        rbac.Rule("argoproj.io", "workflows", ("get", "create", "patch"))
+    ]
+    assert [r for r in without if r not in with_argo] == []
+    assert rbac.executor_rules() == [rbac.Rule("argoproj.io", "workflowtaskresults", ("create", "patch"))]
+
+
+def test_uses_in_reads_only_calls_inside_functions(tmp_path):
+    """A module-level ``Use`` constant is not an API call: ``uses_in`` skips it (``ARGO_USES`` is one)."""
+    path = tmp_path / "fake_calls.py"
+    path.write_text(
+        "from controller.kube import Use\n"
+        "THINGS = ('g', 'things')\n"
+        "DECLARED = {Use('delete', *THINGS)}\n"
+        "def call():\n"
+        "    return Use('get', *THINGS)\n"
+    )
+    spec = importlib.util.spec_from_file_location("fake_calls", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    assert rbac.uses_in(module) == {Use("get", "g", "things")}
