@@ -10,7 +10,8 @@ in one place and prints ``message_lines``; any other exception is a bug and keep
     │   ├── SpecError           2  an invalid search file, architecture or child task (one line per problem)
     │   ├── DatasetError        2  a dataset missing, unreadable or not the declared shape
     │   └── StoreURIError       2  a store URI that names no store (``epnas.store``)
-    ├── StoreError              1  a store operation failed (``epnas.store``; ``StoreNotFound`` under it)
+    ├── StoreError              1  a store operation failed (``epnas.store``; ``StoreNotFound`` and
+    │                              ``StoreDecodeError``, JSON that does not decode, under it)
     ├── CorruptState            1  a file the search wrote and reads back is damaged
     ├── ExportError             1  ``epnas export`` cannot be made (``epnas.export``)
     ├── ReportError             1  ``epnas report`` has nothing to report (``epnas.report``)
