@@ -12,13 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from controller.metrics import Metrics
+from controller.metrics import ControllerMetrics
 
 Probe = Callable[[], tuple[bool, str]]
 
 
 def serve(
-    *, port: int, metrics: Metrics, ready: Probe, health: Probe = lambda: (True, "ok"), host: str = "0.0.0.0"
+    *, port: int, metrics: ControllerMetrics, ready: Probe, health: Probe = lambda: (True, "ok"), host: str = "0.0.0.0"
 ) -> ThreadingHTTPServer:
     """Start serving; returns the server (``.server_address[1]`` is the port, ``.shutdown()`` stops it)."""
 

@@ -14,14 +14,18 @@ says what an event means; ``Controller`` does it.  SIGTERM/SIGINT stop every loo
 steps, release the Lease and exit 0; a lost Lease stops every loop and exits 1 (the kubelet
 restarts the replica as a candidate).
 
-Exit codes: 0 stopped by a signal; 2 invalid flags (``epnas.errors.InvalidInput``: one line
-``epnas controller: …`` on stderr, no traceback; argparse's own usage errors too); 1 a lost
-Lease or another ``EpnasError`` fault.  Any other exception is a bug and keeps its traceback.
+``controller`` is the click command (``epnas controller`` finds it through the
+``epnas.commands`` entry point; ``python -m controller``, the image's entry point, runs it
+through ``main``).
+
+Exit codes (``epnas.errors``): 0 stopped by a signal; 2 invalid flags (``InvalidInput``: one
+line ``epnas controller: …`` on stderr, no traceback; click's usage errors too: an unknown flag,
+a bad value, ``--namespace`` with ``--all-namespaces``); 1 a lost Lease or another
+``EpnasError`` fault.  Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -33,8 +37,10 @@ import sys
 import threading
 import time
 import uuid
-from typing import Literal
+from types import SimpleNamespace
+from typing import Any, Literal
 
+import click
 import pydantic
 
 from controller import http
@@ -42,10 +48,11 @@ from controller import kube as kube_mod
 from controller.jobs import TRAINER_COMMAND
 from controller.kube import Gone, Kube, KubeError, Obj
 from controller.leader import LeaderElector, LeaseConfig
-from controller.metrics import Metrics
+from controller.metrics import ControllerMetrics
 from controller.runner import SearchRunner
 from controller.tenancy import StorePolicy
-from epnas.errors import FAULT, EpnasError, InvalidInput, message_lines
+from epnas.commands import OneLineCommand, run_command
+from epnas.errors import FAULT, EpnasError, InvalidInput
 from epnas.spec import Trainer
 
 LOG = logging.getLogger("epnas.controller")
@@ -58,14 +65,14 @@ STALL_S = 3 * WATCH_WINDOW_S  # no watch progress for this long: /healthz fails
 # watch could not decode the event (and retried it forever) and a relist raised RecursionError.
 RECURSION_LIMIT = 3 * 10_000
 SERVICE_ACCOUNT_NAMESPACE = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-Action = Literal["start", "observe", "stop", "skip"]
+WatchDecision = Literal["start", "observe", "stop", "skip"]
 
 
 class _Shutdown(Exception):
     """SIGTERM or SIGINT arrived."""
 
 
-def decide(event_type: str, obj: Obj, *, running: bool) -> Action:
+def decide(event_type: str, obj: Obj, *, running: bool) -> WatchDecision:
     """What to do with an ArchitectureSearch event (pure).
 
     * ``stop``: the object was deleted or is being deleted.
@@ -92,7 +99,7 @@ class Controller:
         self,
         *,
         kube: Kube,
-        metrics: Metrics,
+        metrics: ControllerMetrics,
         namespace: str | None,
         trainer_command: list[str],
         store_policy: StorePolicy = StorePolicy(),
@@ -192,91 +199,108 @@ class Controller:
             runner.thread.join(timeout=15)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="epnas controller", description="Run ArchitectureSearch objects as one Kubernetes Job per child."
-    )
-    scope = p.add_mutually_exclusive_group()
-    scope.add_argument("--namespace", help="watch only this namespace (needs only a Role there)")
-    scope.add_argument(
-        "--all-namespaces", action="store_true", help="watch every namespace (the default; needs the ClusterRole)"
-    )
-    p.add_argument(
-        "--metrics-port", type=int, default=8080, help="port of /metrics, /healthz and /readyz (0: any free port)"
-    )
-    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster config, else $KUBECONFIG)")
-    p.add_argument(
-        "--trainer-command",
-        default=shlex.join(TRAINER_COMMAND),
-        help="the trainer container's command, split like a shell would (default: %(default)s)",
-    )
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="log level")
-    p.add_argument(
-        "--leader-elect",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="hold a coordination.k8s.io Lease before running searches, so that of several replicas one leads (default: on)",
-    )
-    p.add_argument(
-        "--leader-election-namespace",
-        help="namespace of the Lease (default: $POD_NAMESPACE, the pod's own namespace, else default)",
-    )
-    p.add_argument("--leader-election-id", default="epnas-controller", help="name of the Lease (default: %(default)s)")
-    p.add_argument(
-        "--lease-duration",
-        type=float,
-        default=15.0,
-        help="seconds a standby waits on a silent leader (default: %(default)s)",
-    )
-    p.add_argument(
-        "--renew-deadline",
-        type=float,
-        default=10.0,
-        help="seconds a leader keeps trying to renew before it stops (default: %(default)s)",
-    )
-    p.add_argument(
-        "--retry-period", type=float, default=2.0, help="seconds between election attempts (default: %(default)s)"
-    )
-    p.add_argument(
-        "--trainer-defaults",
-        default="{}",
-        metavar="JSON",
-        help="the installation's spec.trainer defaults (camelCase fields, e.g. the GPU pool's image, resources, "
-        "nodeSelector, tolerations, priorityClassName); a search's own fields win",
-    )
-    p.add_argument(
-        "--default-parallelism",
-        type=positive_int,
-        metavar="N",
-        help="children of a step in flight at once for a search without spec.parallelism, e.g. the GPU pool's size "
-        "(default: the whole step); a search's own spec.parallelism wins",
-    )
-    p.add_argument(
-        "--allowed-store",
-        action="append",
-        default=[],
-        metavar="URI",
-        help="a store URI prefix searches may use (s3://bucket/prefix); repeat for several (default: any)",
-    )
-    p.add_argument(
-        "--allowed-endpoint",
-        action="append",
-        default=[],
-        metavar="URL",
-        help="an S3 endpoint searches may use (https://minio.example:9000); repeat for several (default: any)",
-    )
-    return p.parse_args(argv)
+class ControllerCommand(OneLineCommand):
+    """The controller's click command: a usage error is one line ``epnas controller: …`` and exit 2;
+    ``--namespace`` and ``--all-namespaces`` exclude each other."""
+
+    prog = PROG
+
+    def check(self, ctx: click.Context) -> None:
+        if ctx.params.get("namespace") is not None and ctx.params.get("all_namespaces"):
+            raise click.UsageError("--all-namespaces: not allowed with --namespace")
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1."""
+@click.command(name="controller", cls=ControllerCommand)
+@click.option("--namespace", help="watch only this namespace (needs only a Role there)")
+@click.option("--all-namespaces", is_flag=True, help="watch every namespace (the default; needs the ClusterRole)")
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=8080,
+    show_default=True,
+    help="port of /metrics, /healthz and /readyz (0: any free port)",
+)
+@click.option("--kubeconfig", help="kubeconfig file (default: in-cluster config, else $KUBECONFIG)")
+@click.option(
+    "--trainer-command",
+    default=shlex.join(TRAINER_COMMAND),
+    show_default=True,
+    help="the trainer container's command, split like a shell would",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(("DEBUG", "INFO", "WARNING", "ERROR")),
+    default="INFO",
+    show_default=True,
+    help="log level",
+)
+@click.option(
+    "--leader-elect/--no-leader-elect",
+    default=True,
+    help="hold a coordination.k8s.io Lease before running searches, so that of several replicas one leads "
+    "(default: on)",
+)
+@click.option(
+    "--leader-election-namespace",
+    help="namespace of the Lease (default: $POD_NAMESPACE, the pod's own namespace, else default)",
+)
+@click.option("--leader-election-id", default="epnas-controller", show_default=True, help="name of the Lease")
+@click.option(
+    "--lease-duration",
+    type=float,
+    default=15.0,
+    show_default=True,
+    help="seconds a standby waits on a silent leader",
+)
+@click.option(
+    "--renew-deadline",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="seconds a leader keeps trying to renew before it stops",
+)
+@click.option("--retry-period", type=float, default=2.0, show_default=True, help="seconds between election attempts")
+@click.option(
+    "--trainer-defaults",
+    default="{}",
+    metavar="JSON",
+    help="the installation's spec.trainer defaults (camelCase fields, e.g. the GPU pool's image, resources, "
+    "nodeSelector, tolerations, priorityClassName); a search's own fields win",
+)
+@click.option(
+    "--default-parallelism",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="children of a step in flight at once for a search without spec.parallelism, e.g. the GPU pool's size "
+    "(default: the whole step); a search's own spec.parallelism wins",
+)
+@click.option(
+    "--allowed-store",
+    multiple=True,
+    metavar="URI",
+    help="a store URI prefix searches may use (s3://bucket/prefix); repeat for several (default: any)",
+)
+@click.option(
+    "--allowed-endpoint",
+    multiple=True,
+    metavar="URL",
+    help="an S3 endpoint searches may use (https://minio.example:9000); repeat for several (default: any)",
+)
+@click.pass_context
+def controller(ctx: click.Context, **flags: Any) -> None:
+    """Run ArchitectureSearch objects as one Kubernetes Job per child."""
+    ctx.exit(execute(SimpleNamespace(**flags)))
+
+
+def parse_args(argv: list[str] | None) -> SimpleNamespace:
+    """The flags of ``argv`` (default ``sys.argv[1:]``), one attribute each, without running anything.
+    A usage error prints its one line and raises ``SystemExit(2)``; ``--help`` prints the help and
+    raises ``SystemExit(0)``."""
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+        with controller.make_context(PROG, list(sys.argv[1:] if argv is None else argv)) as ctx:
+            return SimpleNamespace(**ctx.params)
+    except click.exceptions.Exit as stop:
+        raise SystemExit(stop.exit_code) from None
 
 
 def trainer_defaults_arg(text: str) -> dict:
@@ -321,21 +345,24 @@ def allow_deep_objects() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the controller with ``argv`` (default ``sys.argv[1:]``) until a signal or a lost Lease;
-    return the exit code.  The one place an ``EpnasError`` becomes its lines on stderr and its
-    exit code; any other exception propagates with its traceback."""
-    args = parse_args(argv)
+    """Run the controller with ``argv`` (default ``sys.argv[1:]``) until a signal or a lost Lease,
+    as ``python -m controller``; return the exit code (``--help``: 0)."""
+    return run_command(controller, argv, "python -m controller")
+
+
+def execute(args: SimpleNamespace) -> int:
+    """Run the controller with the parsed flags ``args``; return the exit code.  The one place an
+    ``EpnasError`` becomes its lines on stderr and its exit code; any other exception propagates
+    with its traceback."""
     allow_deep_objects()
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
     try:
         return serve(args)
     except EpnasError as err:
-        for line in message_lines(err, PROG):
-            print(line, file=sys.stderr)
-        return err.exit_code
+        return controller.report(err)
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(args: SimpleNamespace) -> int:
     """Check the flags (``InvalidInput``), then lead (or wait to), watch and run searches until
     SIGTERM/SIGINT (0) or a lost Lease (1)."""
     try:
@@ -349,7 +376,7 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise InvalidInput(f"--lease-duration / --renew-deadline / --retry-period: {err}") from None
     trainer_defaults = trainer_defaults_arg(args.trainer_defaults)
-    metrics = Metrics()
+    metrics = ControllerMetrics()
     api_client = kube_mod.load_api_client(kubeconfig=args.kubeconfig)
     kube = Kube(api_client, on_error=lambda verb: metrics.api_errors.labels(verb=verb).inc())
     controller = Controller(

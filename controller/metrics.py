@@ -1,6 +1,6 @@
 """Every Prometheus metric of the controller, ``epnas_`` namespace, base units.
 
-One ``Metrics`` object per process holds its own ``CollectorRegistry`` (no module globals),
+One ``ControllerMetrics`` object per process holds its own ``CollectorRegistry`` (no module globals),
 served by ``controller.http``.
 
 ==================================  =========  ==================  ==========================================
@@ -29,9 +29,12 @@ long-running controller does not accumulate series of searches that no longer ex
 
 from __future__ import annotations
 
+from typing import get_args
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from controller.rbac import code_uses
+from epnas.records import ChildStatus
 
 DURATION_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, float("inf"))
 PER_SEARCH = (
@@ -44,7 +47,7 @@ PER_SEARCH = (
     "step",
     "child_duration",
 )
-CHILD_STATUSES = ("succeeded", "failed", "cached")
+CHILD_STATUSES: tuple[ChildStatus, ...] = get_args(ChildStatus)
 # every verb controller.kube's calls use (read from its source, as the RBAC rules are): each gets
 # its error series at 0 from the start
 API_VERBS = tuple(
@@ -53,7 +56,10 @@ API_VERBS = tuple(
 STORE_OPS = ("open", "loop")
 
 
-class Metrics:
+class ControllerMetrics:
+    """The controller's Prometheus series (the table above), in a registry of its own; not the
+    architecture metrics of ``epnas.metrics.Metrics``."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry

@@ -34,7 +34,7 @@ from controller import status as st
 from controller.argo import ArgoExecutor
 from controller.jobs import TRAINER_COMMAND, JobExecutor, Owner, job_name
 from controller.kube import Kube, KubeError, Obj
-from controller.metrics import Metrics
+from controller.metrics import ControllerMetrics
 from controller.tenancy import StorePolicy, search_location
 from epnas.checkpoint import SEARCH_FILE, pin_search
 from epnas.errors import SpecError
@@ -127,7 +127,7 @@ class SearchRunner:
         obj: Obj,
         *,
         kube: Kube,
-        metrics: Metrics,
+        metrics: ControllerMetrics,
         trainer_command: list[str] = TRAINER_COMMAND,
         clock: Callable[[], str] = utc_now,
         store_policy: StorePolicy = StorePolicy(),

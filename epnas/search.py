@@ -300,7 +300,7 @@ class SearchLoop:
                 "metrics": record.metrics,
             }
             if result is None:
-                entry.update(status="failed", reason=failure_reason(outcomes.get(f"final-{record.child}")))
+                entry.update(status="failed", reason=outcome_reason(outcomes.get(f"final-{record.child}")))
             else:
                 entry.update(
                     status="succeeded",
@@ -489,7 +489,7 @@ class SearchLoop:
             result = None
         if result is None:
             record.exit_code = outcome.exit_code if outcome else None
-            record.reason = record.reason or failure_reason(outcome)
+            record.reason = record.reason or outcome_reason(outcome)
             reward = compute_reward(0.0, metrics, self.spec.constraints)
             record.violations, record.feasible = reward.violations, reward.feasible
             return record
@@ -535,7 +535,7 @@ class SearchLoop:
             state.policy_file = key
 
 
-def failure_reason(outcome: ChildOutcome | None) -> str:
+def outcome_reason(outcome: ChildOutcome | None) -> str:
     """``"Error: RuntimeError: boom"``: the executor's reason and the last line the trainer wrote."""
     if outcome is None:
         return "no result"

@@ -7,7 +7,9 @@
   the pinned version), so the server validates the chart's ServiceMonitor against its schema;
 * the chart's crds/ file is byte-equal to manifests/crd.yaml;
 * values.yaml documents every key;
-* the controller's RBAC after `helm install`, through `kubectl auth can-i --as=<its SA>`.
+* the controller's RBAC after `helm install`, through `kubectl auth can-i --as=<its SA>`;
+* the Argo switch (`argo.enabled`): the Workflow verbs of controller/argo.py and the children's
+  Argo executor Role (upstream's, at the pinned Argo version) when on, nothing about Argo when off.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import secrets
 import pytest
 import yaml
 from harness import binaries
+from harness.argo import executor_role
 from harness.prometheus import servicemonitor_crd
 from kubernetes import client as k8s_client
 from kubernetes.client.rest import ApiException
@@ -185,6 +188,59 @@ def test_chart_rbac_is_exactly_what_the_code_uses(helm, variant):
     assert _rules(main["rules"]) == _rules([r.as_manifest() for r in rbac.cluster_rules()])
     assert _rules(leader["rules"]) == _rules([r.as_manifest() for r in rbac.lease_rules()])
     assert leader["metadata"]["namespace"] == "team-a"
+
+
+def _argo_docs(helm, *args: str) -> tuple[dict, dict, str]:
+    rendered = helm("template", "epnas", str(CHART), "-n", "team-a", "--kube-version", "1.37.0", *args).stdout
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(rendered) if d}
+    return docs, docs.get(("Role", "epnas")) or docs[("ClusterRole", "epnas")], rendered
+
+
+@pytest.mark.parametrize("variant", [None, CHART / "ci" / "all-namespaces.yaml"], ids=["role", "cluster-role"])
+def test_chart_grants_the_argo_workflow_verbs_only_with_argo_enabled(helm, variant):
+    """argo.enabled adds exactly controller/argo.py's ARGO_USES to the controller's Role/ClusterRole;
+    off (the default), nothing in the chart names argoproj.io."""
+    _, off, rendered_off = _argo_docs(helm, *values_args(variant))
+    _, on, _ = _argo_docs(helm, *values_args(variant), "--set", "argo.enabled=true")
+
+    assert "argoproj" not in rendered_off
+    assert _rules(off["rules"]) == _rules([r.as_manifest() for r in rbac.cluster_rules()])
+    assert _rules(on["rules"]) == _rules([r.as_manifest() for r in rbac.cluster_rules(argo=True)])
+    assert [r for r in _rules(on["rules"]) if r not in _rules(off["rules"])] == [
+        (("argoproj.io",), ("workflows",), ("create", "get", "patch"))
+    ]
+
+
+def test_argo_executor_role_is_upstreams_and_bound_to_the_childrens_service_account(helm):
+    """With argo.enabled, the watched namespace gets the Role Argo's wait container needs (the
+    upstream emissary executor Role of the pinned Argo version, = controller/argo.py's
+    EXECUTOR_USES) bound to the children's ServiceAccount: trainer.serviceAccountName, else default."""
+    docs, _, _ = _argo_docs(helm, "-f", str(CHART / "ci" / "argo.yaml"))
+    role, binding = docs[("Role", "epnas-argo-executor")], docs[("RoleBinding", "epnas-argo-executor")]
+    named, _, _ = _argo_docs(helm, "-f", str(CHART / "ci" / "argo.yaml"), "--set", "trainer.serviceAccountName=irsa")
+
+    assert _rules(role["rules"]) == _rules([r.as_manifest() for r in rbac.executor_rules()])
+    assert _rules(role["rules"]) == _rules(executor_role("team-a")["rules"])
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "team-a"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "epnas-argo-executor",
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "default", "namespace": "team-a"}]
+    assert named[("RoleBinding", "epnas-argo-executor")]["subjects"][0]["name"] == "irsa"
+
+
+def test_argo_executor_role_with_all_namespaces_is_a_cluster_role_left_to_bind(helm):
+    docs, _, _ = _argo_docs(
+        helm, "-f", str(CHART / "ci" / "all-namespaces.yaml"), "-f", str(CHART / "ci" / "argo.yaml")
+    )
+    argo_docs = {key for key in docs if key[1] == "epnas-argo-executor"}
+
+    assert argo_docs == {("ClusterRole", "epnas-argo-executor")}
+    assert _rules(docs[("ClusterRole", "epnas-argo-executor")]["rules"]) == _rules(
+        [r.as_manifest() for r in rbac.executor_rules()]
+    )
 
 
 def test_trainer_values_become_the_jobs_defaults_and_a_search_overrides_them(helm):
@@ -374,6 +430,8 @@ WATCHED_NAMESPACE_RULES = [
     ("list", "architecturesearches.epnas.io", None, "other", False),
     ("patch", "architecturesearches.epnas.io", "status", "other", False),
     ("get", "secrets", None, "other", False),
+    ("create", "workflows.argoproj.io", None, "own", False),  # argo.enabled is false by default
+    ("get", "workflows.argoproj.io", None, "own", False),
 ]
 
 ALL_NAMESPACES_RULES = [
@@ -401,6 +459,57 @@ def test_rbac_with_watched_namespace(helm, control_plane, crds, namespace, other
         helm("uninstall", "epnas", "-n", namespace)
 
     assert answers == [row[:4] + (row[4],) for row in WATCHED_NAMESPACE_RULES]
+
+
+# (who: "controller" | "children", verb, resource) with argo.enabled, in the watched namespace
+ARGO_RULES = [
+    ("controller", "create", "workflows.argoproj.io", True),
+    ("controller", "get", "workflows.argoproj.io", True),
+    ("controller", "patch", "workflows.argoproj.io", True),
+    ("controller", "list", "workflows.argoproj.io", False),
+    ("controller", "watch", "workflows.argoproj.io", False),
+    ("controller", "update", "workflows.argoproj.io", False),
+    ("controller", "delete", "workflows.argoproj.io", False),
+    ("controller", "create", "workflowtaskresults.argoproj.io", False),
+    ("controller", "create", "jobs.batch", True),
+    ("children", "create", "workflowtaskresults.argoproj.io", True),
+    ("children", "patch", "workflowtaskresults.argoproj.io", True),
+    ("children", "get", "workflowtaskresults.argoproj.io", False),
+    ("children", "delete", "workflowtaskresults.argoproj.io", False),
+    ("children", "create", "workflows.argoproj.io", False),
+    ("children", "get", "pods", False),
+    ("children", "get", "secrets", False),
+]
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["argo-enabled", "argo-disabled"])
+def test_rbac_with_argo(helm, control_plane, crds, namespace, other_namespace, enabled):
+    """After `helm install`, the authorizer lets the controller use exactly the Workflow verbs of
+    the Argo executor and the children's default ServiceAccount create/patch its node results, in
+    the watched namespace only; with argo.enabled false, none of it."""
+    install(helm, "epnas", namespace, "--set", f"argo.enabled={str(enabled).lower()}")
+    who = {
+        "controller": f"system:serviceaccount:{namespace}:epnas",
+        "children": f"system:serviceaccount:{namespace}:default",
+    }
+    try:
+        answers = [(w, v, r, can_i(control_plane, who[w], v, r, namespace)) for w, v, r, _ in ARGO_RULES]
+        elsewhere = [
+            can_i(control_plane, who["controller"], "create", "workflows.argoproj.io", other_namespace),
+            can_i(
+                control_plane,
+                f"system:serviceaccount:{other_namespace}:default",
+                "create",
+                "workflowtaskresults.argoproj.io",
+                other_namespace,
+            ),
+        ]
+    finally:
+        helm("uninstall", "epnas", "-n", namespace)
+
+    expected = [(w, v, r, ok and (enabled or r == "jobs.batch")) for w, v, r, ok in ARGO_RULES]
+    assert answers == expected
+    assert elsewhere == [False, False]
 
 
 def test_rbac_in_a_watched_namespace_other_than_the_release_namespace(
@@ -467,10 +576,12 @@ def dashboard_expressions() -> list[str]:
 def exported_series_names() -> set[str]:
     """Every series name the controller's registry can expose (counter `_total`, histogram
     `_bucket`/`_sum`/`_count`, gauge as is)."""
-    from controller.metrics import Metrics
+    from controller.metrics import ControllerMetrics
 
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
-    return {family.name + suffix for family in Metrics().registry.collect() for suffix in suffixes[family.type]}
+    return {
+        family.name + suffix for family in ControllerMetrics().registry.collect() for suffix in suffixes[family.type]
+    }
 
 
 def test_dashboard_uses_only_metrics_the_controller_exports():

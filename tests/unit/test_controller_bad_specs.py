@@ -13,7 +13,7 @@ import yaml
 
 from controller.kube import Kube
 from controller.main import allow_deep_objects
-from controller.metrics import Metrics
+from controller.metrics import ControllerMetrics
 from controller.runner import SearchRunner, too_deep
 from epnas.errors import SpecError
 from epnas.spec import MAX_NESTING, load_search
@@ -81,7 +81,7 @@ class StatusKube:
 
 def test_a_search_nested_as_deep_as_the_api_server_allows_fails_invalid_spec_naming_the_field():
     kube = StatusKube()
-    runner = SearchRunner(search(deep(9_990)), kube=kube, metrics=Metrics())
+    runner = SearchRunner(search(deep(9_990)), kube=kube, metrics=ControllerMetrics())
     runner._main()  # the thread's body, here: no store, no Job is ever reached
 
     status = kube.patches[-1]
@@ -145,7 +145,7 @@ def test_job_names_stay_dns_labels_for_any_budget_a_search_can_have():
 
     kube = StatusKube()
     SearchRunner(
-        named("n" * 40, episodes=10**6, stepsPerEpisode=1000, branches=512), kube=kube, metrics=Metrics()
+        named("n" * 40, episodes=10**6, stepsPerEpisode=1000, branches=512), kube=kube, metrics=ControllerMetrics()
     )._main()
     status = kube.patches[-1]
     assert status["phase"] == "Failed" and status["reason"] == "InvalidSpec"

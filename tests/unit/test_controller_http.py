@@ -9,7 +9,7 @@ import urllib.request
 from prometheus_client import generate_latest
 
 from controller import http
-from controller.metrics import Metrics
+from controller.metrics import ControllerMetrics
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -21,7 +21,7 @@ def get(port: int, path: str) -> tuple[int, str]:
 
 
 def test_endpoints_and_metric_names() -> None:
-    metrics = Metrics()
+    metrics = ControllerMetrics()
     ready, stalled = threading.Event(), threading.Event()
     server = http.serve(
         port=0,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from controller.main import parse_args
-from controller.metrics import Metrics
+from controller.metrics import ControllerMetrics
 from controller.runner import SearchRunner
 
 
@@ -26,13 +26,13 @@ def obj(parallelism=None) -> dict:
     ("own", "default", "expected"), [(None, None, None), (None, 8, 8), (3, 8, 3), (16, 8, 16), (3, None, 3)]
 )
 def test_a_searchs_own_parallelism_wins_over_the_installations(own, default, expected) -> None:
-    runner = SearchRunner(obj(own), kube=None, metrics=Metrics(), default_parallelism=default)  # type: ignore[arg-type]
+    runner = SearchRunner(obj(own), kube=None, metrics=ControllerMetrics(), default_parallelism=default)  # type: ignore[arg-type]
 
     assert runner.step_parallelism() == expected
 
 
 def test_a_live_edit_of_spec_parallelism_replaces_the_default_and_removing_it_brings_it_back() -> None:
-    runner = SearchRunner(obj(), kube=None, metrics=Metrics(), default_parallelism=8)  # type: ignore[arg-type]
+    runner = SearchRunner(obj(), kube=None, metrics=ControllerMetrics(), default_parallelism=8)  # type: ignore[arg-type]
     runner.parallelism = 2  # what observe() sets from an edited spec.parallelism
     assert runner.step_parallelism() == 2
     runner.parallelism = None

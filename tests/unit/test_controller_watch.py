@@ -6,7 +6,7 @@ from __future__ import annotations
 from controller.jobs import JobExecutor, Owner
 from controller.kube import Gone, KubeError
 from controller.main import Controller
-from controller.metrics import Metrics
+from controller.metrics import ControllerMetrics
 from epnas.executors.base import ChildRun
 from epnas.spec import SearchSpec
 
@@ -50,7 +50,7 @@ def test_controller_relists_on_gone_and_resumes_from_the_last_version(monkeypatc
     monkeypatch.setattr("controller.main.RETRY_S", 0.01)
     ref: list = []
     kube = FakeSearchKube(ref)
-    controller = Controller(kube=kube, metrics=Metrics(), namespace="n", trainer_command=["python"])
+    controller = Controller(kube=kube, metrics=ControllerMetrics(), namespace="n", trainer_command=["python"])
     ref.append(controller)
     controller.run()
     assert kube.calls == [("list", "n"), ("watch", "1"), ("list", "n"), ("watch", "2"), ("watch", "7"), ("watch", "7")]

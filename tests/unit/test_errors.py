@@ -35,7 +35,7 @@ from epnas.errors import (
 )
 from epnas.export import ExportError
 from epnas.report import ReportError
-from epnas.store import StoreError, StoreNotFound, StoreURIError
+from epnas.store import StoreDecodeError, StoreError, StoreNotFound, StoreURIError
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -47,6 +47,7 @@ EXIT_CODES = {
     StoreURIError: INVALID_INPUT,
     StoreError: FAULT,
     StoreNotFound: FAULT,
+    StoreDecodeError: FAULT,
     CorruptState: FAULT,
     ExportError: FAULT,
     ReportError: FAULT,
@@ -257,6 +258,6 @@ def test_the_controller_lets_an_unexpected_exception_through(monkeypatch) -> Non
     def metrics():
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(controller_main, "Metrics", metrics)
+    monkeypatch.setattr(controller_main, "ControllerMetrics", metrics)
     with pytest.raises(ZeroDivisionError):
         controller_main.main(["--trainer-defaults", "{}"])
