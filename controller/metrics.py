@@ -34,7 +34,7 @@ from typing import get_args
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from controller.rbac import code_uses
-from epnas.records import ChildStatus
+from epnas.records import ChildStatus, SearchSummary
 
 DURATION_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, float("inf"))
 PER_SEARCH = (
@@ -114,7 +114,7 @@ class ControllerMetrics:
         for op in STORE_OPS:
             self.store_errors.labels(op=op)
 
-    def step_done(self, *, namespace: str, search: str, summary: dict) -> None:
+    def step_done(self, *, namespace: str, search: str, summary: SearchSummary) -> None:
         """Gauges from a loop summary (``epnas.search.summarize``)."""
         best = summary.get("best") or {}
         counts = summary["children"]

@@ -22,6 +22,7 @@ from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, Field
 
+from epnas.records import SearchSummary
 from epnas.report import arch_text
 from epnas.search import position_text
 
@@ -100,7 +101,7 @@ def accuracy(value: float) -> float:
     return round(float(value), 4)
 
 
-def from_summary(summary: dict[str, Any]) -> dict[str, Any]:
+def from_summary(summary: SearchSummary) -> dict[str, Any]:
     """Progress fields of the status from a loop summary (``epnas.search.summarize``)."""
     best = summary.get("best") or {}
     feasible = summary.get("bestFeasible") or {}
@@ -144,7 +145,7 @@ def from_summary(summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def no_feasible_message(summary: dict[str, Any]) -> str:
+def no_feasible_message(summary: SearchSummary) -> str:
     """Why a search that ended has no model to ship, with its best infeasible child."""
     best = summary.get("best")
     tried = summary["children"]["succeeded"] + summary["children"]["cached"]

@@ -20,6 +20,7 @@ import torch
 
 from epnas.errors import CorruptState, SpecError
 from epnas.pinning import spec_changes
+from epnas.records import ArchJSON, TrajectoryStep
 from epnas.spec import ArchitectureSearch, parse_search
 from epnas.store import Store, StoreError, StoreNotFound, join_uri
 
@@ -80,13 +81,18 @@ def _damaged_search_file(store: Store, err: Exception) -> str:
 
 @dataclass
 class LoopState:
-    """Everything the loop needs to continue after the last completed step."""
+    """Everything the loop needs to continue after the last completed step.
+
+    ``seeds`` are the networks episode ``episode`` starts from; ``branches`` each branch's current
+    network (``None`` between episodes); ``trajectory[n]`` branch ``n``'s steps so far this
+    episode, for the strategy's ``learn``; ``history_count`` the child records the checkpoint
+    covers.  Stored as JSON (``to_json``), the same keys and shapes as ever."""
 
     episode: int = 0
     step: int = 0
-    seeds: list[dict] = field(default_factory=list)
-    branches: list[dict] | None = None
-    trajectory: list[list[dict]] = field(default_factory=list)
+    seeds: list[ArchJSON] = field(default_factory=list)
+    branches: list[ArchJSON] | None = None
+    trajectory: list[list[TrajectoryStep]] = field(default_factory=list)
     baselines: list[float] | None = None
     python_rng: list | None = None
     torch_rng: str | None = None
@@ -94,11 +100,19 @@ class LoopState:
     history_count: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["trajectory"] = [[s.to_json() for s in branch] for branch in self.trajectory]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LoopState:
-        return cls(**data)
+        """The state ``to_json`` wrote (trajectories also in the one-morph form of earlier
+        checkpoints); anything else raises ``TypeError`` saying what does not read."""
+        try:
+            trajectory = [[TrajectoryStep.from_json(s) for s in branch] for branch in data.get("trajectory") or []]
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise TypeError(f"trajectory does not read: {type(err).__name__}: {err}") from None
+        return cls(**{**data, "trajectory": trajectory})
 
 
 def encode_python_rng(rng: random.Random) -> list:

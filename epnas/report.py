@@ -28,7 +28,7 @@ from typing import Any
 
 from epnas.checkpoint import SEARCH_FILE, SUMMARY, UPDATES_PREFIX, read_history
 from epnas.errors import CorruptState, EpnasError
-from epnas.records import ChildRecord, ranked_children
+from epnas.records import ChildRecord, SearchSummary, ranked_children
 from epnas.spec import load_search
 from epnas.store import Store, StoreError, StoreNotFound, join_uri
 
@@ -317,7 +317,7 @@ def policy_figure(updates: Sequence[dict[str, Any]]):
 
 
 def _page(
-    summary: dict,
+    summary: SearchSummary | dict[str, Any],  # {} when the search wrote none
     uri: str,
     records: Sequence[ChildRecord],
     top: Sequence[ChildRecord],

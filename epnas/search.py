@@ -17,7 +17,7 @@ that result; a child whose ``result.json`` exists is never trained again.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -43,7 +43,20 @@ from epnas.checkpoint import (
 from epnas.errors import CorruptState, SpecError
 from epnas.executors.base import ChildOutcome, ChildRun, Executor, SearchStopped
 from epnas.metrics import compute_metrics
-from epnas.records import ChildRecord, Move, TrajectoryStep, ranked_children
+from epnas.records import (
+    ArchJSON,
+    ChildBrief,
+    ChildCounts,
+    ChildRecord,
+    FinalEntry,
+    LoopPhase,
+    Move,
+    PlanItem,
+    PlannedMove,
+    SearchSummary,
+    TrajectoryStep,
+    ranked_children,
+)
 from epnas.reward import compute_reward
 from epnas.spec import ArchitectureSearch, dataset_geometry, initial_arch
 from epnas.store import Store, StoreNotFound, join_uri
@@ -94,7 +107,7 @@ class StepReport:
     episode: int
     step: int
     records: list[ChildRecord]
-    summary: dict
+    summary: SearchSummary
 
 
 class SearchLoop:
@@ -188,11 +201,11 @@ class SearchLoop:
         self,
         state: LoopState,
         history: list[ChildRecord],
-        phase: str,
-        step_records: list[ChildRecord] = (),
+        phase: LoopPhase,
+        step_records: Sequence[ChildRecord] = (),
         reason: str | None = None,
-        final: list[dict] | None = None,
-    ) -> dict:
+        final: list[FinalEntry] | None = None,
+    ) -> SearchSummary:
         """The step's history and the summary first, the checkpoint last: its presence commits the step."""
         if step_records:
             self.store.put_json(
@@ -212,7 +225,7 @@ class SearchLoop:
 
     # ------------------------------------------------------------ loop
 
-    def run(self) -> dict:
+    def run(self) -> SearchSummary:
         """Run (or resume) to the end of the budget; returns the final summary.
 
         The budget is ``episodes`` × ``stepsPerEpisode`` steps, cut short between steps once
@@ -246,7 +259,7 @@ class SearchLoop:
 
     # ------------------------------------------------------------ final training
 
-    def _final_training(self, history: list[ChildRecord]) -> list[dict]:
+    def _final_training(self, history: list[ChildRecord]) -> list[FinalEntry]:
         """Train the ``finalTraining.top`` best feasible children again from scratch under
         ``finalTraining``'s regime, into ``final/<child>/``; a result already there (same
         architecture) is kept, so a resumed search trains none twice.  One entry per winner."""
@@ -289,26 +302,24 @@ class SearchLoop:
                     )
                 )
         outcomes = {o.child: o for o in self.executor.submit(runs)} if runs else {}
-        out = []
+        out: list[FinalEntry] = []
         for record, out_dir in entries:
             result = self._final_result(out_dir, parse_arch(record.arch).hash)
-            entry: dict[str, Any] = {
-                "child": record.child,
-                "dir": out_dir,
-                "uri": join_uri(self.store_uri, out_dir),
-                "searchValAccuracy": record.val_accuracy,
-                "metrics": record.metrics,
-            }
+            entry = FinalEntry(
+                child=record.child,
+                dir=out_dir,
+                uri=join_uri(self.store_uri, out_dir),
+                searchValAccuracy=record.val_accuracy,
+                metrics=record.metrics,
+                status="failed" if result is None else "succeeded",
+            )
             if result is None:
-                entry.update(status="failed", reason=outcome_reason(outcomes.get(f"final-{record.child}")))
+                entry["reason"] = outcome_reason(outcomes.get(f"final-{record.child}"))
             else:
-                entry.update(
-                    status="succeeded",
-                    valAccuracy=result.val_accuracy,
-                    testAccuracy=result.test_accuracy,
-                    epochsRun=result.epochs_run,
-                    trainSeconds=result.train_seconds,
-                )
+                entry["valAccuracy"] = result.val_accuracy
+                entry["testAccuracy"] = result.test_accuracy
+                entry["epochsRun"] = result.epochs_run
+                entry["trainSeconds"] = result.train_seconds
             out.append(entry)
         return out
 
@@ -337,13 +348,16 @@ class SearchLoop:
         state.trajectory = [[] for _ in range(n)]
         state.step = 0
 
-    def _sample(self, state: LoopState, history: list[ChildRecord]) -> list[dict]:
+    def _sample(self, state: LoopState, history: list[ChildRecord]) -> list[PlanItem]:
         """One proposal per branch from the strategy; the plan is stored before any child starts,
         so a restarted run trains exactly the same children."""
         pending = self._get_json(PENDING, None)
         if pending and pending["episode"] == state.episode and pending["step"] == state.step:
             state.python_rng, state.torch_rng = pending["python_rng"], pending["torch_rng"]
-            return pending["children"]
+            try:
+                return [PlanItem.from_json(item) for item in pending["children"]]
+            except (KeyError, TypeError) as err:
+                raise CorruptState(damaged(self.store, PENDING, f"a planned child does not read: {err!r}")) from None
         context = ProposalContext(
             screen=self.screen,
             seen={r.hash for r in history},
@@ -352,34 +366,24 @@ class SearchLoop:
             history=history,
         )
         proposals = self.strategy.propose([parse_arch(a) for a in state.branches], context)
-        plan = []
-        for b, (arch_data, proposal) in enumerate(zip(state.branches, proposals)):
-            moves = [
-                {
-                    "arch": _arch_json(m.parent),
-                    "action": m.action.to_dict(),
-                    "applied": m.result.applied,
-                    "degraded": m.result.degraded,
-                }
-                for m in proposal.morphs
-            ]
-            plan.append(
-                {
-                    "child": child_id(state.episode, state.step, b),
-                    "parent_arch": arch_data,
-                    "arch": _arch_json(proposal.arch),
-                    "action": moves[-1]["action"],
-                    "applied": "+".join(m["applied"] for m in moves),
-                    "degraded": next((m["degraded"] for m in moves if m["degraded"]), None),
-                    "moves": moves,
-                }
+        plan = [
+            PlanItem(
+                child=child_id(state.episode, state.step, b),
+                parent_arch=arch_data,
+                arch=_arch_json(proposal.arch),
+                moves=tuple(
+                    PlannedMove(_arch_json(m.parent), m.action.to_dict(), m.result.applied, m.result.degraded)
+                    for m in proposal.morphs
+                ),
             )
+            for b, (arch_data, proposal) in enumerate(zip(state.branches, proposals))
+        ]
         state.python_rng = encode_python_rng(context.rng)
         state.torch_rng = encode_torch_rng(context.generator)
         pending = {
             "episode": state.episode,
             "step": state.step,
-            "children": plan,
+            "children": [item.to_json() for item in plan],
             "python_rng": state.python_rng,
             "torch_rng": state.torch_rng,
         }
@@ -391,43 +395,43 @@ class SearchLoop:
         evaluated = {r.hash: r.child for r in history if r.status in ("succeeded", "cached")}
         runs: list[ChildRun] = []
         siblings: dict[str, str] = {}  # child → the sibling trained for the same network this step
-        hashes = [parse_arch(item["arch"]).hash for item in plan]
+        hashes = [parse_arch(item.arch).hash for item in plan]
         for b, item in enumerate(plan):
-            arch = parse_arch(item["arch"])
-            key = f"children/{item['child']}"
+            arch = parse_arch(item.arch)
+            key = f"children/{item.child}"
             if not self.store.exists(f"{key}/arch.json"):
                 self.store.put_bytes(f"{key}/arch.json", self._task(item, arch).to_json().encode())
             if self.store.exists(f"{key}/result.json"):
                 continue
             if hashes[b] in evaluated:
-                self._write_cached_result(item["child"], evaluated[hashes[b]])
+                self._write_cached_result(item.child, evaluated[hashes[b]])
                 continue
             first = hashes.index(hashes[b])
             if first < b:
-                siblings[item["child"]] = plan[first]["child"]
+                siblings[item.child] = plan[first].child
                 continue
-            runs.append(self._child_run(item["child"], state, b))
+            runs.append(self._child_run(item.child, state, b))
         outcomes = {o.child: o for o in self.executor.submit(runs)}
         for child, first in siblings.items():
             if self._read_result(first) is not None:
                 self._write_cached_result(child, first)
             elif first in outcomes:
                 outcomes[child] = outcomes[first]
-        records = [self._record(state, b, item, outcomes.get(item["child"])) for b, item in enumerate(plan)]
+        records = [self._record(state, b, item, outcomes.get(item.child)) for b, item in enumerate(plan)]
         self._merge_weights(records, outcomes)
         for b, record in enumerate(records):
-            moves = tuple(Move(m["arch"], m["action"]) for m in _plan_moves(plan[b]))
-            state.trajectory[b].append(TrajectoryStep(moves, record.reward).to_json())
+            moves = tuple(Move(m.arch, m.action) for m in plan[b].moves)
+            state.trajectory[b].append(TrajectoryStep(moves, record.reward))
             if record.status != "failed":
                 state.branches[b] = record.arch
         history.extend(records)
         state.step += 1
         return records
 
-    def _task(self, item: dict, arch: Arch) -> ChildTask:
+    def _task(self, item: PlanItem, arch: Arch) -> ChildTask:
         return ChildTask(
             search=self.search.name,
-            child=item["child"],
+            child=item.child,
             arch=arch,
             dataset=self.spec.dataset,
             training=self.training,
@@ -462,30 +466,28 @@ class SearchLoop:
         )
         self.store.put_bytes(f"children/{child}/result.json", cached.to_json().encode())
 
-    def _record(self, state: LoopState, b: int, item: dict, outcome: ChildOutcome | None) -> ChildRecord:
-        arch = parse_arch(item["arch"])
+    def _record(self, state: LoopState, b: int, item: PlanItem, outcome: ChildOutcome | None) -> ChildRecord:
+        arch = parse_arch(item.arch)
         metrics = compute_metrics(arch, self.geometry[0], self.geometry[1])
         record = ChildRecord(
-            child=item["child"],
+            child=item.child,
             episode=state.episode,
             step=state.step,
             branch=b,
             parent=_parent_name(state, b),
             hash=arch.hash,
-            arch=item["arch"],
-            action=item["action"],
-            applied=item["applied"],
-            degraded=item["degraded"],
+            arch=item.arch,
+            action=item.action,
+            applied=item.applied,
+            degraded=item.degraded,
             status="failed",
             metrics=metrics.as_dict(),
-            moves=[{k: m[k] for k in ("action", "applied", "degraded")} for m in _plan_moves(item)],
-            parent_hash=parse_arch(item["parent_arch"]).hash,
+            moves=[m.record() for m in item.moves],
+            parent_hash=parse_arch(item.parent_arch).hash,
         )
-        result = self._read_result(item["child"])
+        result = self._read_result(item.child)
         if result is not None and result.arch_hash != arch.hash:
-            record.reason = (
-                f"children/{item['child']}/result.json is for architecture {result.arch_hash}, not {arch.hash}"
-            )
+            record.reason = f"children/{item.child}/result.json is for architecture {result.arch_hash}, not {arch.hash}"
             result = None
         if result is None:
             record.exit_code = outcome.exit_code if outcome else None
@@ -516,7 +518,7 @@ class SearchLoop:
             merge(self.store, WEIGHTS_PREFIX, trained)
 
     def _end_episode(self, state: LoopState, history: list[ChildRecord]) -> None:
-        trajectory = [[TrajectoryStep.from_json(s) for s in branch] for branch in state.trajectory]
+        trajectory = state.trajectory
         learning = self.strategy.learn(trajectory, state.baselines or []) if trajectory and trajectory[0] else None
         if learning is not None:
             self._save_learning(state, learning)
@@ -543,20 +545,8 @@ def outcome_reason(outcome: ChildOutcome | None) -> str:
     return f"{outcome.reason}: {lines[-1]}" if lines else outcome.reason
 
 
-def _arch_json(arch: Arch) -> dict:
+def _arch_json(arch: Arch) -> ArchJSON:
     return arch.model_dump(mode="json", exclude_none=True)
-
-
-def _plan_moves(item: dict) -> list[dict]:
-    """A plan item's morphs; plans written before multi-morph children have one."""
-    return item.get("moves") or [
-        {
-            "arch": item["parent_arch"],
-            "action": item["action"],
-            "applied": item["applied"],
-            "degraded": item["degraded"],
-        }
-    ]
 
 
 def trained_count(history: list[ChildRecord]) -> int:
@@ -570,22 +560,22 @@ def _parent_name(state: LoopState, branch: int) -> str:
     return child_id(state.episode, state.step - 1, branch)
 
 
-def _brief(record: ChildRecord | None) -> dict | None:
+def _brief(record: ChildRecord | None) -> ChildBrief | None:
     if record is None:
         return None
-    return {
-        "child": record.child,
-        "hash": record.hash,
-        "valAccuracy": record.val_accuracy,
-        "testAccuracy": record.test_accuracy,
-        "reward": record.reward,
-        "feasible": record.feasible,
-        "metrics": record.metrics,
-        "arch": record.arch,
-    }
+    return ChildBrief(
+        child=record.child,
+        hash=record.hash,
+        valAccuracy=record.val_accuracy,
+        testAccuracy=record.test_accuracy,
+        reward=record.reward,
+        feasible=record.feasible,
+        metrics=record.metrics,
+        arch=record.arch,
+    )
 
 
-def position_text(summary: dict) -> str:
+def position_text(summary: SearchSummary) -> str:
     """Where a search stands, in the words ``epnas status`` and the cluster status share:
     ``finished after 3 episodes`` or ``episode 2/3 (1 of 3 steps done)``."""
     if summary["phase"] == "Succeeded":
@@ -594,30 +584,35 @@ def position_text(summary: dict) -> str:
 
 
 def summarize(
-    search: ArchitectureSearch, state: LoopState, history: list[ChildRecord], phase: str, steps: int, store_uri: str
-) -> dict:
+    search: ArchitectureSearch,
+    state: LoopState,
+    history: list[ChildRecord],
+    phase: LoopPhase,
+    steps: int,
+    store_uri: str,
+) -> SearchSummary:
     """The search at a glance: progress, counts, the best and the best feasible child."""
     done = [r for r in history if r.status != "failed"]
     feasible = [r for r in done if r.feasible]
     best = max(done, key=lambda r: (r.reward, r.val_accuracy), default=None)
     best_feasible = max(feasible, key=lambda r: (r.val_accuracy, r.reward), default=None)
-    return {
-        "search": search.name,
-        "phase": phase,
-        "episode": state.episode,
-        "step": state.step,
-        "episodes": search.spec.budget.episodes,
-        "stepsPerEpisode": steps,
-        "plannedChildren": search.spec.budget.episodes * steps * search.spec.budget.branches,
-        "children": {
-            "total": len(history),
-            "succeeded": sum(r.status == "succeeded" for r in history),
-            "cached": sum(r.status == "cached" for r in history),
-            "failed": sum(r.status == "failed" for r in history),
-            "trained": trained_count(history),
-        },
-        "feasibleCount": len(feasible),
-        "best": _brief(best),
-        "bestFeasible": _brief(best_feasible),
-        "store": store_uri,
-    }
+    return SearchSummary(
+        search=search.name,
+        phase=phase,
+        episode=state.episode,
+        step=state.step,
+        episodes=search.spec.budget.episodes,
+        stepsPerEpisode=steps,
+        plannedChildren=search.spec.budget.episodes * steps * search.spec.budget.branches,
+        children=ChildCounts(
+            total=len(history),
+            succeeded=sum(r.status == "succeeded" for r in history),
+            cached=sum(r.status == "cached" for r in history),
+            failed=sum(r.status == "failed" for r in history),
+            trained=trained_count(history),
+        ),
+        feasibleCount=len(feasible),
+        best=_brief(best),
+        bestFeasible=_brief(best_feasible),
+        store=store_uri,
+    )

@@ -46,7 +46,7 @@ from epnas.checkpoint import load_policy, save_policy
 from epnas.metrics import Metrics, compute_metrics
 from epnas.morph import Action, MorphResult, apply_action, random_action
 from epnas.policy import Policy, make_optimizer
-from epnas.records import ChildRecord, TrajectoryStep
+from epnas.records import ArchJSON, ChildRecord, TrajectoryStep
 from epnas.reward import compute_reward
 from epnas.space import get_space
 from epnas.spec import Constraint, SearchSpec, dataset_geometry
@@ -169,7 +169,7 @@ class Strategy(Protocol):
         """Learn from an episode (``trajectory[n][t]``); ``None`` when the strategy does not learn."""
         ...
 
-    def seeds(self, history: Sequence[ChildRecord], episode: int, k: int, fallback: list[dict]) -> list[dict]:
+    def seeds(self, history: Sequence[ChildRecord], episode: int, k: int, fallback: list[ArchJSON]) -> list[ArchJSON]:
         """The networks (JSON) that seed episode ``episode + 1``."""
         ...
 
@@ -192,13 +192,13 @@ def make_strategy(spec: SearchSpec) -> Strategy:
 # ---------------------------------------------------------------- seeding rules
 
 
-def top_k_by_reward(records: Sequence[ChildRecord], k: int, fallback: list[dict]) -> list[dict]:
+def top_k_by_reward(records: Sequence[ChildRecord], k: int, fallback: list[ArchJSON]) -> list[ArchJSON]:
     """The ``k`` best distinct networks by reward (ties: higher accuracy, then child id), filled from ``fallback``."""
     ranked = sorted(records, key=lambda r: (-r.reward, -r.val_accuracy, r.child))
     return _distinct(ranked, k, fallback)
 
 
-def top_k_feasible_first(records: Sequence[ChildRecord], k: int, fallback: list[dict]) -> list[dict]:
+def top_k_feasible_first(records: Sequence[ChildRecord], k: int, fallback: list[ArchJSON]) -> list[ArchJSON]:
     """The ``k`` best distinct networks: feasible ones by validation accuracy, then the rest by reward."""
     ranked = sorted(
         records, key=lambda r: (not r.feasible, -(r.val_accuracy if r.feasible else r.reward), -r.reward, r.child)
@@ -206,7 +206,7 @@ def top_k_feasible_first(records: Sequence[ChildRecord], k: int, fallback: list[
     return _distinct(ranked, k, fallback)
 
 
-def _distinct(ranked: Sequence[ChildRecord], k: int, fallback: list[dict]) -> list[dict]:
+def _distinct(ranked: Sequence[ChildRecord], k: int, fallback: list[ArchJSON]) -> list[ArchJSON]:
     best: dict[str, ChildRecord] = {}
     for r in ranked:
         best.setdefault(r.hash, r)
@@ -244,7 +244,7 @@ class RandomStrategy:
     def learn(self, trajectory: list[list[TrajectoryStep]], baselines: list[float]) -> Learning | None:
         return None
 
-    def seeds(self, history: Sequence[ChildRecord], episode: int, k: int, fallback: list[dict]) -> list[dict]:
+    def seeds(self, history: Sequence[ChildRecord], episode: int, k: int, fallback: list[ArchJSON]) -> list[ArchJSON]:
         return top_k_by_reward(_trained(history, episode), k, fallback)
 
     def save(self, store: Store, key: str) -> bool:
@@ -295,7 +295,7 @@ class PaperStrategy:
             )
         return Learning(update, list(baseline.values))
 
-    def seeds(self, history: Sequence[ChildRecord], episode: int, k: int, fallback: list[dict]) -> list[dict]:
+    def seeds(self, history: Sequence[ChildRecord], episode: int, k: int, fallback: list[ArchJSON]) -> list[ArchJSON]:
         return top_k_by_reward(_trained(history, episode), k, fallback)
 
     def save(self, store: Store, key: str) -> bool:
@@ -349,7 +349,7 @@ class EpnasStrategy(PaperStrategy):
             open_walks = still_open
         return [Proposal(tuple(walk), screened[b]) for b, walk in enumerate(walks)]
 
-    def seeds(self, history: Sequence[ChildRecord], episode: int, k: int, fallback: list[dict]) -> list[dict]:
+    def seeds(self, history: Sequence[ChildRecord], episode: int, k: int, fallback: list[ArchJSON]) -> list[ArchJSON]:
         return top_k_feasible_first(_trained(history), k, fallback)
 
 
