@@ -1,4 +1,5 @@
-"""``python -m child_trainer``: see ``child_trainer.cli``."""
+"""``python -m child_trainer`` (the trainer image's entry point, the Job's command): the same click
+command as ``epnas train`` (``child_trainer.cli.train``)."""
 
 import sys
 

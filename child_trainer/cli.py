@@ -4,21 +4,24 @@ Steps: read ``arch.json`` (a ``ChildTask``, or a bare architecture plus flags) �
 load the dataset → build the model → pull shared weights → train → evaluate →
 push ``weights.safetensors`` → write ``result.json`` LAST → termination summary.
 
-Exit codes (DESIGN.md): 0 done; 2 invalid input (bad JSON, unknown op, missing
+``train`` is the click command (``epnas train`` finds it through the ``epnas.commands`` entry
+point; ``python -m child_trainer`` runs it through ``main``).
+
+Exit codes (``epnas.errors``): 0 done; 2 invalid input (bad JSON, unknown op, missing
 dataset, input shape mismatch, bad flags), one stderr line starting with
 ``epnas-trainer: invalid input:`` and no result written; 3 training diverged (a
 non-finite loss), one line ``epnas-trainer: diverged: ...``, nothing written; 1 any
 other fault.  2 and 3 are never retried.
 
-``main`` is the one place an ``epnas.errors.EpnasError`` becomes its exit code, its reason in
-the termination log and one line ``epnas-trainer: <reason in words>: <message>``; any other
-exception is a bug: its traceback, then the line ``epnas-trainer: error: <type>: <message>``
-(the last line is the failed child's reason), exit 1.
+``report_failure`` is the one place an exception becomes the exit code, its reason in the
+termination log and its stderr line: an ``epnas.errors.EpnasError`` gives one line
+``epnas-trainer: <reason in words>: <message>``; any other exception is a bug: its traceback,
+then the line ``epnas-trainer: error: <type>: <message>`` (the last line is the failed child's
+reason), exit 1.  Bad flags (click's usage errors) are ``InvalidInput`` reported the same way.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -26,61 +29,78 @@ import re
 import sys
 import traceback
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
+import click
 from pydantic.alias_generators import to_camel
 
 from epnas.arch import with_channel_factor
+from epnas.commands import OneLineCommand, run_command
 from epnas.errors import FAULT, Diverged, EpnasError, InvalidInput, SpecError, one_line
 from epnas.store import StoreError, StoreNotFound, join_uri, open_store, split_uri
 from epnas.task import CHILD_ID, ChildResult, ChildTask, load_task
 
 PROG = "epnas-trainer"
+PROG_NAME = "python -m child_trainer"
+"""The program name in ``python -m child_trainer --help`` (``epnas train --help`` says ``epnas train``)."""
 TERMINATION_LIMIT = 4096
 RESULT_FILE = "result.json"
+TERMINATION_ENV = "EPNAS_TERMINATION_LOG"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse would print usage and exit 2 itself
-        raise InvalidInput(f"bad flags: {message}")
+class TrainerCommand(OneLineCommand):
+    """The trainer's click command: bad flags are ``InvalidInput`` (exit 2, one line
+    ``epnas-trainer: invalid input: bad flags: …``, the termination log written), like any
+    other invalid input."""
+
+    prog = PROG
+
+    def bad_flags(self, ctx: click.Context, err: InvalidInput):
+        summary: dict[str, Any] = {"exitCode": FAULT}
+        code = report_failure(InvalidInput(f"bad flags: {err}"), summary)
+        log_path = os.environ.get(TERMINATION_ENV)
+        if log_path:
+            write_termination_log(log_path, summary)
+        ctx.exit(code)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m child_trainer", description="Train one EPNAS child and write its result to the store.")
-    p.add_argument("--arch", required=True, help="URI of the child's arch.json (a ChildTask or a bare architecture)")
-    p.add_argument(
-        "--out", required=True, help="URI of the child's directory: weights.safetensors and result.json go here"
-    )
-    p.add_argument(
-        "--weights",
-        help="URI of the shared weight dictionary (read only); default: the task's 'weights' under the search root",
-    )
-    p.add_argument(
-        "--dataset", choices=("digits", "cifar10", "npz", "synthetic"), help="override the task's dataset kind"
-    )
-    p.add_argument("--dataset-uri", help="directory or URI of the dataset (cifar10, npz)")
-    p.add_argument("--regime", choices=("standard", "prediction"), help="override the training regime")
-    p.add_argument("--epochs", type=int, help="override the number of epochs")
-    p.add_argument("--batch-size", type=int, help="override the batch size")
-    p.add_argument("--lr", type=float, help="override the initial learning rate")
-    p.add_argument("--lr-min", type=float, help="override the final learning rate")
-    p.add_argument("--channel-factor", type=float, help="EcoNAS proxy: channels × factor")
-    p.add_argument("--resolution", type=int, help="EcoNAS proxy: inputs resized to this height and width")
-    p.add_argument("--sample-ratio", type=float, help="EcoNAS proxy: fraction of the training samples")
-    p.add_argument("--seed", type=int, help="override the task's seed")
-    p.add_argument(
-        "--patience", type=int, help="stop after this many epochs without a validation gain (default: never)"
-    )
-    p.add_argument("--no-sharing", action="store_true", help="do not pull shared weights")
-    p.add_argument(
-        "--device", choices=("cpu", "cuda", "auto"), default="auto", help="where to train (auto: CUDA when available)"
-    )
-    p.add_argument("--endpoint", help="S3 endpoint URL (default: env EPNAS_S3_ENDPOINT)")
-    p.add_argument("--termination-log", help="write a short JSON summary here (default: env EPNAS_TERMINATION_LOG)")
-    p.add_argument(
-        "--force", action="store_true", help="train even when the output already holds a result for this architecture"
-    )
-    return p
+@click.command(name="train", cls=TrainerCommand)
+@click.option("--arch", required=True, help="URI of the child's arch.json (a ChildTask or a bare architecture)")
+@click.option("--out", required=True, help="URI of the child's directory: weights.safetensors and result.json go here")
+@click.option(
+    "--weights",
+    help="URI of the shared weight dictionary (read only); default: the task's 'weights' under the search root",
+)
+@click.option(
+    "--dataset", type=click.Choice(("digits", "cifar10", "npz", "synthetic")), help="override the task's dataset kind"
+)
+@click.option("--dataset-uri", help="directory or URI of the dataset (cifar10, npz)")
+@click.option("--regime", type=click.Choice(("standard", "prediction")), help="override the training regime")
+@click.option("--epochs", type=int, help="override the number of epochs")
+@click.option("--batch-size", type=int, help="override the batch size")
+@click.option("--lr", type=float, help="override the initial learning rate")
+@click.option("--lr-min", type=float, help="override the final learning rate")
+@click.option("--channel-factor", type=float, help="EcoNAS proxy: channels × factor")
+@click.option("--resolution", type=int, help="EcoNAS proxy: inputs resized to this height and width")
+@click.option("--sample-ratio", type=float, help="EcoNAS proxy: fraction of the training samples")
+@click.option("--seed", type=int, help="override the task's seed")
+@click.option("--patience", type=int, help="stop after this many epochs without a validation gain (default: never)")
+@click.option("--no-sharing", is_flag=True, help="do not pull shared weights")
+@click.option(
+    "--device",
+    type=click.Choice(("cpu", "cuda", "auto")),
+    default="auto",
+    show_default=True,
+    help="where to train (auto: CUDA when available)",
+)
+@click.option("--endpoint", help="S3 endpoint URL (default: env EPNAS_S3_ENDPOINT)")
+@click.option("--termination-log", help="write a short JSON summary here (default: env EPNAS_TERMINATION_LOG)")
+@click.option("--force", is_flag=True, help="train even when the output already holds a result for this architecture")
+@click.pass_context
+def train(ctx: click.Context, **flags: Any) -> None:
+    """Train one EPNAS child and write its result to the store."""
+    ctx.exit(execute(SimpleNamespace(**flags)))
 
 
 TRAINING_FLAGS = ("regime", "epochs", "batch_size", "lr", "lr_min", "channel_factor", "resolution", "sample_ratio")
@@ -98,12 +118,18 @@ class Job:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the trainer with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
-    log_path = os.environ.get("EPNAS_TERMINATION_LOG")
-    summary: dict[str, Any] = {"exitCode": 1}
+    """Run the trainer with ``argv`` (default ``sys.argv[1:]``) as ``python -m child_trainer``;
+    return the exit code (``--help``: 0)."""
+    return run_command(train, argv, PROG_NAME)
+
+
+def execute(args: SimpleNamespace) -> int:
+    """Train the child ``args`` (the parsed flags) describe; return the exit code.  Whatever
+    happens, the termination log (``--termination-log``, else ``$EPNAS_TERMINATION_LOG``) gets
+    the summary."""
+    log_path = args.termination_log or os.environ.get(TERMINATION_ENV)
+    summary: dict[str, Any] = {"exitCode": FAULT}
     try:
-        args = build_parser().parse_args(argv)
-        log_path = args.termination_log or log_path
         job = prepare(args)
         summary["child"] = job.task.child
         if not args.force and _already_done(job):
@@ -118,23 +144,30 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 0
-    except SystemExit as stop:  # --help
-        summary["exitCode"] = stop.code if isinstance(stop.code, int) else 0
-        return summary["exitCode"]
-    except EpnasError as err:
+    except Exception as err:
+        return report_failure(err, summary)
+    finally:
+        if log_path:
+            write_termination_log(log_path, summary)
+
+
+def report_failure(err: Exception, summary: dict[str, Any]) -> int:
+    """The one place an exception becomes the trainer's exit code, its stderr line(s) and the
+    ``exitCode``, ``reason`` and ``message`` of ``summary`` (updated in place); returns the code.
+
+    An ``EpnasError`` is one line ``epnas-trainer: <reason in words>: <message>``; anything else
+    is a bug or an unforeseen fault (the Job's backoff retries it): its traceback, then the line
+    ``epnas-trainer: error: <type>: <message>``, exit 1."""
+    if isinstance(err, EpnasError):
         message = one_line(str(err))
         summary.update(exitCode=err.exit_code, reason=err.reason, message=message)
         print(f"{PROG}: {reason_words(err.reason)}: {message}", file=sys.stderr)
         return err.exit_code
-    except Exception as err:  # a bug or an unforeseen fault: the Job's backoff retries it
-        message = one_line(f"{type(err).__name__}: {err}")
-        summary.update(exitCode=FAULT, reason="Fault", message=message)
-        traceback.print_exc(file=sys.stderr)
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return FAULT
-    finally:
-        if log_path:
-            write_termination_log(log_path, summary)
+    message = one_line(f"{type(err).__name__}: {err}")
+    summary.update(exitCode=FAULT, reason="Fault", message=message)
+    traceback.print_exception(err, file=sys.stderr)
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return FAULT
 
 
 def reason_words(reason: str) -> str:
@@ -145,7 +178,7 @@ def reason_words(reason: str) -> str:
 # ---------------------------------------------------------------- decode
 
 
-def prepare(args: argparse.Namespace) -> Job:
+def prepare(args: SimpleNamespace) -> Job:
     """Read and validate everything; raise ``InvalidInput`` for anything the input gets wrong."""
     for flag in ("arch", "out", "weights", "dataset_uri"):
         value = getattr(args, flag)
@@ -172,7 +205,7 @@ def prepare(args: argparse.Namespace) -> Job:
     return Job(task, args.out.rstrip("/"), weights_uri, args.device, args.patience, args.endpoint)
 
 
-def _task_from(raw: bytes, args: argparse.Namespace) -> ChildTask:
+def _task_from(raw: bytes, args: SimpleNamespace) -> ChildTask:
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -188,7 +221,7 @@ def _task_from(raw: bytes, args: argparse.Namespace) -> ChildTask:
     return task.model_copy(update={"training": task.training.resolved()})
 
 
-def _with_overrides(data: dict, args: argparse.Namespace) -> dict:
+def _with_overrides(data: dict, args: SimpleNamespace) -> dict:
     data = dict(data)
     training = dict(data.get("training") or {})
     if args.regime is not None and args.regime != training.get("regime"):
@@ -404,4 +437,4 @@ def write_termination_log(path: str, summary: dict[str, Any]) -> None:
         pass
 
 
-__all__ = ["main", "build_parser", "InvalidInput", "termination_message"]
+__all__ = ["main", "train", "InvalidInput", "termination_message"]

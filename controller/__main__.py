@@ -1,4 +1,5 @@
-"""``python -m controller``: see ``controller.main``."""
+"""``python -m controller`` (the controller image's entry point): the same click command as
+``epnas controller`` (``controller.main.controller``)."""
 
 import sys
 

@@ -1,19 +1,24 @@
-"""The ``epnas`` command: ``search`` (the embedded default), ``status``, ``validate``, ``train``, ``controller``.
+"""The ``epnas`` command: ``search`` (the embedded default), ``status``, ``validate``, ``export``,
+``report``, and from other packages ``train`` (``child_trainer``) and ``controller``.
 
-Exit codes: 0 done, 2 invalid input (every problem listed on stderr), 1 anything else.
-Commands raise ``epnas.errors.EpnasError`` and never exit themselves: ``EpnasGroup.invoke`` is
-the one place that prints an error's lines and exits with its code, without a traceback.  Any
-other exception is a bug and keeps its traceback.
+Exit codes (``epnas.errors``): 0 done, 2 invalid input (every problem listed on stderr), 1
+anything else.  The commands defined here raise ``epnas.errors.EpnasError`` and never exit
+themselves: ``EpnasGroup.invoke`` is the one place that prints an error's lines and exits with
+its code, without a traceback.  Any other exception is a bug and keeps its traceback.
+
+``train`` and ``controller`` are click commands of ``child_trainer`` and ``controller``, found
+through entry points (``EpnasGroup``, ``epnas.commands``) since ``epnas`` never imports those
+packages; they report their own errors and exit with their own codes (``epnas-trainer: …``,
+``epnas controller: …``), the same as ``python -m child_trainer`` and ``python -m controller``.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
-import os
 import pathlib
 import shlex
 import shutil
-import sys
 from typing import Any
 
 import click
@@ -22,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from epnas.checkpoint import SUMMARY, pin_search, read_history, read_state_json
+from epnas.commands import ENTRY_POINT_GROUP
 from epnas.errors import EpnasError, InvalidInput, SpecError, message_lines
 from epnas.executors.local import LocalExecutor
 from epnas.records import ChildRecord, ranked_children
@@ -41,7 +47,25 @@ PROGS = {"export": "epnas export", "report": "epnas report"}
 class EpnasGroup(click.Group):
     """The ``epnas`` group: the one place where an ``EpnasError`` raised by any command becomes
     its lines on stderr (``message_lines``) and its exit code (``EpnasError.exit_code``), with no
-    traceback.  Any other exception propagates, so it is printed with its traceback."""
+    traceback.  Any other exception propagates, so it is printed with its traceback.
+
+    Besides its own commands it has those of the installed packages' ``epnas.commands`` entry
+    points (``epnas.commands.ENTRY_POINT_GROUP``: ``train``, ``controller``), each imported only
+    when it is run or listed; a command of its own wins over an entry point of the same name.  An
+    entry point whose package is not installed (the trainer image has no ``controller``) is no
+    command; any other import error propagates."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *(ep.name for ep in _plugins())})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        for ep in _plugins():
+            if ep.name == cmd_name:
+                return _load_plugin(ep)
+        return None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -50,6 +74,24 @@ class EpnasGroup(click.Group):
             for line in message_lines(err, PROGS.get(ctx.invoked_subcommand or "", "epnas")):
                 click.echo(line, err=True)
             ctx.exit(err.exit_code)
+
+
+def _plugins() -> list[importlib.metadata.EntryPoint]:
+    """The installed ``epnas.commands`` entry points."""
+    return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _load_plugin(ep: importlib.metadata.EntryPoint) -> click.Command | None:
+    """The click command ``ep`` names; None when its package is not installed here."""
+    try:
+        command = ep.load()
+    except ModuleNotFoundError as err:
+        if err.name == ep.module.split(".")[0]:  # the package itself, not a module it imports
+            return None
+        raise
+    if not isinstance(command, click.Command):
+        raise TypeError(f"entry point {ep.name} = {ep.value} is not a click command")
+    return command
 
 
 def read_search(path: str) -> ArchitectureSearch:
@@ -468,22 +510,6 @@ def validate(file: str) -> None:
     console.print(
         f"{file}: valid ArchitectureSearch {search.name!r} ({search.spec.search_space}, {search.spec.strategy})"
     )
-
-
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def train(args: tuple[str, ...]) -> None:
-    """Train one child: the trainer's entry point (``python -m child_trainer``), same flags."""
-    argv = [sys.executable, "-m", "child_trainer", *args]
-    os.execv(sys.executable, argv)
-
-
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def controller(args: tuple[str, ...]) -> None:
-    """Run the Kubernetes controller (``python -m controller``), same flags: [--namespace NS | --all-namespaces] [--metrics-port 8080] [--kubeconfig PATH]."""
-    argv = [sys.executable, "-m", "controller", *args]
-    os.execv(sys.executable, argv)
 
 
 if __name__ == "__main__":

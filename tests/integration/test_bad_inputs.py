@@ -97,7 +97,11 @@ TRAINER_INPUTS = {
         2,
         "is not an http:// or https:// URL",
     ),
-    "--device tpu": (["--arch", "{good}", "--out", "{out}", "--device", "tpu"], 2, "invalid choice: 'tpu'"),
+    "--device tpu": (
+        ["--arch", "{good}", "--out", "{out}", "--device", "tpu"],
+        2,
+        "Invalid value for '--device': 'tpu'",
+    ),
     "--out with another scheme": (
         ["--arch", "{good}", "--out", "gs://b/x"],
         2,
