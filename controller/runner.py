@@ -36,10 +36,9 @@ from controller.jobs import TRAINER_COMMAND, JobExecutor, Owner, job_name
 from controller.kube import Kube, KubeError, Obj
 from controller.metrics import ControllerMetrics
 from controller.tenancy import StorePolicy, search_location
-from epnas.checkpoint import SEARCH_FILE, pin_search
+from epnas.checkpoint import SEARCH_FILE, pin_search, search_changes
 from epnas.errors import SpecError
 from epnas.executors.base import ChildOutcome
-from epnas.pinning import spec_changes
 from epnas.search import SearchFailed, SearchLoop, SearchStopped, StepReport, child_id
 from epnas.spec import MAX_NESTING, ArchitectureSearch, parse_search, with_trainer_defaults
 from epnas.store import StoreError, open_store
@@ -115,8 +114,9 @@ def job_name_problem(search: ArchitectureSearch) -> str | None:
     )
 
 
-def resolved_spec(search: ArchitectureSearch) -> dict[str, Any]:
-    return search.spec.model_dump(mode="json", by_alias=True)
+def refused_message(refused: list[str]) -> str:
+    """The ``SpecChangeRefused`` condition's message for the fields ``epnas.pinning`` refused."""
+    return "spec changes after start are refused (the search keeps its original spec): " + ", ".join(refused)
 
 
 class SearchRunner:
@@ -150,7 +150,7 @@ class SearchRunner:
         self.conditions: list[st.Condition] = list((obj.get("status") or {}).get("conditions") or [])
         self.generation = int(meta.get("generation") or 0)
         self.parallelism: int | None = (obj.get("spec") or {}).get("parallelism")
-        self.pinned: dict[str, Any] | None = None  # the resolved spec the loop runs with
+        self.pinned: ArchitectureSearch | None = None  # the search the loop runs (search.yaml's)
         self.phase: st.Phase = (obj.get("status") or {}).get("phase") or "Pending"
         self.start_time: str | None = (obj.get("status") or {}).get("startTime")
         self.degraded = False
@@ -176,7 +176,8 @@ class SearchRunner:
         return self.parallelism or self.default_parallelism
 
     def observe(self, obj: Obj) -> None:
-        """A new version of the CR arrived while the search runs (``epnas.pinning`` decides):
+        """A new version of the CR arrived while the search runs (``epnas.checkpoint.search_changes``
+        decides, the rule ``pin_search`` applies when the search starts, locally and here):
 
         * only ``spec.parallelism`` changed: taken live;
         * an extension (``budget.episodes`` up, ``maxChildren``, ``finalTraining`` …): recorded;
@@ -189,18 +190,16 @@ class SearchRunner:
         if generation == self.generation or self.pinned is None:
             return
         try:
-            live = resolved_spec(self._parse(obj))
+            live = self._parse(obj)
         except SpecError as err:
             extensions, refused = [], [f"invalid: {err}"]
         else:
-            extensions, refused = spec_changes(self._doc(self.pinned), self._doc(live))
+            extensions, refused = search_changes(self.pinned, live)
         pending = [f for f in extensions if f != "spec.parallelism"]
         with self.lock:
             if refused:
                 self.generation = generation
-                message = "spec changes after start are refused (the search keeps its original spec): " + ", ".join(
-                    refused
-                )
+                message = refused_message(refused)
                 self.conditions = st.set_condition(
                     self.conditions,
                     kind="SpecChangeRefused",
@@ -244,9 +243,6 @@ class SearchRunner:
         if deep is not None:
             raise SpecError.one(deep, f"nested deeper than {MAX_NESTING} levels")
         return with_trainer_defaults(parse_search(doc), self.trainer_defaults)
-
-    def _doc(self, spec: dict[str, Any]) -> dict[str, Any]:
-        return {"metadata": {"name": self.name}, "spec": spec}
 
     # ------------------------------------------------------------ the thread
 
@@ -328,7 +324,7 @@ class SearchRunner:
             if err.transient:
                 raise
             return self._fail(st.Reason.STORE_UNAVAILABLE, f"store {search_uri}: {err}")
-        self.pinned = resolved_spec(search)
+        self.pinned = search
         # spec.executor: each child a Job (default), or each step one Argo Workflow; the loop cannot tell
         executor_class = ArgoExecutor if search.spec.executor == "argo" else JobExecutor
         executor = executor_class(
@@ -351,9 +347,7 @@ class SearchRunner:
         self.loop = loop
         with self.lock:
             if refused:
-                message = "spec changes after start are refused (the search keeps its original spec): " + ", ".join(
-                    refused
-                )
+                message = refused_message(refused)
                 self.conditions = st.set_condition(
                     self.conditions,
                     kind="SpecChangeRefused",

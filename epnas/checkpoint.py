@@ -43,14 +43,30 @@ class Pinned:
     refused: list[str]
 
 
+def pinned_document(search: ArchitectureSearch) -> dict[str, Any]:
+    """The search as ``search.yaml`` holds it (resolved, camelCase, no status): what is compared."""
+    return search.model_dump(mode="json", by_alias=True, exclude={"status"})
+
+
+def search_changes(pinned: ArchitectureSearch, new: ArchitectureSearch) -> tuple[list[str], list[str]]:
+    """``(extensions, refused)``: how ``new`` differs from the search that is ``pinned``, by
+    ``epnas.pinning``'s rule, compared as ``pin_search`` compares a stored ``search.yaml``.  For a
+    search that is already running (the controller's edited custom resource) it says what
+    ``pin_search`` will decide when the search next starts.  A change with any refused field
+    takes nothing of it: ``extensions`` is empty then, as ``pin_search`` runs the stored search."""
+    extensions, refused = spec_changes(pinned_document(pinned), pinned_document(new))
+    return ([] if refused else extensions), refused
+
+
 def pin_search(store: Store, search: ArchitectureSearch) -> Pinned:
     """Pin ``search`` in ``search.yaml`` by ``epnas.pinning``'s rule, the same for ``epnas search``
     and the controller: written once; a spec that only extends the stored one (more episodes,
     final training, trainer placement) rewrites it and runs (``extensions``); any other
     difference leaves it alone and runs the stored one, naming the fields (``refused``: the CLI
     exits 2 on them, the controller records them in a condition).  A stored file that does not
-    decode raises ``CorruptState``; nothing is overwritten then."""
-    document = search.model_dump(mode="json", by_alias=True, exclude={"status"})
+    decode raises ``CorruptState``; nothing is overwritten then.  ``search_changes`` is the same
+    comparison for a search already running."""
+    document = pinned_document(search)
     text = json.dumps(document, sort_keys=True, indent=2)
     try:
         existing = store.get_bytes(SEARCH_FILE).decode()
