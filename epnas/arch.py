@@ -41,7 +41,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from epnas.errors import Problem, SpecError
-from epnas.ops import BRANCH_OPS, NO_OP, OP_FIELDS, Shape, branch_op, field_values, layer_op, same_out
+from epnas.ops import BRANCH_OPS, NO_OP, OP_FIELDS, Shape, as_shape, branch_op, field_values, layer_op, same_out
 from epnas.space import LayerSpace, ModuleSpace, get_space
 
 
@@ -365,7 +365,8 @@ def merged_shape(a: Shape, b: Shape | None, merge: str) -> Shape:
 def trace_layers(arch: Arch, input_shape: Shape) -> list[Node]:
     """Shapes of every layer of a validated layer graph on ``input_shape`` (each op's
     ``out_shape`` in ``epnas.ops.LAYER_OPS``)."""
-    tensors: list[Shape] = [tuple(input_shape)]
+    assert arch.layers is not None, "trace_layers takes a layer graph"
+    tensors: list[Shape] = [as_shape(input_shape)]
     nodes = []
     for i, layer in enumerate(arch.layers):
         a = tensors[layer.src1]
@@ -455,6 +456,7 @@ def with_channel_factor(arch: Arch, factor: float) -> Arch:
     if arch.layers is not None:
         layers = tuple(layer.model_copy(update={"channels": scale(layer.channels)}) for layer in arch.layers)
         return arch.model_copy(update={"layers": layers})
+    assert arch.cell is not None, "an architecture has layers or a cell"
     branches = tuple(b.model_copy(update={"channels": scale(b.channels)}) for b in arch.cell.branches)
     stack = (arch.stack or Stack()).model_copy(update={"stem_channels": scale((arch.stack or Stack()).stem_channels)})
     return arch.model_copy(update={"cell": Cell(branches=branches), "stack": stack})

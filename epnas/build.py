@@ -17,6 +17,7 @@ key on them::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ from epnas.arch import (
     stage_channels,
     trace_layers,
 )
-from epnas.ops import act_channels, branch_op, layer_op, same_pad
+from epnas.ops import act_channels, as_shape, branch_op, layer_op, same_pad
 
 
 class Activation(nn.Module):
@@ -45,7 +46,13 @@ class Activation(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.name == "crelu":
             return torch.cat([F.relu(x), F.relu(-x)], dim=1)
-        return {"relu": F.relu, "elu": F.elu, "selu": F.selu, "swish": F.silu}[self.name](x)
+        functions: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+            "relu": F.relu,
+            "elu": F.elu,
+            "selu": F.selu,
+            "swish": F.silu,
+        }
+        return functions[self.name](x)
 
 
 def pad_same(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], value: float = 0.0) -> torch.Tensor:
@@ -231,7 +238,8 @@ class BranchOps(nn.Module):
 
     def __init__(self, branch: Branch, sources: list[int]):
         super().__init__()
-        self.src1, self.src2 = branch.src1, branch.src2
+        # a second op reads src2 (validation requires it); 0, as in ``branch_inputs``, where there is none
+        self.src1, self.src2 = branch.src1, branch.src2 if branch.src2 is not None else 0
         ops = [branch_op(op).module(branch, sources[src]) for op, src in branch_inputs(branch)]
         self.op1 = ops[0]
         self.op2 = ops[1] if len(ops) > 1 else None
@@ -261,6 +269,7 @@ class CellBlock(nn.Module):
 
     def __init__(self, arch: Arch, c_in: int, c_out: int):
         super().__init__()
+        assert arch.cell is not None, "a cell network's architecture has a cell"
         sources = [c_in]
         branches = {}
         for j, branch in enumerate(arch.cell.branches):
@@ -306,5 +315,5 @@ class CellNet(nn.Module):
 def build_model(arch: Arch, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """The ``nn.Module`` for a validated ``arch`` on inputs ``(C, H, W)`` with ``num_classes`` outputs."""
     if arch.layers is not None:
-        return LayerNet(arch, tuple(input_shape), num_classes)
-    return CellNet(arch, tuple(input_shape), num_classes)
+        return LayerNet(arch, as_shape(input_shape), num_classes)
+    return CellNet(arch, as_shape(input_shape), num_classes)

@@ -37,7 +37,7 @@ from epnas.arch import (
     stage_channels,
     trace_layers,
 )
-from epnas.ops import BYTES_PER_VALUE, Cost, branch_op, conv_cost, layer_op, numel, same_out
+from epnas.ops import BYTES_PER_VALUE, Cost, as_shape, branch_op, conv_cost, layer_op, numel, same_out
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ def head_cost(body_out: Shape, num_classes: int) -> Cost:
 def cell_cost(arch: Arch, c_in: int, c_out: int, hw: int) -> Cost:
     """One cell: every branch op (``epnas.ops.BRANCH_OPS``, each reading its source), then the
     relu → 1×1 conv → batch-norm projection of the concatenated outputs."""
+    assert arch.cell is not None, "cell_cost takes a module-space architecture"
     sources = [c_in]
     total = Cost()
     for branch in arch.cell.branches:
@@ -136,7 +137,7 @@ def compute_metrics(arch: Arch, input_shape: Shape, num_classes: int) -> Metrics
     """Model size, FLOPs, bytes moved and compute intensity of a validated ``arch``."""
     total = Cost()
     moved = 0
-    for cost in unit_costs(arch, tuple(input_shape), num_classes):
+    for cost in unit_costs(arch, as_shape(input_shape), num_classes):
         total = total + cost
         moved += cost.bytes_moved
     return Metrics(

@@ -122,6 +122,7 @@ def scale(arch: Arch, channel: tuple[int, ...], width: tuple[int, ...]) -> Arch:
     space = get_space(arch.space)
     groups = len(channel)
     if arch.layers is not None:
+        assert isinstance(space, LayerSpace), "layers belong to a layer space"
         count = len(arch.layers)
         layers = tuple(
             _scale_layer(layer, space, DIRECTIONS[channel[g]], DIRECTIONS[width[g]])
@@ -129,6 +130,7 @@ def scale(arch: Arch, channel: tuple[int, ...], width: tuple[int, ...]) -> Arch:
             for g in [group_of(i, count, groups)]
         )
         return arch.model_copy(update={"layers": layers})
+    assert isinstance(space, ModuleSpace) and arch.cell is not None, "an architecture has layers or a cell"
     count = len(arch.cell.branches)
     branches = tuple(
         _scale_branch(branch, space, DIRECTIONS[channel[g]], DIRECTIONS[width[g]])
@@ -163,6 +165,7 @@ def _scale_branch(branch: Branch, space: ModuleSpace, dc: int, dw: int) -> Branc
 
 
 def _insert_remove_layer(arch: Arch, space: LayerSpace, action: Action) -> MorphResult:
+    assert arch.layers is not None, "a layer space's architecture has layers"
     count = len(arch.layers)
     kind = action.kind_name
     if kind == "keep":
@@ -194,6 +197,7 @@ def decode_layer(space: LayerSpace, action: Action, position: int) -> Layer:
 def insert_layer(arch: Arch, position: int, layer: Layer) -> Arch:
     """Insert ``layer`` as layer ``position``; later layers whose main input was ``t[position]``
     now read the new layer, and references to later tensors shift by one."""
+    assert arch.layers is not None, "insert_layer takes a layer graph"
     layers = list(arch.layers)
     rewired = [layer]
     for old in layers[position:]:
@@ -205,6 +209,7 @@ def insert_layer(arch: Arch, position: int, layer: Layer) -> Arch:
 
 def remove_layer(arch: Arch, position: int) -> Arch:
     """Remove layer ``position``: readers of its output read its main input instead."""
+    assert arch.layers is not None, "remove_layer takes a layer graph"
     return arch.model_copy(update={"layers": tuple(remove_layer_at(list(arch.layers), position))})
 
 
@@ -212,6 +217,7 @@ def remove_layer(arch: Arch, position: int) -> Arch:
 
 
 def _insert_remove_cell(arch: Arch, space: ModuleSpace, action: Action) -> MorphResult:
+    assert arch.cell is not None, "a module space's architecture has a cell"
     count = len(arch.cell.branches)
     kind = action.kind_name
     if kind == "keep":
@@ -247,6 +253,7 @@ def decode_branch(space: ModuleSpace, action: Action, position: int) -> Branch:
 def insert_branch(arch: Arch, position: int, branch: Branch) -> Arch:
     """Insert ``branch`` at ``position``; the branch it reads stops propagating (EPNAS Fig. 3),
     and later sources shift by one."""
+    assert arch.cell is not None, "insert_branch takes a cell"
     branches = list(arch.cell.branches)
     if position > 0:
         branches[position - 1] = branches[position - 1].model_copy(update={"propagate": False})
@@ -264,6 +271,7 @@ def insert_branch(arch: Arch, position: int, branch: Branch) -> Arch:
 
 def remove_branch(arch: Arch, position: int) -> Arch:
     """Remove branch ``position``: readers of its output read its Src1 instead."""
+    assert arch.cell is not None, "remove_branch takes a cell"
     branches = list(arch.cell.branches)
     removed = branches[position]
     kept = branches[:position]

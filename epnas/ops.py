@@ -25,7 +25,7 @@ FLOPs, every point-wise op 1 per element it writes, a pooling window of ``k`` el
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -81,6 +81,12 @@ class Cost:
     def bytes_moved(self) -> int:
         """``4 · (params + read + write)``: weights and inputs read once, the output written once."""
         return BYTES_PER_VALUE * (self.params + self.read + self.write)
+
+
+def as_shape(values: Sequence[int]) -> Shape:
+    """``values`` (``[C, H, W]`` from a spec or JSON, or a ``Shape``) as a ``Shape`` tuple."""
+    c, h, w = values
+    return (c, h, w)
 
 
 def numel(shape: Shape | None) -> int:
@@ -197,16 +203,22 @@ class LayerOp:
     pooling: bool = False
 
 
+def _set(value: int | None) -> int:
+    """A field the layer's op declares: ``arch.parse_arch`` has checked that it is set."""
+    assert value is not None, "a validated layer sets every field its op declares"
+    return value
+
+
 def _square(layer: Layer) -> tuple[int, int]:
-    return (layer.width, layer.width)
+    return (_set(layer.width), _set(layer.width))
 
 
 def _time_freq(layer: Layer) -> tuple[int, int]:
-    return (layer.width, layer.freq_width)
+    return (_set(layer.width), _set(layer.freq_width))
 
 
 def _strides(layer: Layer) -> tuple[int, int]:
-    return (layer.stride_time, layer.stride_freq)
+    return (_set(layer.stride_time), _set(layer.stride_freq))
 
 
 def _ones(layer: Layer) -> tuple[int, int]:
@@ -240,7 +252,7 @@ def _conv(
     separable: bool = False,
 ) -> LayerOp:
     """activation → SAME conv (``separable``: depthwise + pointwise) → batch-norm, ``channels`` out."""
-    out_shape = _strided(lambda layer, x: layer.channels, stride)
+    out_shape = _strided(lambda layer, x: _set(layer.channels), stride)
 
     def cost(layer: Layer, x: Shape) -> Cost:
         out = out_shape(layer, x)
@@ -251,7 +263,7 @@ def _conv(
 
     def module(layer: Layer, x: Shape) -> nn.Module:
         return _blocks().ConvUnit(
-            x[0], layer.channels, kernel(layer), stride(layer), dilation(layer), layer.activation, separable
+            x[0], _set(layer.channels), kernel(layer), stride(layer), dilation(layer), layer.activation, separable
         )
 
     return LayerOp(name, fields, out_shape, cost, module)
@@ -288,11 +300,11 @@ def _gru() -> LayerOp:
     return LayerOp(
         "gru",
         ("channels", "directions"),
-        out_shape=lambda layer, x: (layer.channels * layer.directions, x[1], 1),
+        out_shape=lambda layer, x: (_set(layer.channels) * _set(layer.directions), x[1], 1),
         cost=lambda layer, x: gru_cost(
-            features=x[0] * x[2], steps=x[1], hidden=layer.channels, directions=layer.directions
+            features=x[0] * x[2], steps=x[1], hidden=_set(layer.channels), directions=_set(layer.directions)
         ),
-        module=lambda layer, x: _blocks().GRU(x[0] * x[2], layer.channels, layer.directions),
+        module=lambda layer, x: _blocks().GRU(x[0] * x[2], _set(layer.channels), _set(layer.directions)),
     )
 
 
@@ -300,15 +312,15 @@ def _fc() -> LayerOp:
     """activation → flatten → linear with bias to ``(units, 1, 1)``: ``C·H·W·units + units`` params."""
 
     def cost(layer: Layer, x: Shape) -> Cost:
-        n_in, units = numel(x), layer.channels
+        n_in, units = numel(x), _set(layer.channels)
         return Cost(params=n_in * units + units, flops=_act_flops(layer, x) + 2 * n_in * units + units, write=units)
 
     return LayerOp(
         "fc",
         ("channels", "activation"),
-        out_shape=lambda layer, x: (layer.channels, 1, 1),
+        out_shape=lambda layer, x: (_set(layer.channels), 1, 1),
         cost=cost,
-        module=lambda layer, x: _blocks().FullyConnected(numel(x), layer.channels, layer.activation),
+        module=lambda layer, x: _blocks().FullyConnected(numel(x), _set(layer.channels), layer.activation),
     )
 
 
@@ -337,7 +349,7 @@ LAYER_OPS: dict[str, dict[str, LayerOp]] = {
             "dilated-conv2d",
             ("channels", "width", "freq_width", "dilation", "activation"),
             _time_freq,
-            dilation=lambda layer: layer.dilation,
+            dilation=lambda layer: _set(layer.dilation),
         ),
         _gru(),
         _pool("avgpool", ("width", "freq_width"), _time_freq, _time_freq),

@@ -9,7 +9,7 @@ Everything that is wrong is reported at once: ``load_search`` raises one
 from __future__ import annotations
 
 import copy
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import annotated_types
 import pydantic
@@ -19,10 +19,11 @@ from pydantic.alias_generators import to_camel
 
 from epnas.arch import Arch, parse_arch, pydantic_problems
 from epnas.errors import Problem, SpecError
+from epnas.ops import Shape, as_shape
 from epnas.space import SPACES
 
-API_VERSION = "epnas.io/v1alpha1"
-KIND = "ArchitectureSearch"
+API_VERSION: Final = "epnas.io/v1alpha1"
+KIND: Final = "ArchitectureSearch"
 QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 INT64_MAX = 2**63 - 1
 
@@ -622,17 +623,19 @@ def dataset_geometry(spec: SearchSpec) -> tuple[tuple[int, int, int], int]:
 
 def geometry_of(ds: Dataset, space: str, res: int | None = None) -> tuple[tuple[int, int, int], int]:
     """``dataset_geometry`` from its parts: a dataset, a search space's name, a resolution."""
-    shape, classes = {
+    defaults: dict[str, tuple[Shape | None, int | None]] = {
         "digits": ((1, 8, 8), 10),
         "cifar10": ((3, 32, 32), 10),
         "synthetic": (SPACES[space].input_shape, 10),
         "npz": (None, None),
-    }[ds.kind]
-    shape = tuple(ds.input_shape) if ds.input_shape else shape
+    }
+    shape, classes = defaults[ds.kind]
+    shape = as_shape(ds.input_shape) if ds.input_shape else shape
     classes = ds.num_classes or classes
+    assert shape is not None and classes is not None, "Dataset's validator: npz declares inputShape and numClasses"
     if res is not None:
         shape = (shape[0], res, res)
-    return tuple(shape), classes
+    return shape, classes
 
 
 MAX_DOCUMENT_BYTES = 1_572_864  # the API server's own limit on an object, 1.5 MiB
