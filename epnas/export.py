@@ -204,6 +204,9 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, expected: torch.
             dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
             verbose=False,
         )
+    assert program is not None, (
+        "the dynamo exporter returns its program (only the legacy one, given a file, returns None)"
+    )
     program.save(str(path))
     onnx.checker.check_model(onnx.load(str(path)))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import safetensors
 import safetensors.torch
@@ -167,7 +168,7 @@ def find_damage(store: Store, search: ArchitectureSearch) -> list[Damage]:
     keys = [k for k in store.list("") if not is_aside(k)]
     state = _checkpoint_damage(store, found)
     for key in sorted(k for k in keys if k.startswith(HISTORY_PREFIX)):
-        _check(found, key, lambda k=key: _history_step(store, k))
+        _check(found, key, partial(_history_step, store, key))
     if state is not None and not any(d.key.startswith(HISTORY_PREFIX) for d in found):
         try:
             count = len(read_history(store, state.history_count))
@@ -188,16 +189,16 @@ def find_damage(store: Store, search: ArchitectureSearch) -> list[Damage]:
             found, PENDING, lambda: _json_dict(store, PENDING, "episode", "step", "children", "python_rng", "torch_rng")
         )
     for key in (k for k in keys if k.startswith(UPDATES_PREFIX)):
-        _check(found, key, lambda k=key: _json_dict(store, k))
+        _check(found, key, partial(_json_dict, store, key))
     policies = [k for k in keys if k.startswith(STATE_PREFIX + "policy-") and k.endswith(".safetensors")]
     for key in policies:
-        _check(found, key, lambda k=key: make_strategy(search.spec).load(store, k))
+        _check(found, key, partial(_policy_file, search, store, key))
     if state is not None and state.policy_file and state.policy_file not in policies:
         found.append(Damage(state.policy_file, "missing (the checkpoint names it)", movable=False))
     if f"{WEIGHTS_PREFIX}{INDEX}" in keys:
         _check(found, f"{WEIGHTS_PREFIX}{INDEX}", lambda: read_index(store, WEIGHTS_PREFIX, strict=True))
     for key in (k for k in keys if k.startswith(f"{WEIGHTS_PREFIX}{OBJECTS}")):
-        _check(found, key, lambda k=key: _safetensors(store, k))
+        _check(found, key, partial(_safetensors, store, key))
     for prefix, child_of in ((CHILDREN_PREFIX, lambda name: name), (FINAL_PREFIX, lambda name: f"final-{name}")):
         for name in sorted(
             {k[len(prefix) :].split("/", 1)[0] for k in keys if k.startswith(prefix) and k.count("/") == 2}
@@ -238,6 +239,10 @@ def _json_dict(store: Store, key: str, *required: str) -> None:
     missing = [k for k in required if not isinstance(data, dict) or k not in data]
     if not isinstance(data, dict) or missing:
         raise ValueError(f"no {', '.join(missing)}" if missing else "not a JSON object")
+
+
+def _policy_file(search: ArchitectureSearch, store: Store, key: str) -> None:
+    make_strategy(search.spec).load(store, key)
 
 
 def _safetensors(store: Store, key: str) -> None:
