@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from epnas.errors import DatasetError
+from epnas.ops import as_shape
 from epnas.space import get_space
 from epnas.spec import Dataset
 from epnas.store import StoreError, StoreNotFound, join_uri, open_store, split_uri
@@ -141,7 +142,7 @@ def _digits(dataset: Dataset, space: str) -> Splits:
 
 
 def _synthetic(dataset: Dataset, space: str) -> Splits:
-    shape = tuple(dataset.input_shape) if dataset.input_shape else get_space(space).input_shape
+    shape = as_shape(dataset.input_shape) if dataset.input_shape else get_space(space).input_shape
     classes = dataset.num_classes or 10
     samples = int(dataset.options.get("samples", 512))
     noise = float(dataset.options.get("noise", 1.0))
@@ -167,6 +168,9 @@ def _synthetic(dataset: Dataset, space: str) -> Splits:
 
 
 def _npz(dataset: Dataset, space: str) -> Splits:
+    assert dataset.uri is not None and dataset.input_shape is not None and dataset.num_classes is not None, (
+        "Dataset's validator: npz declares uri, inputShape and numClasses"
+    )
     data = _read(dataset.uri, "npz file")
     try:
         arrays = np.load(io.BytesIO(data), allow_pickle=False)
@@ -174,7 +178,7 @@ def _npz(dataset: Dataset, space: str) -> Splits:
         missing = {"x_train", "y_train", "x_val", "y_val"} - names
         if missing:
             raise DatasetError(f"npz dataset {dataset.uri} lacks {', '.join(sorted(missing))}")
-        shape = tuple(dataset.input_shape)
+        shape = as_shape(dataset.input_shape)
         pairs = {}
         for split in ("train", "val", "test"):
             if f"x_{split}" in names:
@@ -241,6 +245,7 @@ def read_cifar_batch(data: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cifar10(dataset: Dataset, space: str) -> Splits:
+    assert dataset.uri is not None, "Dataset's validator: cifar10 declares uri"
     images, labels = [], []
     for i in range(1, 6):
         x, y = read_cifar_batch(_read(join_uri(dataset.uri, f"data_batch_{i}"), "CIFAR-10 batch"))

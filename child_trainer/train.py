@@ -92,12 +92,14 @@ def lr_at(training: ChildTraining, epoch_progress: float, steps_done: int, steps
     ``lr_min`` over ``epochs``, after a linear warm-up from lr/10.
     """
     lr, lr_min = training.lr, training.lr_min
+    assert lr is not None and lr_min is not None, "lr_at takes a resolved() ChildTraining"
     if training.regime == "standard":
         t, period = epoch_progress, float(training.t0)
         while t >= period:
             t -= period
             period *= training.t_mult
         return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * t / period)) / 2
+    assert training.epochs is not None, "lr_at takes a resolved() ChildTraining"
     warmup = max(WARMUP_STEPS, steps_per_epoch)
     cosine = lr_min + (lr - lr_min) * (1 + math.cos(math.pi * min(epoch_progress / training.epochs, 1.0))) / 2
     if steps_done < warmup:

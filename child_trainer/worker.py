@@ -152,6 +152,7 @@ def serve(requests: IO[bytes], replies: IO[str]) -> int:
     for line in iter(requests.readline, b""):
         if not line.strip():
             continue
+        problem: str | None
         try:
             request = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
