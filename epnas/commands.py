@@ -64,6 +64,13 @@ class OneLineCommand(click.Command):
 def run_command(command: click.Command, argv: list[str] | None, prog_name: str) -> int:
     """Run ``command`` on ``argv`` (default ``sys.argv[1:]``) as the program ``prog_name`` and return
     its exit code instead of exiting: what ``python -m child_trainer`` and ``python -m controller``
-    (and in-process callers such as the trainer's warm workers) use.  ``--help`` returns 0."""
-    code = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
+    (and in-process callers such as the trainer's warm workers) use.  ``--help`` returns 0.
+    A ``KeyboardInterrupt`` (click turns it into ``click.Abort``) propagates as itself, as it
+    did before click: a warm worker interrupted by Ctrl-C stops instead of reporting a fault."""
+    try:
+        code = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
+    except click.Abort as abort:
+        if isinstance(abort.__cause__, KeyboardInterrupt):
+            raise abort.__cause__ from None
+        raise
     return code if isinstance(code, int) else 0

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 import epnas.cli as cli
-from epnas.commands import ENTRY_POINT_GROUP
+from epnas.commands import ENTRY_POINT_GROUP, OneLineCommand, run_command
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 EPNAS = [str(pathlib.Path(sys.executable).with_name("epnas"))]  # the installed console script
@@ -145,3 +145,23 @@ def test_a_command_of_its_own_wins_over_an_entry_point(monkeypatch) -> None:
     group = _group_with(monkeypatch, ("validate", "child_trainer.cli:train"))
     done = CliRunner().invoke(group, ["validate"])
     assert done.exit_code == 0 and done.output == "own validate\n"
+
+
+# ---------------------------------------------------------------- epnas.commands
+
+
+def test_run_command_returns_the_exit_code_and_keeps_a_keyboard_interrupt(capsys) -> None:
+    @click.command(cls=OneLineCommand)
+    @click.option("--code", type=int, required=True)
+    @click.pass_context
+    def command(ctx: click.Context, code: int) -> None:
+        if code < 0:
+            raise KeyboardInterrupt
+        ctx.exit(code)
+
+    assert run_command(command, ["--code", "3"], "prog") == 3
+    assert run_command(command, ["--help"], "prog") == 0 and capsys.readouterr().out.startswith("Usage: prog ")
+    assert run_command(command, ["--code", "x"], "prog") == 2
+    assert capsys.readouterr().err == "epnas: Invalid value for '--code': 'x' is not a valid integer.\n"
+    with pytest.raises(KeyboardInterrupt):
+        run_command(command, ["--code", "-1"], "prog")

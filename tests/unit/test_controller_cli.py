@@ -1,4 +1,5 @@
-"""``epnas controller`` execs ``python -m controller`` with the same flags; ``epnas`` never imports ``controller``."""
+"""``epnas controller`` is ``python -m controller``'s click command, with the same flags; ``epnas`` never imports
+``controller`` (it finds the command through an entry point, tests/unit/test_cli_commands.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def test_epnas_controller_execs_the_controller() -> None:
+def test_epnas_controller_runs_the_controller() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "epnas.cli", "controller", "--help"],
         capture_output=True,
