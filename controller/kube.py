@@ -337,8 +337,11 @@ def _plain() -> dict[str, Any]:
 
 def _retry_after(err: ApiException) -> float | None:
     """The ``Retry-After`` seconds of a 429/503 answer, if it gave any."""
+    value = (err.headers or {}).get("Retry-After")
+    if value is None:
+        return None
     try:
-        return float((err.headers or {}).get("Retry-After"))
+        return float(value)
     except (TypeError, ValueError):
         return None
 

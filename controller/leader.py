@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from controller.kube import Kube, KubeError, Obj
+from controller.kube import Kube, KubeError, Metadata, Obj
 
 LOG = logging.getLogger("epnas.controller.leader")
 
@@ -70,7 +70,7 @@ def lease_body(config: LeaseConfig, identity: str, *, previous: Obj | None, rele
         if holder != identity:
             spec.update(acquireTime=now, leaseTransitions=transitions + 1 if previous else 0)
         spec.update(holderIdentity=identity, leaseDurationSeconds=max(1, round(config.lease_duration_s)), renewTime=now)
-    metadata: dict = {"name": config.name, "namespace": config.namespace}
+    metadata: Metadata = {"name": config.name, "namespace": config.namespace}
     if previous:
         metadata["resourceVersion"] = previous["metadata"]["resourceVersion"]
     return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
@@ -148,9 +148,10 @@ class LeaderElector:
             self.stopping.wait(min(self.config.retry_period_s, max(0.0, deadline - self.clock())))
         if self.stopping.is_set():
             return
+        observed = self._observed
         why = (
-            f"{self._observed[0]} holds it"
-            if self.held_by_other
+            f"{observed[0]} holds it"
+            if observed is not None and self.held_by_other
             else f"no renewal for {self.config.renew_deadline_s:.0f} s"
         )
         LOG.error("%s: lost the lease %s/%s (%s)", self.identity, self.config.namespace, self.config.name, why)
