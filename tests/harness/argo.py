@@ -96,6 +96,22 @@ def executor_image(argoexec: pathlib.Path, version: str) -> str:
     return ref
 
 
+def install_crds(control_plane: ControlPlane, version: str | None = None) -> list[str]:
+    """Server-side apply the Argo CRDs of `version` (default: pinned) from its module and wait until
+    they are Established; their names. Idempotent (also what `ArgoServer.start()` does first)."""
+    crd_dir = module_dir(version) / CRD_SUBDIR
+    files = sorted(crd_dir.glob("argoproj.io_*.yaml"))
+    if not files:
+        raise RuntimeError(f"no CRDs under {crd_dir}")
+    args = ["apply", "--server-side", "--force-conflicts"]
+    for path in files:
+        args += ["-f", str(path)]
+    control_plane.kubectl(*args)
+    names = [yaml.safe_load(path.read_text())["metadata"]["name"] for path in files]
+    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{name}" for name in names])
+    return names
+
+
 class ArgoServer:
     """A running workflow-controller. Attributes: `version`, `workdir`, `log_path`,
     `metrics_port`, `executor_image`, `crds` (names), `startup_s`."""
@@ -168,17 +184,7 @@ class ArgoServer:
         self.startup_s = time.monotonic() - started
 
     def _install_crds(self) -> None:
-        files = sorted((module_dir(self.version) / CRD_SUBDIR).glob("argoproj.io_*.yaml"))
-        if not files:
-            raise RuntimeError(f"no CRDs under {module_dir(self.version) / CRD_SUBDIR}")
-        args = ["apply", "--server-side", "--force-conflicts"]
-        for path in files:
-            args += ["-f", str(path)]
-        self.control_plane.kubectl(*args)
-        self.crds = [yaml.safe_load(path.read_text())["metadata"]["name"] for path in files]
-        self.control_plane.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{name}" for name in self.crds]
-        )
+        self.crds = install_crds(self.control_plane, self.version)
 
     def use_node(self, node_agent, *images: str) -> None:
         """Make `node_agent` run the executor image and each of `images` in their images."""

@@ -22,7 +22,7 @@ import secrets
 import pytest
 import yaml
 from harness import binaries
-from harness.argo import executor_role
+from harness.argo import executor_role, install_crds
 from harness.prometheus import servicemonitor_crd
 from kubernetes import client as k8s_client
 from kubernetes.client.rest import ApiException
@@ -66,6 +66,12 @@ def crds(control_plane) -> None:
     except binaries.MissingBinaryError as error:
         pytest.fail(str(error), pytrace=False)
     apply_crd(control_plane, servicemonitors, "servicemonitors.monitoring.coreos.com")
+
+
+@pytest.fixture(scope="session")
+def argo_crds(control_plane) -> None:
+    """Argo's CRDs at the pinned version, so `kubectl auth can-i` resolves workflows.argoproj.io."""
+    install_crds(control_plane)
 
 
 @pytest.fixture(scope="session")
@@ -446,7 +452,7 @@ ALL_NAMESPACES_RULES = [
 ]
 
 
-def test_rbac_with_watched_namespace(helm, control_plane, crds, namespace, other_namespace):
+def test_rbac_with_watched_namespace(helm, control_plane, crds, argo_crds, namespace, other_namespace):
     install(helm, "epnas", namespace)
     service_account = f"system:serviceaccount:{namespace}:epnas"
     where = {"own": namespace, "other": other_namespace}
@@ -483,7 +489,7 @@ ARGO_RULES = [
 
 
 @pytest.mark.parametrize("enabled", [True, False], ids=["argo-enabled", "argo-disabled"])
-def test_rbac_with_argo(helm, control_plane, crds, namespace, other_namespace, enabled):
+def test_rbac_with_argo(helm, control_plane, crds, argo_crds, namespace, other_namespace, enabled):
     """After `helm install`, the authorizer lets the controller use exactly the Workflow verbs of
     the Argo executor and the children's default ServiceAccount create/patch its node results, in
     the watched namespace only; with argo.enabled false, none of it."""
