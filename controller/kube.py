@@ -65,6 +65,7 @@ class Metadata(TypedDict, total=False):
     generation: int
     resourceVersion: str
     labels: dict[str, str]
+    ownerReferences: list[dict[str, Any]]
     creationTimestamp: str
     deletionTimestamp: str
 

@@ -8,8 +8,9 @@ clamped at the ends.  Nothing here does I/O.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 SpaceName = Literal["image-layer", "image-module", "kws-layer"]
 
@@ -129,6 +130,6 @@ def step_along(values: tuple, current, direction: int):
     return values[max(0, min(len(values) - 1, index + direction))]
 
 
-def nearest_index(values: tuple, current) -> int:
+def nearest_index(values: Sequence[Any], current: Any) -> int:
     """Index of the entry of ``values`` nearest to ``current`` (ties: the lower index)."""
     return min(range(len(values)), key=lambda i: abs(values[i] - current))
