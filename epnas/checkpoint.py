@@ -22,7 +22,7 @@ from epnas.errors import CorruptState, SpecError
 from epnas.pinning import spec_changes
 from epnas.records import ArchJSON, TrajectoryStep
 from epnas.spec import ArchitectureSearch, parse_search
-from epnas.store import Store, StoreError, StoreNotFound, join_uri
+from epnas.store import Store, StoreDecodeError, StoreNotFound, join_uri
 
 CHECKPOINT = "state/checkpoint.json"
 HISTORY_PREFIX = "state/history/"
@@ -202,14 +202,14 @@ def read_history(store: Store, count: int) -> list[dict]:
 
 
 def read_state_json(store: Store, key: str) -> Any:
-    """``store.get_json(key)`` for a file the search wrote: undecodable content is ``CorruptState``
-    naming the file (``StoreNotFound`` passes through: a missing file is the caller's call)."""
+    """``store.get_json(key)`` for a file the search wrote: undecodable content
+    (``StoreDecodeError``) is ``CorruptState`` naming the file; any other ``StoreError`` passes
+    through (``StoreNotFound``: a missing file is the caller's call; an unreachable store is
+    not damage, and a controller waits it out)."""
     try:
         return store.get_json(key)
-    except StoreNotFound:
-        raise
-    except StoreError as err:
-        raise CorruptState(damaged(store, key, _first_line(err).split(": ", 1)[-1])) from None
+    except StoreDecodeError as err:
+        raise CorruptState(damaged(store, key, _first_line(err.detail))) from None
 
 
 def damaged(store: Store, key: str, what: str) -> str:

@@ -61,7 +61,12 @@ class StoreNotFound(StoreError):
 
 
 class StoreDecodeError(StoreError):
-    """``get_json``: the object exists but is not valid JSON (UTF-8): damaged content, not an unreachable store."""
+    """``get_json``: the object exists but is not valid JSON (UTF-8): damaged content, not an
+    unreachable store.  ``detail`` is what is wrong, without the store and key."""
+
+    def __init__(self, message: str, *, detail: str | None = None):
+        super().__init__(message)
+        self.detail = message if detail is None else detail
 
 
 class StoreURIError(StoreError, InvalidInput):
@@ -184,7 +189,8 @@ class Store:
         try:
             return json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise StoreDecodeError(f"{self.uri}/{key}: not valid JSON: {err}") from None
+            detail = f"not valid JSON: {err}"
+            raise StoreDecodeError(f"{self.uri}/{key}: {detail}", detail=detail) from None
 
     def put_json(self, key: str, obj: Any) -> None:
         self.put_bytes(key, (json.dumps(obj, sort_keys=True, indent=2) + "\n").encode())

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from epnas.checkpoint import CHECKPOINT, PENDING, LoopState
+from epnas.checkpoint import CHECKPOINT, PENDING, LoopState, read_state_json
 from epnas.errors import CorruptState
 from epnas.records import Move, PlanItem, PlannedMove, TrajectoryStep
 from epnas.search import SearchLoop
-from epnas.store import open_store
+from epnas.store import FileStore, StoreError, open_store
 from tests.unit.test_search import ToyExecutor, search_doc
 
 PARENT = {"space": "image-layer", "layers": [{"op": "conv2d"}]}
@@ -101,3 +101,20 @@ def test_a_stored_plan_whose_children_do_not_read_is_damaged_naming_the_file(tmp
     first.store.put_json(PENDING, {**pending, "children": [{"child": "e000-s00-c00"}]})
     with pytest.raises(CorruptState, match=r"state/pending-step\.json is damaged \(a planned child does not read"):
         loop(tmp_path).run()
+
+
+class Unreachable(FileStore):
+    """A store whose reads fail as an S3 outage does after the retries."""
+
+    def get_bytes(self, key: str) -> bytes:
+        raise StoreError(f"{self.uri}/{key}: ServiceUnavailable (HTTP 503)", transient=True)
+
+
+def test_only_content_that_does_not_decode_is_damage_an_unreachable_store_is_not(tmp_path) -> None:
+    store = open_store(tmp_path.as_uri())
+    store.put_bytes(CHECKPOINT, b'{"episode": ')
+    with pytest.raises(CorruptState, match=r"state/checkpoint\.json is damaged \(not valid JSON: Expecting value"):
+        read_state_json(store, CHECKPOINT)
+    with pytest.raises(StoreError, match="HTTP 503") as caught:  # the controller waits this out
+        read_state_json(Unreachable(tmp_path), CHECKPOINT)
+    assert caught.value.transient and not isinstance(caught.value, CorruptState)
