@@ -30,7 +30,7 @@ from epnas.checkpoint import SUMMARY, pin_search, read_history, read_state_json
 from epnas.commands import ENTRY_POINT_GROUP
 from epnas.errors import EpnasError, InvalidInput, SpecError, message_lines
 from epnas.executors.local import LocalExecutor
-from epnas.records import ChildRecord, ranked_children
+from epnas.records import ChildRecord, SearchSummary, ranked_children
 from epnas.repair import repair_store
 from epnas.search import SearchFailed, SearchLoop, StepReport, position_text
 from epnas.spec import ArchitectureSearch, load_search
@@ -361,7 +361,7 @@ def status(target: str, store_uri: str | None, top: int, as_json: bool) -> None:
     search_uri = search_root(target, store_uri)
     store = open_store(search_uri)
     try:
-        summary = read_state_json(store, SUMMARY)  # a damaged one raises CorruptState naming it
+        summary: SearchSummary = read_state_json(store, SUMMARY)  # a damaged one raises CorruptState naming it
     except StoreNotFound:
         raise StoreNotFound(f"no search state under {search_uri} (no {SUMMARY})") from None
     records = [ChildRecord.from_json(r) for r in read_history(store, 10**9)]
@@ -428,7 +428,7 @@ def _si(value: float) -> str:
     return f"{value:g}"
 
 
-def print_summary(summary: dict) -> None:
+def print_summary(summary: SearchSummary) -> None:
     """The best feasible architecture, its metrics, and where the artifacts are."""
     c = summary["children"]
     console.print(
