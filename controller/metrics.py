@@ -116,12 +116,12 @@ class ControllerMetrics:
 
     def step_done(self, *, namespace: str, search: str, summary: SearchSummary) -> None:
         """Gauges from a loop summary (``epnas.search.summarize``)."""
-        best = summary.get("best") or {}
+        best = summary.get("best")
         counts = summary["children"]
         evaluated = counts["succeeded"] + counts["cached"]
         labels = {"namespace": namespace, "search": search}
-        self.best_reward.labels(**labels).set(best.get("reward", 0.0))
-        self.best_accuracy.labels(**labels).set(best.get("valAccuracy", 0.0))
+        self.best_reward.labels(**labels).set(best["reward"] if best else 0.0)
+        self.best_accuracy.labels(**labels).set(best["valAccuracy"] if best else 0.0)
         self.feasible_ratio.labels(**labels).set(summary["feasibleCount"] / evaluated if evaluated else 0.0)
         self.episode.labels(**labels).set(summary["episode"])
         self.step.labels(**labels).set(summary["step"])

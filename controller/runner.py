@@ -28,7 +28,7 @@ import datetime
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from controller import status as st
 from controller.argo import ArgoExecutor
@@ -189,6 +189,8 @@ class SearchRunner:
         generation = int(obj["metadata"].get("generation") or 0)
         if generation == self.generation or self.pinned is None:
             return
+        extensions: list[str]
+        refused: list[str]
         try:
             live = self._parse(obj)
         except SpecError as err:
@@ -498,7 +500,7 @@ class SearchRunner:
         except KubeError as err:
             LOG.warning("%s/%s: status patch failed: %s", self.namespace, self.name, err)
 
-    def _event(self, event_type: str, reason: str, message: str) -> None:
+    def _event(self, event_type: Literal["Normal", "Warning"], reason: str, message: str) -> None:
         try:
             self.kube.create_event(
                 involved=self.obj, event_type=event_type, reason=reason, message=message, component=COMPONENT

@@ -61,7 +61,7 @@ def set_condition(
     conditions: list[Condition], *, kind: str, status: bool, reason: Reason | str, message: str, now: str
 ) -> list[Condition]:
     """``conditions`` with ``kind`` set; its ``lastTransitionTime`` is kept when ``status`` did not change."""
-    text = "True" if status else "False"
+    text: Literal["True", "False"] = "True" if status else "False"
     old = next((c for c in conditions if c["type"] == kind), None)
     since = old["lastTransitionTime"] if old and old["status"] == text else now
     new: Condition = {
@@ -103,8 +103,7 @@ def accuracy(value: float) -> float:
 
 def from_summary(summary: SearchSummary) -> dict[str, Any]:
     """Progress fields of the status from a loop summary (``epnas.search.summarize``)."""
-    best = summary.get("best") or {}
-    feasible = summary.get("bestFeasible") or {}
+    best, feasible = summary.get("best"), summary.get("bestFeasible")
     counts = summary["children"]
     finished = counts["succeeded"] + counts["failed"] + counts["cached"]
     out: dict[str, Any] = {

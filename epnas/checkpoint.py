@@ -209,7 +209,7 @@ def read_state_json(store: Store, key: str) -> Any:
     try:
         return store.get_json(key)
     except StoreDecodeError as err:
-        raise CorruptState(damaged(store, key, _first_line(err.detail))) from None
+        raise CorruptState(damaged(store, key, err.detail.strip().splitlines()[0])) from None
 
 
 def damaged(store: Store, key: str, what: str) -> str:

@@ -227,8 +227,9 @@ def progress_line(report: StepReport) -> str:
     head = f"episode {report.episode + 1}/{s['episodes']} step {report.step + 1}/{s['stepsPerEpisode']}"
     if s["bestFeasible"]:
         return f"{head}  best feasible acc {s['bestFeasible']['valAccuracy']:.3f}  feasible {s['feasibleCount']}"
-    best = s["best"] or {}
-    return f"{head}  no feasible child yet; best (infeasible) reward {best.get('reward', 0):.3f}"
+    best = s.get("best")
+    reward = best["reward"] if best else 0
+    return f"{head}  no feasible child yet; best (infeasible) reward {reward:.3f}"
 
 
 def _write_search_file(store, search: ArchitectureSearch) -> None:

@@ -176,7 +176,9 @@ class SearchLoop:
         rng = random.Random(self.spec.seed)
         start = initial_arch(self.spec)
         if start is None:
-            start = random_arch(self.spec.search_space, self.spec.initial_architecture.random.depth, rng)
+            random_start = self.spec.initial_architecture.random
+            assert random_start is not None  # the spec holds exactly one of random and architecture
+            start = random_arch(self.spec.search_space, random_start.depth, rng)
         generator = torch.Generator().manual_seed(self.spec.seed)
         return LoopState(
             seeds=[_arch_json(start)], python_rng=encode_python_rng(rng), torch_rng=encode_torch_rng(generator)
@@ -358,14 +360,16 @@ class SearchLoop:
                 return [PlanItem.from_json(item) for item in pending["children"]]
             except (KeyError, TypeError) as err:
                 raise CorruptState(damaged(self.store, PENDING, f"a planned child does not read: {err!r}")) from None
+        branches, python_rng, torch_rng = state.branches, state.python_rng, state.torch_rng
+        assert branches is not None and python_rng is not None and torch_rng is not None  # fresh_state, _start_episode
         context = ProposalContext(
             screen=self.screen,
             seen={r.hash for r in history},
-            rng=decode_python_rng(state.python_rng),
-            generator=decode_torch_rng(state.torch_rng),
+            rng=decode_python_rng(python_rng),
+            generator=decode_torch_rng(torch_rng),
             history=history,
         )
-        proposals = self.strategy.propose([parse_arch(a) for a in state.branches], context)
+        proposals = self.strategy.propose([parse_arch(a) for a in branches], context)
         plan = [
             PlanItem(
                 child=child_id(state.episode, state.step, b),
@@ -376,7 +380,7 @@ class SearchLoop:
                     for m in proposal.morphs
                 ),
             )
-            for b, (arch_data, proposal) in enumerate(zip(state.branches, proposals))
+            for b, (arch_data, proposal) in enumerate(zip(branches, proposals))
         ]
         state.python_rng = encode_python_rng(context.rng)
         state.torch_rng = encode_torch_rng(context.generator)
@@ -412,18 +416,20 @@ class SearchLoop:
                 continue
             runs.append(self._child_run(item.child, state, b))
         outcomes = {o.child: o for o in self.executor.submit(runs)}
-        for child, first in siblings.items():
-            if self._read_result(first) is not None:
-                self._write_cached_result(child, first)
-            elif first in outcomes:
-                outcomes[child] = outcomes[first]
+        for child, sibling in siblings.items():
+            if self._read_result(sibling) is not None:
+                self._write_cached_result(child, sibling)
+            elif sibling in outcomes:
+                outcomes[child] = outcomes[sibling]
         records = [self._record(state, b, item, outcomes.get(item.child)) for b, item in enumerate(plan)]
         self._merge_weights(records, outcomes)
+        branches = state.branches
+        assert branches is not None  # _start_episode set them
         for b, record in enumerate(records):
             moves = tuple(Move(m.arch, m.action) for m in plan[b].moves)
             state.trajectory[b].append(TrajectoryStep(moves, record.reward))
             if record.status != "failed":
-                state.branches[b] = record.arch
+                branches[b] = record.arch
         history.extend(records)
         state.step += 1
         return records
