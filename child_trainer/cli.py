@@ -30,7 +30,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from pydantic.alias_generators import to_camel
@@ -51,15 +51,16 @@ TERMINATION_ENV = "EPNAS_TERMINATION_LOG"
 
 class TrainerCommand(OneLineCommand):
     """The trainer's click command: bad flags are ``InvalidInput`` (exit 2, one line
-    ``epnas-trainer: invalid input: bad flags: …``, the termination log written), like any
-    other invalid input."""
+    ``epnas-trainer: invalid input: bad flags: …``, the summary written to ``--termination-log``
+    when click read it before the bad flag (a bad value; an unknown flag stops click before it
+    reads any), else to ``$EPNAS_TERMINATION_LOG``), like any other invalid input."""
 
     prog = PROG
 
-    def bad_flags(self, ctx: click.Context, err: InvalidInput):
+    def bad_flags(self, ctx: click.Context, err: InvalidInput) -> NoReturn:
         summary: dict[str, Any] = {"exitCode": FAULT}
         code = report_failure(InvalidInput(f"bad flags: {err}"), summary)
-        log_path = os.environ.get(TERMINATION_ENV)
+        log_path = ctx.params.get("termination_log") or os.environ.get(TERMINATION_ENV)
         if log_path:
             write_termination_log(log_path, summary)
         ctx.exit(code)

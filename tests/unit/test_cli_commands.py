@@ -165,3 +165,14 @@ def test_run_command_returns_the_exit_code_and_keeps_a_keyboard_interrupt(capsys
     assert capsys.readouterr().err == "epnas: Invalid value for '--code': 'x' is not a valid integer.\n"
     with pytest.raises(KeyboardInterrupt):
         run_command(command, ["--code", "-1"], "prog")
+
+
+def test_a_bad_trainer_value_after_termination_log_is_written_there(tmp_path, monkeypatch, capsys) -> None:
+    from child_trainer.cli import main
+
+    monkeypatch.delenv("EPNAS_TERMINATION_LOG", raising=False)
+    term = tmp_path / "term.json"
+    assert main(["--termination-log", str(term), "--arch", "a.json", "--out", "o", "--epochs", "many"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("epnas-trainer: invalid input: bad flags: Invalid value for '--epochs'")
+    assert json.loads(term.read_text())["message"] == line.removeprefix("epnas-trainer: invalid input: ")
