@@ -43,11 +43,13 @@ def python_image() -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-def chart_rbac_kubeconfig(helm, control_plane, namespace: str, path: pathlib.Path) -> pathlib.Path:
+def chart_rbac_kubeconfig(
+    helm, control_plane, namespace: str, path: pathlib.Path, *, argo_enabled: bool = True
+) -> pathlib.Path:
     """Apply the chart's ServiceAccount, Roles and RoleBindings for release "epnas" in `namespace`
-    with argo.enabled (helm/epnas/ci/argo.yaml) and write a kubeconfig at `path` that authenticates
-    as the chart's controller ServiceAccount (a TokenRequest token): the controller's permissions
-    are then exactly the chart's, and the children's default ServiceAccount has its Argo executor Role."""
+    with `argo.enabled=<argo_enabled>` and write a kubeconfig at `path` that authenticates as the
+    chart's controller ServiceAccount (a TokenRequest token): the controller's permissions are then
+    exactly the chart's, and (enabled) the children's default ServiceAccount has its Argo executor Role."""
     rendered = helm(
         "template",
         "epnas",
@@ -56,11 +58,12 @@ def chart_rbac_kubeconfig(helm, control_plane, namespace: str, path: pathlib.Pat
         namespace,
         "--kube-version",
         "1.37.0",
-        "-f",
-        str(CHART / "ci" / "argo.yaml"),
+        "--set",
+        f"argo.enabled={str(argo_enabled).lower()}",
     ).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
-    assert {(d["kind"], d["metadata"]["name"]) for d in docs} >= {("Role", "epnas"), ("Role", "epnas-argo-executor")}
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert ("Role", "epnas") in kinds and (("Role", "epnas-argo-executor") in kinds) == argo_enabled, kinds
     control_plane.kubectl(
         "apply", "-n", namespace, "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
     )
@@ -384,6 +387,44 @@ def test_a_search_runs_to_succeeded_with_each_step_an_argo_workflow(
 
 
 ARGO_BUDGET = {"episodes": 1, "stepsPerEpisode": 2, "branches": 2, "topK": 2}
+
+
+def test_without_the_charts_argo_switch_an_argo_search_fails_forbidden(
+    argo,
+    crd,
+    control_plane,
+    node_agent,
+    images,
+    minio,
+    bucket,
+    namespace,
+    search_yaml,
+    start_controller,
+    helm,
+    tmp_path,
+):
+    """With the chart's default RBAC (argo.enabled false) the controller may not create Workflows:
+    an `executor: argo` search fails at its first step with LoopError and the API server's 403,
+    and nothing is created."""
+    kubeconfig = chart_rbac_kubeconfig(helm, control_plane, namespace, tmp_path / "kc", argo_enabled=False)
+    ctl = start_controller(namespace, kubeconfig=kubeconfig)
+    control_plane.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input_text=search_yaml(
+            "denied", bucket, executor="argo", trainer={"image": images["trainer"]}, budget=ARGO_BUDGET
+        ),
+    )
+    status = wait_for_phase(control_plane, namespace, "denied", ("Succeeded", "Failed"), timeout_s=120, proc=ctl)[
+        "status"
+    ]
+
+    assert (status["phase"], status["reason"]) == ("Failed", "LoopError"), status
+    assert "create workflows: 403" in status["message"], status["message"]
+    assert not list_workflows(control_plane, namespace) and not search_jobs(control_plane, namespace, "denied")
 
 
 def test_a_controller_killed_mid_step_adopts_the_steps_workflow(
