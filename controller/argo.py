@@ -158,10 +158,12 @@ def child_outcomes(workflow: Obj) -> dict[str, ChildOutcome]:
     status = workflow.get("status") or {}
     nodes: dict[str, dict[str, Any]] = status.get("nodes") or {}
     wanted = {t["name"] for t in (workflow.get("spec") or {}).get("templates") or [] if "container" in t}
-    outcomes = {}
+    outcomes: dict[str, ChildOutcome] = {}
     for node in nodes.values():
         child = node.get("displayName")
-        if node.get("type") != "Retry" or child not in wanted or node.get("phase") not in DONE:
+        if not isinstance(child, str) or child not in wanted:
+            continue
+        if node.get("type") != "Retry" or node.get("phase") not in DONE:
             continue
         pods = sorted(
             (nodes[i] for i in node.get("children") or [] if i in nodes), key=lambda n: n.get("startedAt") or ""

@@ -126,7 +126,7 @@ class Controller:
         uid = obj["metadata"]["uid"]
         runner = self.runners.get(uid)
         action = decide(event_type, obj, running=runner is not None)
-        if action == "observe" and runner.done:
+        if action == "observe" and runner is not None and runner.done:
             # The loop ended here; only an edited spec (a Failed search fixed by the user) runs
             # again.  Stale events from our own earlier status patches must not restart it.
             edited = int(obj["metadata"].get("generation") or 0) > runner.generation
@@ -137,7 +137,7 @@ class Controller:
                 self.runners.pop(uid, None)
                 self.metrics.forget(namespace=runner.namespace, search=runner.name)
                 LOG.info("%s/%s deleted: loop stopped", runner.namespace, runner.name)
-        elif action == "observe":
+        elif action == "observe" and runner is not None:
             runner.observe(obj)
         elif action == "start":
             runner = SearchRunner(
