@@ -148,7 +148,14 @@ def children_figure(records: Sequence[ChildRecord]):
     for label, colour, marker, test in groups:
         points = [(i, r.val_accuracy) for i, r in zip(xs, records) if test(r)]
         if points:
-            ax.scatter(*zip(*points), s=18, c=colour, marker=marker, label=f"{label} ({len(points)})")
+            ax.scatter(
+                [x for x, _ in points],
+                [y for _, y in points],
+                s=18,
+                c=colour,
+                marker=marker,
+                label=f"{label} ({len(points)})",
+            )
     ax.plot(list(xs), [r.reward for r in records], lw=0.8, c="tab:blue", alpha=0.6, label="reward")
     best, running = None, []
     for r in records:

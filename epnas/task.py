@@ -8,7 +8,7 @@ Both validate into typed models; anything wrong raises ``SpecError`` naming the 
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,8 +18,8 @@ from epnas.arch import Arch, parse_arch, pydantic_problems
 from epnas.errors import Problem, SpecError
 from epnas.spec import API_VERSION, ChildTraining, Dataset
 
-TASK_KIND = "ChildTask"
-RESULT_KIND = "ChildResult"
+TASK_KIND: Final = "ChildTask"
+RESULT_KIND: Final = "ChildResult"
 CHILD_ID = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
@@ -126,6 +126,7 @@ def load_task(data: Any) -> ChildTask:
         problems += [p for p in pydantic_problems(err) if not p.path.startswith("arch")]
     if problems:
         raise SpecError(problems)
+    assert task is not None  # a task that does not validate added its problems
     return task
 
 

@@ -148,6 +148,7 @@ class LocalExecutor:
         finally:
             if slot is not None:
                 self._release(slot)
+        assert outcome is not None  # the loop runs at least once
         return ChildOutcome(
             outcome.child,
             outcome.exit_code,
@@ -282,12 +283,14 @@ class _Worker:
     def request(self, request: dict, timeout_s: float | None) -> int:
         """Send one request; return the child's exit code.  Raises ``_DeadlineExceeded`` or ``_WorkerDied``."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        assert stdin is not None and stdout is not None  # started with both as pipes
         try:
-            self.proc.stdin.write((json.dumps(request) + "\n").encode())
-            self.proc.stdin.flush()
+            stdin.write((json.dumps(request) + "\n").encode())
+            stdin.flush()
         except (BrokenPipeError, ValueError, OSError):
             raise self._died() from None
-        fd = self.proc.stdout.fileno()
+        fd = stdout.fileno()
         while b"\n" not in self._buffer:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -334,7 +337,8 @@ class _Worker:
 
     def end_input(self) -> None:
         try:
-            self.proc.stdin.close()
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
         except (OSError, ValueError):
             pass
 
@@ -360,7 +364,8 @@ class _Worker:
         self.proc.wait()
         for pipe in (self.proc.stdin, self.proc.stdout):
             try:
-                pipe.close()
+                if pipe is not None:
+                    pipe.close()
             except (OSError, ValueError):
                 pass
         self.log.close()
