@@ -25,8 +25,11 @@ demo: install
 test: install testbin lint
 	$(PY) -m pytest tests
 
+# Formatting, lint and types; configuration in pyproject.toml ([tool.ruff], [tool.mypy]).
 lint: install
+	$(PY) -m ruff format --check .
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 unit: install
 	$(PY) -m pytest tests/unit
@@ -51,7 +54,7 @@ mutate: install
 	$(PY) bench/mutate.py --json runs/mutate.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .benchmarks runs
+	rm -rf $(VENV) .pytest_cache .hypothesis .benchmarks .mypy_cache .ruff_cache runs
 
 # Kubernetes quickstart on kind (issue 7): builds and loads both images, MinIO, helm install.
 .PHONY: kind-up kind-search kind-down test-deps
