@@ -1,6 +1,6 @@
 """A small mutation run over the pure core: does the unit suite notice when the maths changes?
 
-    python bench/mutate.py [--targets epnas/reward.py:tests/unit/test_reward.py,...] [--max-per-file 40]
+    python bench/mutate.py [--targets epnas/reward.py:tests/unit/epnas/test_reward.py,...] [--max-per-file 40]
 
 For each target module, every mutable spot gets one mutant (AST rewrite of a scratch copy of
 ``epnas/``, never the working tree): a comparison flipped (``<`` ↔ ``>=``, ``==`` ↔ ``!=``, …),
@@ -27,10 +27,10 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TARGETS = (
-    "epnas/reward.py:tests/unit/test_reward.py",
-    "epnas/pinning.py:tests/unit/test_pinning.py",
-    "epnas/surrogate.py:tests/unit/test_surrogate.py",
-    "epnas/reinforce.py:tests/unit/test_reinforce.py",
+    "epnas/reward.py:tests/unit/epnas/test_reward.py",
+    "epnas/pinning.py:tests/unit/epnas/test_pinning.py",
+    "epnas/surrogate.py:tests/unit/epnas/test_surrogate.py",
+    "epnas/reinforce.py:tests/unit/epnas/test_reinforce.py",
 )
 COMPARE = {
     ast.Lt: ast.GtE,

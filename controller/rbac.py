@@ -2,7 +2,7 @@
 
 Every API call in ``controller.kube`` names its permission (``Use``); ``code_uses`` reads them
 out of that module's source, so a new call that needs a new verb cannot be added without the
-tests (tests/unit/test_controller_rbac.py) failing until ``CLUSTER_RULES``/``LEASE_RULES``,
+tests (tests/unit/controller/test_rbac.py) failing until ``CLUSTER_RULES``/``LEASE_RULES``,
 manifests/rbac.yaml and the chart's ``epnas.rules`` grant it.
 
 Two permissions are used without a call of their own:

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 import epnas.cli as cli
 from epnas.commands import ENTRY_POINT_GROUP, OneLineCommand, run_command
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[3]
 EPNAS = [str(pathlib.Path(sys.executable).with_name("epnas"))]  # the installed console script
 ALIASES = {"train": [sys.executable, "-m", "child_trainer"], "controller": [sys.executable, "-m", "controller"]}
 TRAINER_FLAGS = ("--arch", "--out", "--weights", "--dataset", "--epochs", "--device", "--termination-log", "--force")

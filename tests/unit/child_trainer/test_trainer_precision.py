@@ -381,7 +381,7 @@ def test_the_result_file_says_how_the_child_ran(tmp_path):
     """result.json records the resolved precision and whether channels_last and compile were on."""
     from child_trainer.cli import main
     from epnas.task import load_result
-    from tests.unit.test_trainer import ARCHS, TINY, argv_for, write_task
+    from tests.unit.child_trainer.test_trainer import ARCHS, TINY, argv_for, write_task
 
     fp32 = write_task(tmp_path / "a", ARCHS["image-layer"])
     bf16 = write_task(tmp_path / "b", ARCHS["image-layer"], training={**TINY, "precision": "bf16"})

@@ -14,7 +14,7 @@ from epnas.metrics import compute_metrics
 from epnas.reward import compute_reward
 from epnas.spec import dataset_geometry, initial_arch, load_search
 
-EXAMPLES = sorted((pathlib.Path(__file__).parents[2] / "examples").glob("*.yaml"))
+EXAMPLES = sorted((pathlib.Path(__file__).parents[3] / "examples").glob("*.yaml"))
 
 
 def test_there_are_examples_for_every_space() -> None:

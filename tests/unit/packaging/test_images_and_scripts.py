@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[3]
 DOCKERFILES = [REPO / "Dockerfile.controller", REPO / "Dockerfile.trainer"]
 SCRIPTS = [
     REPO / "scripts" / name

@@ -15,7 +15,7 @@ from controller.kube import Use
 from epnas.executors.base import ChildRun
 from epnas.spec import SearchSpec
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[3]
 
 
 def _rules(rules: list[dict]) -> list[tuple]:

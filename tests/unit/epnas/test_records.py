@@ -9,7 +9,7 @@ from epnas.errors import CorruptState
 from epnas.records import Move, PlanItem, PlannedMove, TrajectoryStep
 from epnas.search import SearchLoop
 from epnas.store import FileStore, StoreError, open_store
-from tests.unit.test_search import ToyExecutor, search_doc
+from tests.unit.epnas.test_search import ToyExecutor, search_doc
 
 PARENT = {"space": "image-layer", "layers": [{"op": "conv2d"}]}
 MIDDLE = {"space": "image-layer", "layers": [{"op": "conv2d"}, {"op": "maxpool"}]}

@@ -161,7 +161,7 @@ def test_epnas_search_refuses_a_malformed_store_before_writing_anything(store: s
     from epnas.cli import main
 
     monkeypatch.chdir(tmp_path)
-    example = pathlib.Path(__file__).resolve().parents[2] / "examples" / "digits-quick.yaml"
+    example = pathlib.Path(__file__).resolve().parents[3] / "examples" / "digits-quick.yaml"
     result = CliRunner().invoke(main, ["search", str(example), "--store", store, "--quiet"])
     assert result.exit_code == 2, result.output
     assert "--store / spec.store.uri" in result.output

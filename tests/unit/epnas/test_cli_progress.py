@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from epnas.cli import main, print_summary, progress_line
 from epnas.search import StepReport
 
-TINY_SEARCH = (pathlib.Path(__file__).parents[1] / "integration" / "searches" / "tiny-synthetic.yaml").read_text()
+TINY_SEARCH = (pathlib.Path(__file__).parents[2] / "integration" / "searches" / "tiny-synthetic.yaml").read_text()
 
 
 def summary(best_feasible: dict | None, phase: str = "Running", episode: int = 0, step: int = 2) -> dict:

@@ -25,7 +25,7 @@ from epnas.store import open_store
 from epnas.task import load_result
 from epnas.weights import merge
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[3]
 TINY = {"regime": "prediction", "epochs": 2, "batchSize": 64}
 SYNTHETIC = {"kind": "synthetic", "options": {"samples": 120}}
 

@@ -37,7 +37,7 @@ from epnas.export import ExportError
 from epnas.report import ReportError
 from epnas.store import StoreDecodeError, StoreError, StoreNotFound, StoreURIError
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[3]
 
 EXIT_CODES = {
     EpnasError: FAULT,

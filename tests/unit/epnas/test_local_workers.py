@@ -21,7 +21,7 @@ from epnas.executors.base import ChildRun
 from epnas.executors.local import LocalExecutor
 from epnas.task import ChildTask
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[3]
 FAST = {
     "space": "image-layer",
     "layers": [{"op": "conv2d", "src1": 0, "channels": 8, "width": 3, "activation": "relu"}],

@@ -8,7 +8,7 @@ import pathlib
 
 import pytest
 
-BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench" / "bench_gpu_trainer.py"
+BENCH = pathlib.Path(__file__).resolve().parents[3] / "bench" / "bench_gpu_trainer.py"
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from epnas.errors import InvalidInput
 from epnas.executors.base import ChildRun
 from epnas.spec import SearchSpec, parse_search, with_trainer_defaults
 
-CHART = pathlib.Path(__file__).resolve().parents[2] / "helm" / "epnas"
+CHART = pathlib.Path(__file__).resolve().parents[3] / "helm" / "epnas"
 OWNER = Owner("s", "team-a", "uid-1")
 RUN = ChildRun(
     search="s",

@@ -1,5 +1,5 @@
 """``epnas controller`` is ``python -m controller``'s click command, with the same flags; ``epnas`` never imports
-``controller`` (it finds the command through an entry point, tests/unit/test_cli_commands.py)."""
+``controller`` (it finds the command through an entry point, tests/unit/epnas/test_cli_commands.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[3]
 
 
 def test_epnas_controller_runs_the_controller() -> None:

@@ -8,7 +8,7 @@ import yaml
 
 from controller import crd
 
-MANIFEST = pathlib.Path(__file__).resolve().parents[2] / "manifests" / "crd.yaml"
+MANIFEST = pathlib.Path(__file__).resolve().parents[3] / "manifests" / "crd.yaml"
 
 
 def test_manifest_matches_generation() -> None:

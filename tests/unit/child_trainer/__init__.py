@@ -1,0 +1,1 @@
+"""Unit tests of the trainer: data, training, precision (child_trainer/)."""

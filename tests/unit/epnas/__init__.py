@@ -1,0 +1,1 @@
+"""Unit tests of the core and the local loop: spec, ops, arch, metrics, morph, policy, search, store, CLI (epnas/)."""

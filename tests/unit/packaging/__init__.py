@@ -1,0 +1,1 @@
+"""Unit tests of the images' Dockerfiles and the repo's scripts."""
