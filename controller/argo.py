@@ -32,10 +32,12 @@ mostly the Job's pod template copied over, so plain dicts (``Obj``, as the Job p
 the code smaller than converting to and from model classes.
 
 Permissions, granted by the chart only with ``argo.enabled`` (``controller.rbac``): the controller's
-``ARGO_USES`` (checked against this module's calls by tests/unit/test_controller_rbac.py), and in
+``ARGO_USES`` (checked against this module's calls by tests/unit/controller/test_rbac.py), and in
 each search's namespace the children's ServiceAccount's ``EXECUTOR_USES``: what argoexec v4's
 ``wait`` container does with the pod's token (``WorkflowTaskResult`` create and patch, upstream's
-emissary executor Role; no ConfigMaps or Secrets, which only artifacts would need).
+emissary executor Role; no ConfigMaps or Secrets, which only artifacts would need). Without
+them, or without Argo's CRD, the first create is refused (403, or 404 for the missing
+``workflows.argoproj.io``) and ``ArgoUnavailable`` ends the search with that reason and what to do.
 """
 
 from __future__ import annotations
@@ -150,6 +152,24 @@ def _seconds(node: dict[str, Any]) -> float:
     return max(0.0, (parse(end) - parse(start)).total_seconds())
 
 
+class ArgoUnavailable(RuntimeError):
+    """This installation cannot run Workflows: the controller may not create them (403: the chart
+    without ``argo.enabled``) or the cluster has no Argo CRD (404). Not transient: the search fails
+    with reason ``ArgoUnavailable`` and this message."""
+
+    @classmethod
+    def of(cls, err: KubeError, namespace: str) -> ArgoUnavailable:
+        if err.status == 404:
+            return cls(
+                f"create workflows: 404: the cluster has no {PLURAL}.{GROUP} resource; install Argo Workflows "
+                "(its CRDs and workflow-controller) or use executor: jobs"
+            )
+        return cls(
+            f"create workflows: 403: the controller may not create Argo Workflows in namespace {namespace!r}; "
+            "install the chart with --set argo.enabled=true (or use executor: jobs)"
+        )
+
+
 def child_outcomes(workflow: Obj) -> dict[str, ChildOutcome]:
     """The outcome of every child whose task node has ended, by child (pure).
 
@@ -233,13 +253,18 @@ class ArgoExecutor:
 
     def _create(self, body: Obj) -> Obj:
         namespace, name = self.owner.namespace, body["metadata"]["name"]
-        got = self.kube._call(
-            Use("create", *WORKFLOWS),
-            lambda: self.kube.custom.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, body, **_plain()
-            ),
-            ok=(409,),
-        )
+        try:
+            got = self.kube._call(
+                Use("create", *WORKFLOWS),
+                lambda: self.kube.custom.create_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, body, **_plain()
+                ),
+                ok=(409,),
+            )
+        except KubeError as err:
+            if err.status in (403, 404):
+                raise ArgoUnavailable.of(err, namespace) from err
+            raise
         if got != 409:
             return got
         LOG.info("%s: adopting existing Workflow %s", self.owner.name, name)

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from controller import status as st
-from controller.argo import ArgoExecutor
+from controller.argo import ArgoExecutor, ArgoUnavailable
 from controller.jobs import TRAINER_COMMAND, JobExecutor, Owner, job_name
 from controller.kube import Kube, KubeError, Obj
 from controller.metrics import ControllerMetrics
@@ -262,6 +262,9 @@ class SearchRunner:
                 except SearchStopped:
                     LOG.info("%s/%s: stopped", self.namespace, self.name)
                     return
+                except ArgoUnavailable as err:
+                    LOG.error("%s/%s: %s", self.namespace, self.name, err)
+                    return self._fail(st.Reason.ARGO_UNAVAILABLE, str(err))
                 except Exception as err:  # the controller keeps serving the others
                     if not transient(err):
                         LOG.exception("%s/%s: search failed", self.namespace, self.name)

@@ -37,6 +37,7 @@ class Reason(StrEnum):
     STORE_MISSING = "StoreMissing"
     STORE_UNAVAILABLE = "StoreUnavailable"
     LOOP_ERROR = "LoopError"
+    ARGO_UNAVAILABLE = "ArgoUnavailable"
     SPEC_CHANGED = "SpecChanged"
     SPEC_UNCHANGED = "SpecUnchanged"
     TOO_MANY_FAILURES = "TooManyFailures"

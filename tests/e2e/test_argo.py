@@ -404,8 +404,8 @@ def test_without_the_charts_argo_switch_an_argo_search_fails_forbidden(
     tmp_path,
 ):
     """With the chart's default RBAC (argo.enabled false) the controller may not create Workflows:
-    an `executor: argo` search fails at its first step with LoopError and the API server's 403,
-    and nothing is created."""
+    an `executor: argo` search fails at its first step with ArgoUnavailable, the API server's 403
+    and the chart value that grants it, and nothing is created."""
     kubeconfig = chart_rbac_kubeconfig(helm, control_plane, namespace, tmp_path / "kc", argo_enabled=False)
     ctl = start_controller(namespace, kubeconfig=kubeconfig)
     control_plane.kubectl(
@@ -422,8 +422,9 @@ def test_without_the_charts_argo_switch_an_argo_search_fails_forbidden(
         "status"
     ]
 
-    assert (status["phase"], status["reason"]) == ("Failed", "LoopError"), status
+    assert (status["phase"], status["reason"]) == ("Failed", "ArgoUnavailable"), status
     assert "create workflows: 403" in status["message"], status["message"]
+    assert "argo.enabled=true" in status["message"], status["message"]
     assert not list_workflows(control_plane, namespace) and not search_jobs(control_plane, namespace, "denied")
 
 
