@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from epnas.checkpoint import SUMMARY, pin_search, read_history, read_state_json
-from epnas.commands import ENTRY_POINT_GROUP
+from epnas.commands import ENTRY_POINT_GROUP, OneLineCommand
 from epnas.errors import EpnasError, InvalidInput, SpecError, message_lines
 from epnas.executors.local import LocalExecutor
 from epnas.records import ChildRecord, SearchSummary, ranked_children
@@ -53,7 +53,11 @@ class EpnasGroup(click.Group):
     points (``epnas.commands.ENTRY_POINT_GROUP``: ``train``, ``controller``), each imported only
     when it is run or listed; a command of its own wins over an entry point of the same name.  An
     entry point whose package is not installed (the trainer image has no ``controller``) is no
-    command; any other import error propagates."""
+    command; any other import error propagates.  Its own commands are ``OneLineCommand``s: a bad
+    flag is one line ``epnas: invalid input: …`` and exit 2, as for ``epnas train`` and
+    ``epnas controller``."""
+
+    command_class = OneLineCommand
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *(ep.name for ep in _plugins())})

@@ -88,6 +88,22 @@ def test_a_bad_flag_exits_2_with_one_line_naming_it(entry, command, argv, flag, 
         }
 
 
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["search", "examples/digits-quick.yaml", "--nope"], "--nope"),
+        (["search", "examples/digits-quick.yaml", "--parallelism", "0"], "--parallelism"),
+        (["status"], "TARGET"),
+        (["export", "runs/x", "--format", "pickle"], "--format"),
+    ],
+)
+def test_a_bad_flag_of_epnas_own_commands_is_one_line_too(argv, flag) -> None:
+    done = run([*EPNAS, *argv])
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == "" and len(done.stderr.splitlines()) == 1 and done.stderr.startswith("epnas: "), done.stderr
+    assert flag in done.stderr and "Usage" not in done.stderr and "Traceback" not in done.stderr
+
+
 # ---------------------------------------------------------------- the entry points
 
 
