@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 
 import pytest
+from harness.argo import install_crds
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SA = "system:serviceaccount:epnas-system:epnas-controller"
@@ -72,3 +73,35 @@ def test_denied(rbac, verb, resource):
     assert (
         rbac.kubectl("auth", "can-i", verb, resource, "--as", SA, "-n", "default", check=False).stdout.strip() == "no"
     )
+
+
+@pytest.fixture
+def argo_rbac(rbac):
+    """manifests/argo-rbac.yaml applied beside rbac.yaml (Argo's CRDs installed, so the authorizer
+    knows the resources), the children's ServiceAccount bound as its header says; removed after."""
+    install_crds(rbac)
+    rbac.kubectl("apply", "-f", str(REPO / "manifests" / "argo-rbac.yaml"))
+    rbac.kubectl(
+        "create", "rolebinding", "epnas-argo-executor", "-n", "default",
+        "--clusterrole", "epnas-argo-executor", "--serviceaccount", "default:default",
+    )  # fmt: skip
+    yield rbac
+    rbac.kubectl("delete", "rolebinding", "epnas-argo-executor", "-n", "default", check=False)
+    rbac.kubectl("delete", "-f", str(REPO / "manifests" / "argo-rbac.yaml"), check=False)
+
+
+def test_the_argo_manifest_grants_the_workflow_verbs_and_the_executors_and_nothing_more(argo_rbac):
+    def can(verb: str, resource: str, who: str = SA) -> str:
+        return argo_rbac.kubectl(
+            "auth", "can-i", verb, resource, "--as", who, "-n", "default", check=False
+        ).stdout.strip()  # fmt: skip
+
+    child = "system:serviceaccount:default:default"
+    assert [can(v, "workflows.argoproj.io") for v in ("get", "create", "patch", "delete", "list")] == [
+        "yes", "yes", "yes", "no", "no",
+    ]  # fmt: skip
+    assert [can(v, "workflowtaskresults.argoproj.io", child) for v in ("create", "patch", "get", "delete")] == [
+        "yes", "yes", "no", "no",
+    ]  # fmt: skip
+    assert can("create", "workflowtaskresults.argoproj.io") == "no"  # the controller writes no task results
+    assert can("create", "workflows.argoproj.io", child) == "no"  # the children start no Workflows

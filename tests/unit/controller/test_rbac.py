@@ -46,6 +46,31 @@ def test_manifests_grant_exactly_the_code_uses():
     assert leader["metadata"]["namespace"] == "epnas-system"
 
 
+def test_the_argo_manifest_grants_exactly_the_argo_executors_uses():
+    """manifests/argo-rbac.yaml (Argo without Helm) adds the Workflow verbs to the controller's
+    ServiceAccount and holds the children's executor rules, and nothing else."""
+    docs = {
+        (d["kind"], d["metadata"]["name"]): d
+        for d in yaml.safe_load_all((REPO / "manifests" / "argo-rbac.yaml").read_text())
+        if d
+    }
+
+    assert set(docs) == {
+        ("ClusterRole", "epnas-controller-argo"),
+        ("ClusterRoleBinding", "epnas-controller-argo"),
+        ("ClusterRole", "epnas-argo-executor"),
+    }
+    assert _rules(docs[("ClusterRole", "epnas-controller-argo")]["rules"]) == _rules(
+        [r.as_manifest() for r in rbac.rules_for(rbac.argo_uses())]
+    )
+    assert docs[("ClusterRoleBinding", "epnas-controller-argo")]["subjects"] == [
+        {"kind": "ServiceAccount", "name": "epnas-controller", "namespace": "epnas-system"}
+    ]
+    assert _rules(docs[("ClusterRole", "epnas-argo-executor")]["rules"]) == _rules(
+        [r.as_manifest() for r in rbac.executor_rules()]
+    )
+
+
 def test_the_finalizers_permission_is_there_because_jobs_block_owner_deletion():
     run = ChildRun(
         search="s",
