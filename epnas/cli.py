@@ -19,7 +19,7 @@ import json
 import pathlib
 import shlex
 import shutil
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -28,7 +28,7 @@ from rich.table import Table
 
 from epnas.checkpoint import SUMMARY, pin_search, read_history, read_state_json
 from epnas.commands import ENTRY_POINT_GROUP, OneLineCommand
-from epnas.errors import EpnasError, InvalidInput, SpecError, message_lines
+from epnas.errors import EpnasError, InvalidInput, SpecError, message_lines, one_line
 from epnas.executors.local import LocalExecutor
 from epnas.records import ChildRecord, SearchSummary, ranked_children
 from epnas.repair import repair_store
@@ -78,6 +78,31 @@ class EpnasGroup(click.Group):
             for line in message_lines(err, PROGS.get(ctx.invoked_subcommand or "", "epnas")):
                 click.echo(line, err=True)
             ctx.exit(err.exit_code)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """A bad flag of ``epnas`` itself is one line and exit 2, as for its commands; no
+        arguments at all still prints the help."""
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as err:
+            self._bad_usage(ctx, err)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """An unknown command is one line (``epnas: No such command 'x'.``) and exit 2."""
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as err:
+            self._bad_usage(ctx, err)
+
+    def _bad_usage(self, ctx: click.Context, err: click.UsageError) -> NoReturn:
+        problem = InvalidInput(one_line(err.format_message()))
+        for line in message_lines(problem, "epnas"):
+            click.echo(line, err=True)
+        ctx.exit(problem.exit_code)
 
 
 def _plugins() -> list[importlib.metadata.EntryPoint]:

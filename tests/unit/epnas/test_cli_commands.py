@@ -95,6 +95,8 @@ def test_a_bad_flag_exits_2_with_one_line_naming_it(entry, command, argv, flag, 
         (["search", "examples/digits-quick.yaml", "--parallelism", "0"], "--parallelism"),
         (["status"], "TARGET"),
         (["export", "runs/x", "--format", "pickle"], "--format"),
+        (["--nope"], "--nope"),
+        (["nosuch"], "nosuch"),
     ],
 )
 def test_a_bad_flag_of_epnas_own_commands_is_one_line_too(argv, flag) -> None:
