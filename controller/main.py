@@ -288,7 +288,8 @@ class ControllerCommand(OneLineCommand):
 )
 @click.pass_context
 def controller(ctx: click.Context, **flags: Any) -> None:
-    """Run ArchitectureSearch objects as one Kubernetes Job per child."""
+    """Run ArchitectureSearch objects: one Kubernetes Job per child, or one Argo Workflow per step
+    (`spec.executor: argo`)."""
     ctx.exit(execute(SimpleNamespace(**flags)))
 
 
